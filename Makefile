@@ -1,0 +1,46 @@
+# DeepFill suite. Every target works from a fresh clone: the first one that needs
+# Python creates .venv and installs the package (editable) with its dev and tf extras.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXTRAS ?= dev,tf
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-all lint format bench clean
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# Re-runs only when pyproject.toml changes (or the venv is missing).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install deepfill (editable) with dev + tf extras
+
+test: $(STAMP) ## run the test suite (fast tests)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP) ## run every test, including slow ones (DDP, sweeps, notebooks)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check + ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP) ## run the benchmarks (2 CPU threads); writes benchmarks/results/*.json
+	$(BIN)/python benchmarks/run.py
+
+clean: ## remove caches and outputs (keeps .venv; `rm -rf .venv` to drop it)
+	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info outputs multirun
+	find . -name __pycache__ -type d -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

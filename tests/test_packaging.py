@@ -1,0 +1,61 @@
+"""The package metadata, the conda environment and the Makefile agree with each other."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import yaml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from conftest import REPO
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _runtime_from_pyproject() -> set[str]:
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return {_name(r) for r in data["project"]["dependencies"]}
+
+
+def _runtime_from_environment() -> set[str]:
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    names: set[str] = set()
+    conda_to_pip = {"pytorch": "torch"}
+    skip = {"python", "pip", "pytorch-cuda"}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            names |= {_name(r) for r in dep["pip"] if not r.startswith("-")}
+        else:
+            name = _name(dep)
+            if name not in skip:
+                names.add(conda_to_pip.get(name, name))
+    return names
+
+
+def test_environment_yml_names_the_same_runtime_packages_as_pyproject() -> None:
+    assert _runtime_from_environment() == _runtime_from_pyproject()
+
+
+def test_dependencies_are_ranges_not_pins() -> None:
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pinned = [r for r in data["project"]["dependencies"] if "==" in r]
+    assert pinned == []
+
+
+def test_makefile_has_the_documented_targets() -> None:
+    text = (REPO / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", text, flags=re.M))
+    assert {"help", "install", "test", "test-all", "lint", "format", "bench", "clean"} <= targets
+
+
+def test_package_imports_with_version() -> None:
+    import deepfill
+
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", deepfill.__version__)
