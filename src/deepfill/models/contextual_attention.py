@@ -1,0 +1,384 @@
+"""Contextual attention (Yu et al. 2018, section 4): fill a hole by copying background patches.
+
+For every foreground position the layer scores all background patches by cosine similarity,
+propagates the scores along both image axes ("fuse"), takes a masked softmax and pastes the
+full-resolution background patches weighted by it. This implementation computes exactly the
+official function (TF 'SAME' patch padding, align-corners nearest resizes, eye-kernel fuse,
+masked softmax with zeros, conv-transpose paste / 4) with three differences of engineering:
+
+* the whole batch at once (batched matrix products, no Python loop over samples);
+* an ``(N,1,H,W)`` mask gives each sample its own hole (the official code takes sample 0's);
+* foreground rows are processed in chunks, so peak memory is O(chunk x L) instead of O(L^2).
+
+The fuse step of the official code convolves the score matrix ``[fh*fw, bh*bw]`` with an
+identity kernel, first in raster order of both axes, then in column-major order. On the
+flattened axes that is a sum of diagonal shifts with zero fill, which is what is done here
+(``_shift_add``); the column-major pass reads its neighbours across column boundaries exactly
+like the official flattened convolution does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import pad_same, resize_nearest, tf_same_padding
+
+__all__ = ["ContextualAttention", "contextual_attention", "flow_to_image", "validate_attention_inputs"]
+
+# Bytes one chunk of the score matrix may take (times the ~5 buffers alive per chunk).
+DEFAULT_CHUNK_BYTES = 96 * 2**20
+
+
+def validate_attention_inputs(f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, rate: int) -> None:
+    """Raise one clear ``ValueError`` line for inputs the layer cannot take."""
+    if f.dim() != 4 or b.dim() != 4:
+        raise ValueError(
+            f"contextual attention: f and b must be (N,C,H,W), got f {tuple(f.shape)} and b {tuple(b.shape)}"
+        )
+    if f.shape != b.shape:
+        raise ValueError(
+            f"contextual attention: f and b must have the same shape, got f {tuple(f.shape)} "
+            f"and b {tuple(b.shape)}"
+        )
+    n, _, h, w = f.shape
+    if h % rate or w % rate:
+        raise ValueError(f"contextual attention: H and W must be divisible by rate={rate}, got {h}x{w}")
+    if mask is None:
+        return
+    if mask.dim() != 4 or mask.shape[1] != 1:
+        raise ValueError(f"contextual attention: mask must be (1 or N,1,H,W), got {tuple(mask.shape)}")
+    if mask.shape[0] not in (1, n):
+        raise ValueError(f"contextual attention: mask batch must be 1 or N={n}, got mask {tuple(mask.shape)}")
+    if mask.shape[-2:] != f.shape[-2:]:
+        raise ValueError(
+            f"contextual attention: mask size {tuple(mask.shape[-2:])} does not match features "
+            f"{tuple(f.shape[-2:])}"
+        )
+    if not torch.all((mask == 0) | (mask == 1)):
+        raise ValueError("contextual attention: mask must be binary (0 = known, 1 = hole)")
+
+
+def _unfold_same(x: torch.Tensor, kernel: int, stride: int = 1) -> torch.Tensor:
+    """TF ``extract_image_patches`` with 'SAME' padding: ``(N,C,H,W) -> (N, C*k*k, L)``."""
+    return F.unfold(pad_same(x, kernel, stride), kernel_size=kernel, stride=stride)
+
+
+def _shift_add(out: torch.Tensor, src: torch.Tensor, shift: int) -> None:
+    """``out[..., j] += src[..., j + shift]`` with zeros where ``j + shift`` falls outside."""
+    length = out.shape[-1]
+    if shift == 0:
+        out += src
+    elif shift > 0:
+        if shift < length:
+            out[..., : length - shift] += src[..., shift:]
+    elif -shift < length:
+        out[..., -shift:] += src[..., : length + shift]
+
+
+@dataclass
+class _Prepared:
+    """Per-call tensors shared by all chunks."""
+
+    fg: torch.Tensor  # (N, Lf, C*k*k) foreground patches, raster order
+    kernels: torch.Tensor  # (N, C*k*k, Lb) L2-normalised background patches, raster order
+    paste: torch.Tensor  # (N, Lb, C*(2r)^2) full-resolution background patches, in `order`
+    valid: torch.Tensor  # (1 or N, 1, Lb) 1 where a background patch has no hole pixel, in `order`
+    h: int
+    w: int
+    order: str  # "raster" or "column": order of the background axis after the fuse
+
+
+class ContextualAttention(nn.Module):
+    """Contextual attention layer.
+
+    Args:
+        ksize: matching patch size (on the 1/rate grid).
+        stride: patch stride; the official fuse only supports 1.
+        rate: dilation: matching happens on features downscaled by ``rate``, pasting uses
+            ``2*rate`` patches of the full-resolution background.
+        fuse_k: size of the identity kernel of attention propagation.
+        softmax_scale: temperature of the softmax over background patches (10 in the paper).
+        fuse: enable attention propagation.
+        chunk_size: foreground positions per chunk (rounded to whole rows); ``None`` picks it
+            from ``chunk_bytes``. Smaller chunks bound memory, results do not change.
+        chunk_bytes: memory budget of one chunk's score matrix when ``chunk_size`` is None.
+
+    ``forward(f, b, mask) -> (y, offsets)``:
+        f, b: (N,C,H,W) foreground and background features (the generator passes the same
+        tensor twice), H and W divisible by ``rate``. mask: (1 or N,1,H,W), 1 = hole, or None.
+        y: (N,C,H,W). offsets: (N,2,H/rate,W/rate) int64, (dy, dx) from each position to the
+        background patch with the largest attention, on the 1/rate grid;
+        :func:`flow_to_image` colours them.
+    """
+
+    def __init__(
+        self,
+        ksize: int = 3,
+        stride: int = 1,
+        rate: int = 2,
+        fuse_k: int = 3,
+        softmax_scale: float = 10.0,
+        fuse: bool = True,
+        chunk_size: int | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        super().__init__()
+        for name, value in (("ksize", ksize), ("rate", rate), ("fuse_k", fuse_k)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"contextual attention: {name} must be a positive integer, got {value!r}")
+        if stride != 1:
+            raise ValueError(
+                f"contextual attention: stride must be 1 (the official fuse assumes it), got {stride!r}"
+            )
+        if softmax_scale <= 0:
+            raise ValueError(f"contextual attention: softmax_scale must be > 0, got {softmax_scale!r}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"contextual attention: chunk_size must be >= 1 or None, got {chunk_size!r}")
+        self.ksize = int(ksize)
+        self.stride = 1
+        self.rate = int(rate)
+        self.fuse_k = int(fuse_k)
+        self.softmax_scale = float(softmax_scale)
+        self.fuse = bool(fuse)
+        self.chunk_size = chunk_size
+        self.chunk_bytes = int(chunk_bytes)
+
+    def extra_repr(self) -> str:
+        return (
+            f"ksize={self.ksize}, rate={self.rate}, fuse_k={self.fuse_k}, "
+            f"softmax_scale={self.softmax_scale}, fuse={self.fuse}, chunk_size={self.chunk_size}"
+        )
+
+    # ------------------------------------------------------------------ preparation
+    def _prepare(self, f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> _Prepared:
+        n, _, height, width = f.shape
+        r, k = self.rate, self.ksize
+        # Pasting patches: 2r x 2r of the full-resolution background, stride r, 'SAME'.
+        paste = _unfold_same(b, 2 * r, r)  # (N, C*4r^2, Lb)
+        h, w = height // r, width // r
+        if r > 1:
+            f = resize_nearest(f, (h, w))
+            b = resize_nearest(b, (h, w))
+            if mask is not None:
+                mask = resize_nearest(mask, (h, w))
+        fg = _unfold_same(f, k).transpose(1, 2)  # (N, Lf, C*k*k)
+        kernels = _unfold_same(b, k)  # (N, C*k*k, Lb)
+        kernels = kernels / kernels.norm(dim=1, keepdim=True).clamp_min(1e-4)
+        if mask is None:
+            valid = torch.ones(1, 1, h * w, dtype=f.dtype, device=f.device)
+        else:
+            # A background patch is valid only if it holds no hole pixel (official: mean == 0).
+            hole = _unfold_same(mask.to(f.dtype), k).amax(dim=1, keepdim=True)
+            valid = (hole == 0).to(f.dtype)
+        order = "column" if self.fuse else "raster"
+        if order == "column":
+            # After the second fuse pass the background axis is in column-major order; keep it
+            # there (softmax does not care) and permute the small per-patch tensors instead.
+            paste = paste.view(n, -1, h, w).transpose(-1, -2).reshape(n, -1, h * w)
+            valid = valid.view(valid.shape[0], 1, h, w).transpose(-1, -2).reshape(valid.shape[0], 1, h * w)
+        return _Prepared(fg, kernels, paste.transpose(1, 2), valid, h, w, order)
+
+    def _rows_per_chunk(self, n: int, h: int, w: int, itemsize: int) -> int:
+        if self.chunk_size is not None:
+            return max(1, min(h, math.ceil(self.chunk_size / w)))
+        row_bytes = n * w * (h * w) * itemsize
+        return max(1, min(h, self.chunk_bytes // max(row_bytes, 1)))
+
+    # ------------------------------------------------------------------ scores
+    def _scores(self, p: _Prepared, start: int, stop: int) -> torch.Tensor:
+        """Cosine scores of foreground raster positions [start, stop): (N, stop-start, Lb)."""
+        return torch.bmm(p.fg[:, start:stop], p.kernels)
+
+    def _fuse_raster(self, p: _Prepared, row_lo: int, row_hi: int) -> torch.Tensor:
+        """First fuse pass (raster order) for foreground rows [row_lo, row_hi): (N, rows*w, Lb)."""
+        k, before = self.fuse_k, (self.fuse_k - 1) // 2
+        total = p.h * p.w
+        lo, hi = row_lo * p.w, row_hi * p.w
+        s_lo, s_hi = max(lo - before, 0), min(hi + k - 1 - before, total)
+        scores = self._scores(p, s_lo, s_hi)
+        out = scores[:, lo - s_lo : hi - s_lo].clone()
+        for a in range(k):
+            d = a - before
+            if d == 0:
+                continue
+            # out[i] += scores[i + d] (both axes shifted by d), rows present only where i + d is.
+            i_lo, i_hi = max(lo, s_lo - d), min(hi, s_hi - d)
+            if i_lo < i_hi:
+                _shift_add(out[:, i_lo - lo : i_hi - lo], scores[:, i_lo + d - s_lo : i_hi + d - s_lo], d)
+        return out
+
+    def _fused_chunk(self, p: _Prepared, r0: int, r1: int, cache: list) -> torch.Tensor:
+        """Fused scores of foreground rows [r0, r1), background axis column-major: (N, rows*w, Lb)."""
+        n, h, w = p.fg.shape[0], p.h, p.w
+        k, before = self.fuse_k, (self.fuse_k - 1) // 2
+        lb = h * w
+        # Column-major neighbour of (row, col) at distance d is (row+d, col) when it stays in the
+        # column, else it continues in the next/previous column: extended row e maps to row
+        # e mod h of column col + e // h.
+        e_lo, e_hi = r0 - before, r1 + k - 1 - before
+        extended = None
+        e = e_lo
+        while e < e_hi:
+            shift = e // h
+            seg_hi = min(e_hi, (shift + 1) * h)
+            src_lo, src_hi = e - shift * h, seg_hi - shift * h
+            block = self._cached_rows(p, src_lo, src_hi, cache)  # (N, rows*w, Lb) raster
+            block = block.view(n, src_hi - src_lo, w, h, w).transpose(-1, -2)
+            if extended is None:
+                extended = block.new_zeros(n, e_hi - e_lo, w, w, h)
+            dst = extended[:, e - e_lo : seg_hi - e_lo]
+            if shift == 0:
+                dst.copy_(block)
+            elif 0 < abs(shift) < w:
+                if shift > 0:
+                    dst[:, :, : w - shift].copy_(block[:, :, shift:])
+                else:
+                    dst[:, :, -shift:].copy_(block[:, :, : w + shift])
+            e = seg_hi
+        assert extended is not None
+        extended = extended.view(n, e_hi - e_lo, w, lb)
+        rows = r1 - r0
+        out = extended[:, before : before + rows].clone()
+        for a in range(k):
+            if a != before:
+                _shift_add(out, extended[:, a : a + rows], a - before)
+        return out.view(n, rows * w, lb)
+
+    def _cached_rows(self, p: _Prepared, lo: int, hi: int, cache: list) -> torch.Tensor:
+        """First-pass rows [lo, hi), reusing rows computed for the previous chunk."""
+        for c_lo, c_hi, block in cache:
+            if c_lo <= lo and hi <= c_hi:
+                return block[:, (lo - c_lo) * p.w : (hi - c_lo) * p.w]
+        parts = []
+        cur = lo
+        for c_lo, c_hi, block in sorted(cache, key=lambda item: item[0]):
+            if c_lo <= cur < c_hi:
+                stop = min(hi, c_hi)
+                parts.append(block[:, (cur - c_lo) * p.w : (stop - c_lo) * p.w])
+                cur = stop
+        if cur < hi:
+            fresh = self._fuse_raster(p, cur, hi)
+            cache.append((cur, hi, fresh))
+            parts.append(fresh)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        validate_attention_inputs(f, b, mask, self.rate)
+        n, c, height, width = f.shape
+        r = self.rate
+        p = self._prepare(f, b, mask)
+        h, w = p.h, p.w
+        rows_per_chunk = self._rows_per_chunk(n, h, w, f.element_size())
+        # Pasted patches are summed on a padded canvas, then cropped like TF's 'SAME' transpose.
+        canvas = f.new_zeros(n, c, (h - 1) * r + 2 * r, (w - 1) * r + 2 * r)
+        offsets = torch.empty(n, 2, h * w, dtype=torch.long, device=f.device)
+        cache: list = []
+        for r0 in range(0, h, rows_per_chunk):
+            r1 = min(h, r0 + rows_per_chunk)
+            if self.fuse:
+                scores = self._fused_chunk(p, r0, r1, cache)
+                # Rows below r0 (minus the fuse halo) are never needed again.
+                keep_from = r1 - (self.fuse_k - 1) // 2
+                cache[:] = [item for item in cache if item[1] > keep_from]
+            else:
+                scores = self._scores(p, r0 * w, r1 * w)
+            # Official masked softmax: invalid scores are zeroed (they stay in the denominator),
+            # then the attention of invalid patches is zeroed again.
+            attn = torch.softmax(scores * p.valid * self.softmax_scale, dim=-1) * p.valid
+            index = attn.argmax(dim=-1)  # (N, rows*w), background index in `order`
+            if p.order == "column":
+                src_row, src_col = index % h, index // h
+            else:
+                src_row, src_col = index // w, index % w
+            pos = torch.arange(r0 * w, r1 * w, device=f.device)
+            offsets[:, 0, r0 * w : r1 * w] = src_row - pos // w
+            offsets[:, 1, r0 * w : r1 * w] = src_col - pos % w
+            patches = torch.bmm(attn, p.paste).transpose(1, 2)  # (N, C*4r^2, rows*w)
+            strip_size = ((r1 - r0 - 1) * r + 2 * r, (w - 1) * r + 2 * r)
+            strip = F.fold(patches, output_size=strip_size, kernel_size=2 * r, stride=r)
+            canvas[:, :, r0 * r : r0 * r + strip.shape[-2]] += strip
+        top, _ = tf_same_padding(height, 2 * r, r)
+        left, _ = tf_same_padding(width, 2 * r, r)
+        y = canvas[:, :, top : top + height, left : left + width] / 4.0
+        return y, offsets.view(n, 2, h, w)
+
+
+def contextual_attention(
+    f: torch.Tensor,
+    b: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    ksize: int = 3,
+    stride: int = 1,
+    rate: int = 1,
+    fuse_k: int = 3,
+    softmax_scale: float = 10.0,
+    fuse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Functional form with the official signature and defaults (note ``rate=1`` here)."""
+    layer = ContextualAttention(ksize, stride, rate, fuse_k, softmax_scale, fuse)
+    return layer(f, b, mask)
+
+
+# ---------------------------------------------------------------------- flow colouring
+def _color_wheel(device: torch.device) -> torch.Tensor:
+    """Middlebury colour wheel (RY, YG, GC, CB, BM, MR = 15, 6, 4, 11, 13, 6): (55, 3) in [0, 255]."""
+    segments = ((15, (0, 1), True), (6, (1, 0), False), (4, (1, 2), True))
+    segments += ((11, (2, 1), False), (13, (2, 0), True), (6, (0, 2), False))
+    rows = []
+    for count, (full, ramp), rising in segments:
+        col = torch.zeros(count, 3, dtype=torch.float64)
+        col[:, full] = 255
+        steps = torch.floor(255 * torch.arange(count, dtype=torch.float64) / count)
+        col[:, ramp] = steps if rising else 255 - steps
+        rows.append(col)
+    return torch.cat(rows).to(device)
+
+
+def flow_to_image(offsets: torch.Tensor, scale: int = 1) -> torch.Tensor:
+    """Colour-code attention offsets like the official visualisation.
+
+    Args:
+        offsets: (N,2,h,w) integer (dy, dx), as returned by :class:`ContextualAttention`.
+        scale: upscale the picture by this factor (align-corners nearest, as the official code).
+    Returns:
+        (N,3,h*scale,w*scale) float32 in [-1,1], RGB. As in the official code, sample i is
+        normalised by the largest offset length among samples 0..i.
+    """
+    if offsets.dim() != 4 or offsets.shape[1] != 2:
+        raise ValueError(f"flow_to_image: offsets must be (N,2,h,w), got {tuple(offsets.shape)}")
+    flow = offsets.to(torch.float64)
+    u, v = flow[:, 0], flow[:, 1]
+    unknown = (u.abs() > 1e7) | (v.abs() > 1e7)
+    u = u.masked_fill(unknown, 0)
+    v = v.masked_fill(unknown, 0)
+    radius = torch.sqrt(u**2 + v**2)
+    max_radius = torch.cummax(radius.flatten(1).amax(dim=1), dim=0).values.view(-1, 1, 1)
+    eps = torch.finfo(torch.float64).eps
+    u, v = u / (max_radius + eps), v / (max_radius + eps)
+    wheel = _color_wheel(offsets.device)
+    ncols = wheel.shape[0]
+    rad = torch.sqrt(u**2 + v**2)
+    angle = torch.atan2(-v, -u) / math.pi
+    fk = (angle + 1) / 2 * (ncols - 1) + 1
+    k0 = torch.floor(fk).long()
+    k1 = k0 + 1
+    k1 = torch.where(k1 == ncols + 1, torch.ones_like(k1), k1)
+    frac = (fk - k0).unsqueeze(1)
+    col0 = wheel[k0 - 1].permute(0, 3, 1, 2) / 255
+    col1 = wheel[k1 - 1].permute(0, 3, 1, 2) / 255
+    col = (1 - frac) * col0 + frac * col1
+    inside = (rad <= 1).unsqueeze(1)
+    col = torch.where(inside, 1 - rad.unsqueeze(1) * (1 - col), col * 0.75)
+    image = torch.floor(255 * col).clamp(0, 255)
+    image = (image / 127.5 - 1).to(torch.float32)
+    if scale != 1:
+        image = resize_nearest(image, (image.shape[-2] * scale, image.shape[-1] * scale))
+    return image

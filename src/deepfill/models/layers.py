@@ -1,0 +1,115 @@
+"""Building blocks shared by the generator, the critics and contextual attention.
+
+The official model was written in TensorFlow 1: every convolution uses ``padding='SAME'`` and
+every resize is ``resize_nearest_neighbor(..., align_corners=True)``. Both differ from the
+PyTorch defaults, and both must be reproduced exactly for official weights to give official
+outputs, so they live here once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PaddingMode = Literal["tf_same", "symmetric"]
+
+
+def tf_same_padding(size: int, kernel: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
+    """Padding (before, after) that TensorFlow's ``'SAME'`` adds along one axis.
+
+    TF puts the odd extra pixel at the end (bottom/right), unlike a symmetric PyTorch pad.
+    """
+    effective = (kernel - 1) * dilation + 1
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: torch.Tensor, kernel: int, stride: int = 1, dilation: int = 1) -> torch.Tensor:
+    """Zero-pad ``x: (N,C,H,W)`` exactly as TF ``'SAME'`` would before a convolution."""
+    top, bottom = tf_same_padding(x.shape[-2], kernel, stride, dilation)
+    left, right = tf_same_padding(x.shape[-1], kernel, stride, dilation)
+    if top == bottom == left == right == 0:
+        return x
+    return F.pad(x, (left, right, top, bottom))
+
+
+class SameConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with TF ``'SAME'`` padding computed from the input size.
+
+    When the padding is symmetric (every stride-1 layer) it is passed to the convolution itself,
+    so no padded copy of the input is made; only the asymmetric case (stride 2 on even sizes)
+    pads explicitly. ``padding_mode="symmetric"`` gives the plain PyTorch layout instead
+    (``(k-1)*d//2`` on both sides), which is what a model trained from scratch may prefer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        bias: bool = True,
+        same: PaddingMode = "tf_same",
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=0, dilation=dilation, bias=bias
+        )
+        if same not in ("tf_same", "symmetric"):
+            raise ValueError(f"padding mode must be 'tf_same' or 'symmetric', got {same!r}")
+        self.same = same
+
+    def _padding(self, height: int, width: int) -> tuple[int, int, int, int]:
+        k, s, d = self.kernel_size[0], self.stride[0], self.dilation[0]
+        if self.same == "symmetric":
+            p = (k - 1) * d // 2
+            return p, p, p, p
+        top, bottom = tf_same_padding(height, k, s, d)
+        left, right = tf_same_padding(width, k, s, d)
+        return top, bottom, left, right
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom, left, right = self._padding(x.shape[-2], x.shape[-1])
+        if top == bottom and left == right:
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation)
+        x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation)
+
+
+def align_corners_index(in_size: int, out_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """Source indices of TF1 ``resize_nearest_neighbor(align_corners=True)``.
+
+    TF computes ``roundf(float32(dst) * float32((in-1)/(out-1)))``: float32 arithmetic and
+    rounding half away from zero. Both matter: float64 or round-half-even pick other pixels.
+    """
+    if out_size > 1:
+        # The division is float32 in TF too.
+        f32 = torch.float32
+        scale = torch.tensor(in_size - 1, dtype=f32) / torch.tensor(out_size - 1, dtype=f32)
+    else:
+        scale = torch.tensor(0.0, dtype=torch.float32)
+    product = torch.arange(out_size, dtype=torch.float32) * scale  # float32 product, as in TF
+    index = torch.floor(product.double() + 0.5).long().clamp_(max=in_size - 1)
+    return index.to(device) if device is not None else index
+
+
+def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
+    """Nearest-neighbour resize of ``x: (N,C,H,W)`` to ``size = (h, w)``.
+
+    ``align_corners=True`` reproduces TF1's ``resize_nearest_neighbor(align_corners=True)``, the
+    resize of the official code; ``False`` is PyTorch's ``mode="nearest"``.
+    """
+    height, width = x.shape[-2:]
+    out_h, out_w = size
+    if (out_h, out_w) == (height, width):
+        return x
+    if not align_corners:
+        return F.interpolate(x, size=(out_h, out_w), mode="nearest")
+    rows = align_corners_index(height, out_h, x.device)
+    cols = align_corners_index(width, out_w, x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)

@@ -1,0 +1,192 @@
+"""Contextual attention: parity with the official graph, properties, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepfill import ContextualAttention, flow_to_image
+from deepfill.models.layers import align_corners_index
+from deepfill.models.reference import contextual_attention_loop
+
+CASES = ["ca_64x64_rate2_fuse", "ca_64x64_rate2_self", "ca_48x80_rate1_nofuse"]
+
+
+def nchw(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
+
+
+def load_case(goldens, name):
+    data = np.load(goldens / f"{name}.npz")
+    return {k: data[k] for k in data.files}
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("chunk_size", [None, 37])
+def test_parity_with_official_graph(goldens, name, chunk_size) -> None:
+    case = load_case(goldens, name)
+    f, b, mask = nchw(case["f"]), nchw(case["b"]), nchw(case["mask"])
+    rate, fuse = int(case["rate"]), bool(case["fuse"])
+    layer = ContextualAttention(ksize=3, stride=1, rate=rate, fuse_k=3, softmax_scale=10.0, fuse=fuse)
+    layer.chunk_size = chunk_size
+    with torch.no_grad():
+        y, offsets = layer(f, b, mask)
+    assert (y - nchw(case["y"])).abs().max().item() < 1e-4
+    flow = flow_to_image(offsets, scale=rate)
+    same = (flow - nchw(case["flow"])).abs().amax(dim=1) < 1e-6
+    assert same.float().mean().item() >= 0.99
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_reference_loop_matches_official_graph(goldens, name) -> None:
+    case = load_case(goldens, name)
+    y, _ = contextual_attention_loop(
+        nchw(case["f"]), nchw(case["b"]), nchw(case["mask"]), rate=int(case["rate"]), fuse=bool(case["fuse"])
+    )
+    assert (y - nchw(case["y"])).abs().max().item() < 1e-4
+
+
+def test_align_corners_index_rounds_half_away_in_float32() -> None:
+    # 3 -> 5: exact halves at 0.5 and 1.5 round up (round-half-even would give 0 and 2).
+    assert align_corners_index(3, 5).tolist() == [0, 1, 1, 2, 2]
+    # Downscale by 2: index = round(dst * 63/31) in float32.
+    expected = [int(np.floor(np.float32(i) * (np.float32(63) / np.float32(31)) + 0.5)) for i in range(32)]
+    assert align_corners_index(64, 32).tolist() == expected
+    assert align_corners_index(64, 32).tolist() != list(range(0, 64, 2))
+
+
+def _random_case(n, c, h, w, hole_per_sample=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(n, c, h, w, generator=g)
+    mask = torch.zeros(n if hole_per_sample else 1, 1, h, w)
+    for i in range(mask.shape[0]):
+        top = int(torch.randint(0, h // 2, (1,), generator=g))
+        left = int(torch.randint(0, w // 2, (1,), generator=g))
+        mask[i, :, top : top + h // 3, left : left + w // 3] = 1
+    return f, mask
+
+
+# Sizes and settings the goldens do not cover: odd 1/rate grids, non-square, even patch sizes,
+# wider fuse kernels, rates 1..4. The loop reference is the official algorithm written plainly.
+@pytest.mark.parametrize(
+    ("shape", "kwargs"),
+    [
+        ((2, 8, 36, 20), {"rate": 2}),
+        ((1, 4, 30, 42), {"rate": 1, "fuse_k": 5}),
+        ((2, 6, 24, 40), {"rate": 4, "ksize": 2}),
+        ((3, 5, 22, 34), {"rate": 2, "ksize": 5, "fuse_k": 2}),
+        ((1, 4, 16, 16), {"rate": 2, "fuse": False, "softmax_scale": 3.0}),
+    ],
+)
+def test_batched_matches_per_sample_loop(shape, kwargs) -> None:
+    f, mask = _random_case(*shape)
+    b = torch.randn_like(f)
+    layer = ContextualAttention(**kwargs)
+    y, offsets = layer(f, b, mask)
+    y_ref, off_ref = contextual_attention_loop(f, b, mask, **kwargs)
+    torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-5)
+    assert (offsets == off_ref).float().mean() >= 0.99
+
+
+def test_per_sample_masks_equal_running_each_sample_alone() -> None:
+    f, mask = _random_case(3, 8, 32, 48)
+    layer = ContextualAttention(rate=2)
+    y, offsets = layer(f, f, mask)
+    for i in range(3):
+        y_i, off_i = layer(f[i : i + 1], f[i : i + 1], mask[i : i + 1])
+        torch.testing.assert_close(y[i : i + 1], y_i, atol=1e-5, rtol=1e-5)
+        assert torch.equal(offsets[i : i + 1], off_i)
+    # And a shared mask is not what per-sample masks compute.
+    y_shared, _ = layer(f, f, mask[:1])
+    assert (y_shared[1:] - y[1:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("chunk_size", [1, 20, 48, 100])
+def test_chunked_equals_unchunked(chunk_size) -> None:
+    f, mask = _random_case(2, 8, 40, 48, seed=3)
+    full = ContextualAttention(rate=2, fuse_k=3)
+    chunked = ContextualAttention(rate=2, fuse_k=3, chunk_size=chunk_size)
+    y, off = full(f, f, mask)
+    y_c, off_c = chunked(f, f, mask)
+    assert (y - y_c).abs().max().item() < 1e-5
+    assert torch.equal(off, off_c)
+
+
+def test_chunked_gradients_equal_unchunked() -> None:
+    f, mask = _random_case(2, 4, 24, 32, seed=5)
+    grads = []
+    for chunk in (None, 8):
+        x = f.clone().requires_grad_(True)
+        y, _ = ContextualAttention(rate=2, chunk_size=chunk)(x, x, mask)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_hole_whose_features_equal_a_known_patch_gets_that_patch_back() -> None:
+    torch.manual_seed(1)
+    c, h, w = 8, 16, 16
+    b = torch.randn(1, c, h, w)
+    f = torch.randn(1, c, h, w)
+    # The foreground around (5, 6) is a copy of the background around (11, 3), known there.
+    f[:, :, 4:7, 5:8] = b[:, :, 10:13, 2:5]
+    mask = torch.zeros(1, 1, h, w)
+    mask[:, :, 3:8, 4:9] = 1
+    layer = ContextualAttention(ksize=3, rate=1, fuse=False, softmax_scale=1000.0)
+    y, offsets = layer(f, b, mask)
+    assert offsets[0, :, 5, 6].tolist() == [11 - 5, 3 - 6]
+    # rate 1 pastes 2x2 patches; each output pixel gets 4 overlapping pastes, divided by 4.
+    assert torch.allclose(y[0, :, 5, 6], b[0, :, 11, 3], atol=1e-3)
+
+
+def test_all_hole_mask_is_finite_and_defined() -> None:
+    f = torch.randn(2, 4, 16, 16, requires_grad=True)
+    mask = torch.ones(2, 1, 16, 16)
+    y, offsets = ContextualAttention(rate=2)(f, f, mask)
+    assert torch.isfinite(y).all()
+    assert torch.equal(y, torch.zeros_like(y))  # no valid patch: nothing is pasted
+    y.sum().backward()
+    assert torch.isfinite(f.grad).all()
+    assert offsets.shape == (2, 2, 8, 8)
+
+
+def test_offsets_and_flow_shapes() -> None:
+    f, mask = _random_case(2, 4, 32, 24)
+    _, offsets = ContextualAttention(rate=2)(f, f, mask)
+    assert offsets.dtype == torch.long
+    assert offsets.shape == (2, 2, 16, 12)
+    flow = flow_to_image(offsets)
+    assert flow.shape == (2, 3, 16, 12)
+    assert flow.min() >= -1
+    assert flow.max() <= 1
+    assert flow_to_image(offsets, scale=2).shape == (2, 3, 32, 24)
+
+
+@pytest.mark.parametrize(
+    ("f_shape", "b_shape", "mask_shape", "message"),
+    [
+        ((1, 4, 16, 16), (1, 4, 16, 8), (1, 1, 16, 16), "same shape"),
+        ((2, 4, 16, 16), (2, 4, 16, 16), (2, 2, 16, 16), r"mask must be \(1 or N,1,H,W\)"),
+        ((2, 4, 16, 16), (2, 4, 16, 16), (3, 1, 16, 16), "mask batch"),
+        ((1, 4, 16, 16), (1, 4, 16, 16), (1, 1, 8, 8), "does not match"),
+        ((1, 4, 15, 16), (1, 4, 15, 16), (1, 1, 15, 16), "divisible by rate=2"),
+        ((4, 16, 16), (4, 16, 16), (1, 16, 16), r"\(N,C,H,W\)"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(f_shape, b_shape, mask_shape, message) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        ContextualAttention(rate=2)(torch.zeros(f_shape), torch.zeros(b_shape), torch.zeros(mask_shape))
+    assert "\n" not in str(info.value)
+
+
+def test_non_binary_mask_is_rejected() -> None:
+    f = torch.zeros(1, 4, 16, 16)
+    with pytest.raises(ValueError, match="binary"):
+        ContextualAttention()(f, f, torch.full((1, 1, 16, 16), 0.5))
+
+
+@pytest.mark.parametrize("kwargs", [{"ksize": 0}, {"stride": 2}, {"softmax_scale": 0.0}, {"rate": 1.5}])
+def test_bad_constructor_arguments(kwargs) -> None:
+    with pytest.raises(ValueError, match="contextual attention"):
+        ContextualAttention(**kwargs)
