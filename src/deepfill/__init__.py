@@ -2,9 +2,20 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .models import ContextualAttention, GlobalCritic, InpaintGenerator, LocalCritic, flow_to_image
+from .official import load_official_v1
+
 try:
     __version__ = version("deepfill")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ContextualAttention",
+    "GlobalCritic",
+    "InpaintGenerator",
+    "LocalCritic",
+    "__version__",
+    "flow_to_image",
+    "load_official_v1",
+]

@@ -1,0 +1,17 @@
+"""DeepFill v1 networks: contextual attention, the two-stage generator and the WGAN critics."""
+
+from .contextual_attention import ContextualAttention, contextual_attention, flow_to_image
+from .critics import GlobalCritic, LocalCritic
+from .generator import CoarseGenerator, InpaintGenerator, RefineGenerator, inpaint_padded
+
+__all__ = [
+    "CoarseGenerator",
+    "ContextualAttention",
+    "GlobalCritic",
+    "InpaintGenerator",
+    "LocalCritic",
+    "RefineGenerator",
+    "contextual_attention",
+    "flow_to_image",
+    "inpaint_padded",
+]

@@ -1,0 +1,66 @@
+"""WGAN-GP critics of DeepFill v1: a global one on the whole image, a local one on the hole's crop.
+
+Both are stacks of 5x5 stride-2 'SAME' convolutions with leaky ReLU (0.2), flattened into one
+dense output, with no normalisation (the gradient penalty needs a per-sample critic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import PaddingMode, SameConv2d
+
+__all__ = ["Critic", "GlobalCritic", "LocalCritic"]
+
+
+class Critic(nn.Module):
+    """``forward(x) -> (N,)`` critic scores; ``x: (N,3,size,size)`` in [-1,1]."""
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        input_size: int,
+        in_channels: int = 3,
+        padding: PaddingMode = "tf_same",
+    ) -> None:
+        super().__init__()
+        if input_size < 1:
+            raise ValueError(f"critic input_size must be positive, got {input_size!r}")
+        layers = []
+        previous = in_channels
+        for out in channels:
+            layers.append(SameConv2d(previous, out, 5, stride=2, same=padding))
+            previous = out
+        self.convs = nn.ModuleList(layers)
+        self.input_size = input_size
+        side = input_size
+        for _ in channels:
+            side = -(-side // 2)  # 'SAME' stride 2 rounds up
+        self.dense = nn.Linear(previous * side * side, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(
+                f"critic expects (N,C,{self.input_size},{self.input_size}) input, got {tuple(x.shape)}"
+            )
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+        return self.dense(x.flatten(1)).squeeze(1)
+
+
+class GlobalCritic(Critic):
+    """Official global critic: 64, 128, 256, 256 channels on the whole image (256 by default)."""
+
+    def __init__(self, input_size: int = 256, cnum: int = 64, padding: PaddingMode = "tf_same") -> None:
+        super().__init__((cnum, 2 * cnum, 4 * cnum, 4 * cnum), input_size, padding=padding)
+
+
+class LocalCritic(Critic):
+    """Official local critic: 64, 128, 256, 512 channels on the crop around the hole (128 by default)."""
+
+    def __init__(self, input_size: int = 128, cnum: int = 64, padding: PaddingMode = "tf_same") -> None:
+        super().__init__((cnum, 2 * cnum, 4 * cnum, 8 * cnum), input_size, padding=padding)

@@ -1,0 +1,296 @@
+"""The DeepFill v1 generator: a coarse network and a refinement network with contextual attention.
+
+Attribute names are the official layer names (``conv1`` ... ``conv17`` in the coarse stage;
+``xconv*`` dilated branch, ``pmconv*`` attention branch and ``allconv*`` merge in the refinement
+stage), so the TF variable ``inpaint_net/<layer>/kernel`` maps to ``<stage>.<layer>.weight``
+(upsampling layers: ``inpaint_net/<layer>/<layer>_conv/kernel`` to ``<stage>.<layer>.conv.weight``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .contextual_attention import ContextualAttention
+from .layers import PaddingMode, SameConv2d, resize_nearest
+
+__all__ = ["CoarseGenerator", "InpaintGenerator", "RefineGenerator", "inpaint_padded"]
+
+
+class GenConv(SameConv2d):
+    """Official ``gen_conv``: a 'SAME' convolution followed by ELU (or another activation)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        activation: str | None = "elu",
+        same: PaddingMode = "tf_same",
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, dilation, same=same)
+        if activation not in ("elu", "relu", None):
+            raise ValueError(f"activation must be 'elu', 'relu' or None, got {activation!r}")
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x)
+        if self.activation == "elu":
+            return F.elu(x)
+        if self.activation == "relu":
+            return F.relu(x)
+        return x
+
+
+class GenDeconv(nn.Module):
+    """Official ``gen_deconv``: x2 nearest upsampling (align-corners) then a 3x3 ``GenConv``."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, same: PaddingMode = "tf_same", align_corners: bool = True
+    ) -> None:
+        super().__init__()
+        self.align_corners = align_corners
+        self.conv = GenConv(in_channels, out_channels, 3, same=same)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (x.shape[-2] * 2, x.shape[-1] * 2)
+        return self.conv(resize_nearest(x, size, self.align_corners))
+
+
+def _with_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Network input ``concat[x, ones, ones*mask]`` (5 channels), as in the official code."""
+    ones = torch.ones_like(x[:, :1])
+    return torch.cat([x, ones, ones * mask], dim=1)
+
+
+def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(int(d) for d in dilations)
+    if not values or any(d < 1 for d in values):
+        raise ValueError(f"dilations must be a non-empty sequence of positive integers, got {dilations!r}")
+    return values
+
+
+class CoarseGenerator(nn.Module):
+    """Stage 1: encoder, dilated convolutions, decoder.
+
+    ``forward(x, mask) -> x_stage1``; ``x: (N,3,H,W)`` in [-1,1] with the hole already blanked,
+    ``mask: (1 or N,1,H,W)``, 1 = hole. Output (N,3,H,W) clipped to [-1,1].
+    """
+
+    def __init__(
+        self,
+        cnum: int = 32,
+        dilations: Sequence[int] = (2, 4, 8, 16),
+        same: PaddingMode = "tf_same",
+        align_corners: bool = True,
+    ) -> None:
+        super().__init__()
+        dilations = _check_dilations(dilations)
+        c = cnum
+        self.conv1 = GenConv(5, c, 5, same=same)
+        self.conv2_downsample = GenConv(c, 2 * c, 3, 2, same=same)
+        self.conv3 = GenConv(2 * c, 2 * c, 3, same=same)
+        self.conv4_downsample = GenConv(2 * c, 4 * c, 3, 2, same=same)
+        self.conv5 = GenConv(4 * c, 4 * c, 3, same=same)
+        self.conv6 = GenConv(4 * c, 4 * c, 3, same=same)
+        # Official names are conv7_atrous .. conv10_atrous for the default four dilations.
+        self.atrous_names = [f"conv{7 + i}_atrous" for i in range(len(dilations))]
+        for name, d in zip(self.atrous_names, dilations, strict=True):
+            self.add_module(name, GenConv(4 * c, 4 * c, 3, dilation=d, same=same))
+        self.conv11 = GenConv(4 * c, 4 * c, 3, same=same)
+        self.conv12 = GenConv(4 * c, 4 * c, 3, same=same)
+        self.conv13_upsample = GenDeconv(4 * c, 2 * c, same, align_corners)
+        self.conv14 = GenConv(2 * c, 2 * c, 3, same=same)
+        self.conv15_upsample = GenDeconv(2 * c, c, same, align_corners)
+        self.conv16 = GenConv(c, c // 2, 3, same=same)
+        self.conv17 = GenConv(c // 2, 3, 3, activation=None, same=same)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(_with_mask(x, mask))
+        for layer in (self.conv2_downsample, self.conv3, self.conv4_downsample, self.conv5, self.conv6):
+            x = layer(x)
+        for name in self.atrous_names:
+            x = getattr(self, name)(x)
+        for layer in (self.conv11, self.conv12, self.conv13_upsample, self.conv14, self.conv15_upsample):
+            x = layer(x)
+        x = self.conv17(self.conv16(x))
+        return x.clamp(-1.0, 1.0)
+
+
+class RefineGenerator(nn.Module):
+    """Stage 2: a dilated branch and a contextual-attention branch, merged and decoded.
+
+    ``forward(x, mask) -> (x_stage2, offsets)``; ``x: (N,3,H,W)`` in [-1,1] (coarse result pasted
+    into the hole), ``mask: (1 or N,1,H,W)``, 1 = hole; ``offsets: (N,2,H/(4*rate),W/(4*rate))``.
+    """
+
+    def __init__(
+        self,
+        cnum: int = 32,
+        dilations: Sequence[int] = (2, 4, 8, 16),
+        attention: ContextualAttention | None = None,
+        same: PaddingMode = "tf_same",
+        align_corners: bool = True,
+    ) -> None:
+        super().__init__()
+        dilations = _check_dilations(dilations)
+        c = cnum
+        self.align_corners = align_corners
+        # Dilated ("hallucination") branch.
+        self.xconv1 = GenConv(5, c, 5, same=same)
+        self.xconv2_downsample = GenConv(c, c, 3, 2, same=same)
+        self.xconv3 = GenConv(c, 2 * c, 3, same=same)
+        self.xconv4_downsample = GenConv(2 * c, 2 * c, 3, 2, same=same)
+        self.xconv5 = GenConv(2 * c, 4 * c, 3, same=same)
+        self.xconv6 = GenConv(4 * c, 4 * c, 3, same=same)
+        self.atrous_names = [f"xconv{7 + i}_atrous" for i in range(len(dilations))]
+        for name, d in zip(self.atrous_names, dilations, strict=True):
+            self.add_module(name, GenConv(4 * c, 4 * c, 3, dilation=d, same=same))
+        # Attention branch.
+        self.pmconv1 = GenConv(5, c, 5, same=same)
+        self.pmconv2_downsample = GenConv(c, c, 3, 2, same=same)
+        self.pmconv3 = GenConv(c, 2 * c, 3, same=same)
+        self.pmconv4_downsample = GenConv(2 * c, 4 * c, 3, 2, same=same)
+        self.pmconv5 = GenConv(4 * c, 4 * c, 3, same=same)
+        self.pmconv6 = GenConv(4 * c, 4 * c, 3, activation="relu", same=same)
+        self.attention = attention if attention is not None else ContextualAttention(rate=2)
+        self.pmconv9 = GenConv(4 * c, 4 * c, 3, same=same)
+        self.pmconv10 = GenConv(4 * c, 4 * c, 3, same=same)
+        # Merge.
+        self.allconv11 = GenConv(8 * c, 4 * c, 3, same=same)
+        self.allconv12 = GenConv(4 * c, 4 * c, 3, same=same)
+        self.allconv13_upsample = GenDeconv(4 * c, 2 * c, same, align_corners)
+        self.allconv14 = GenConv(2 * c, 2 * c, 3, same=same)
+        self.allconv15_upsample = GenDeconv(2 * c, c, same, align_corners)
+        self.allconv16 = GenConv(c, c // 2, 3, same=same)
+        self.allconv17 = GenConv(c // 2, 3, 3, activation=None, same=same)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xnow = _with_mask(x, mask)
+        h = self.xconv1(xnow)
+        for layer in (self.xconv2_downsample, self.xconv3, self.xconv4_downsample, self.xconv5, self.xconv6):
+            h = layer(h)
+        for name in self.atrous_names:
+            h = getattr(self, name)(h)
+        p = self.pmconv1(xnow)
+        for layer in (
+            self.pmconv2_downsample,
+            self.pmconv3,
+            self.pmconv4_downsample,
+            self.pmconv5,
+            self.pmconv6,
+        ):
+            p = layer(p)
+        # The official code resizes the mask to the 1/4 feature size with align-corners nearest.
+        mask_small = resize_nearest(mask, p.shape[-2:], self.align_corners)
+        p, offsets = self.attention(p, p, mask_small)
+        p = self.pmconv10(self.pmconv9(p))
+        x = torch.cat([h, p], dim=1)
+        for layer in (
+            self.allconv11,
+            self.allconv12,
+            self.allconv13_upsample,
+            self.allconv14,
+            self.allconv15_upsample,
+            self.allconv16,
+        ):
+            x = layer(x)
+        return self.allconv17(x).clamp(-1.0, 1.0), offsets
+
+
+class InpaintGenerator(nn.Module):
+    """DeepFill v1 generator (coarse + refinement), 3,601,542 parameters at ``cnum=32``.
+
+    Args:
+        cnum: base channel count (32 in the paper).
+        dilations: dilation schedule of both dilated stacks (2, 4, 8, 16 in the paper).
+        attention: keyword arguments of :class:`ContextualAttention` (ksize, rate, fuse_k,
+            softmax_scale, fuse, chunk_size); the paper uses rate 2.
+        padding: ``"tf_same"`` (official, needed for official weights) or ``"symmetric"``.
+        align_corners: TF1 align-corners nearest upsampling (official) or plain nearest.
+
+    ``forward(image, mask) -> (x_stage1, x_stage2, offsets)``:
+        image: (N,3,H,W) in [-1,1], RGB, H and W divisible by 8 (known pixels; the hole content
+        is ignored). mask: (1 or N,1,H,W), 1 = hole. x_stage1, x_stage2: (N,3,H,W) in [-1,1].
+        offsets: (N,2,H/4/rate,W/4/rate) attention offsets (see :func:`deepfill.flow_to_image`).
+    """
+
+    def __init__(
+        self,
+        cnum: int = 32,
+        dilations: Sequence[int] = (2, 4, 8, 16),
+        attention: dict | None = None,
+        padding: PaddingMode = "tf_same",
+        align_corners: bool = True,
+    ) -> None:
+        super().__init__()
+        if cnum < 2 or cnum % 2:
+            raise ValueError(f"cnum must be an even integer >= 2, got {cnum!r}")
+        attention_kwargs = {"rate": 2, **(attention or {})}
+        self.cnum = cnum
+        self.multiple = 4 * attention_kwargs["rate"]
+        self.coarse = CoarseGenerator(cnum, dilations, padding, align_corners)
+        self.refine = RefineGenerator(
+            cnum, dilations, ContextualAttention(**attention_kwargs), padding, align_corners
+        )
+
+    def check_inputs(self, image: torch.Tensor, mask: torch.Tensor) -> None:
+        """Raise one clear ``ValueError`` line for inputs the generator cannot take."""
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (N,3,H,W), got {tuple(image.shape)}")
+        if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, image.shape[0]):
+            raise ValueError(f"mask must be (1 or N,1,H,W) with N={image.shape[0]}, got {tuple(mask.shape)}")
+        if mask.shape[-2:] != image.shape[-2:]:
+            raise ValueError(
+                f"mask size {tuple(mask.shape[-2:])} does not match image size {tuple(image.shape[-2:])}"
+            )
+        height, width = image.shape[-2:]
+        if height % self.multiple or width % self.multiple:
+            raise ValueError(
+                f"image height and width must be divisible by {self.multiple}, got {height}x{width}; "
+                "use deepfill.models.inpaint_padded for other sizes"
+            )
+        if not torch.all((mask == 0) | (mask == 1)):
+            raise ValueError("mask must be binary (0 = known, 1 = hole)")
+
+    def forward(
+        self, image: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.check_inputs(image, mask)
+        mask = mask.to(image.dtype)
+        x_in = image * (1 - mask)
+        x_stage1 = self.coarse(x_in, mask)
+        # Gradients flow from stage 2 into stage 1 through the pasted coarse result.
+        x = x_stage1 * mask + x_in * (1 - mask)
+        x_stage2, offsets = self.refine(x, mask)
+        return x_stage1, x_stage2, offsets
+
+
+@torch.no_grad()
+def inpaint_padded(
+    generator: InpaintGenerator, image: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the generator on any H, W: pad to a multiple of 8 (reflect), run, crop back.
+
+    image: (N,3,H,W) in [-1,1]; mask: (1 or N,1,H,W), 1 = hole. Returns (x_stage1, x_stage2,
+    completed), each (N,3,H,W); ``completed`` keeps the known pixels of ``image`` exactly.
+    """
+    height, width = image.shape[-2:]
+    m = generator.multiple
+    pad_h, pad_w = (-height) % m, (-width) % m
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        image_p = F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+        mask_p = F.pad(mask.to(image.dtype), (0, pad_w, 0, pad_h), mode="constant", value=0.0)
+    else:
+        image_p, mask_p = image, mask.to(image.dtype)
+    x1, x2, _ = generator(image_p, mask_p)
+    x1, x2 = x1[..., :height, :width], x2[..., :height, :width]
+    mask = mask.to(image.dtype)
+    completed = x2 * mask + image * (1 - mask)
+    return x1, x2, completed

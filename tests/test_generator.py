@@ -1,0 +1,224 @@
+"""Generator and critics: official parity (npz and TF checkpoint), shapes, gradients, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import deepfill
+from deepfill import GlobalCritic, InpaintGenerator, LocalCritic, load_official_v1
+from deepfill.models import inpaint_padded
+from deepfill.official import main as convert_main
+from deepfill.official import tf_variable_names
+from deepfill.tf_checkpoint import CheckpointError, read_tf_checkpoint
+
+
+def nchw(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
+
+
+@pytest.fixture(scope="module")
+def golden(goldens):
+    data = np.load(goldens / "gen_256.npz")
+    return {k: data[k] for k in data.files}
+
+
+def _check_parity(generator, golden) -> None:
+    # Goldens are BGR; the loaded generator takes RGB: flip channels in and out.
+    image, mask = nchw(golden["image"]).flip(1), nchw(golden["mask"])
+    with torch.no_grad():
+        x1, x2, offsets = generator(image, mask)
+    assert (x1.flip(1) - nchw(golden["x_stage1"])).abs().max().item() < 1e-3
+    assert (x2.flip(1) - nchw(golden["x_stage2"])).abs().max().item() < 1e-3
+    flow = deepfill.flow_to_image(offsets, scale=2)
+    assert ((flow - nchw(golden["flow"])).abs().amax(1) < 1e-6).float().mean().item() >= 0.99
+
+
+def test_parity_loaded_from_npz(goldens, golden) -> None:
+    _check_parity(load_official_v1(goldens / "gen_256.npz"), golden)
+
+
+def test_parity_loaded_from_tf_checkpoint_folder_and_prefix(goldens, golden) -> None:
+    _check_parity(load_official_v1(goldens), golden)
+    _check_parity(load_official_v1(goldens / "gen_256.ckpt", backend="python"), golden)
+
+
+def test_builtin_reader_equals_npz_weights(goldens, golden) -> None:
+    variables = read_tf_checkpoint(goldens)
+    assert len(variables) == 84
+    for name, array in variables.items():
+        assert np.array_equal(array, golden[f"w:{name}:0"]), name
+
+
+@pytest.mark.tf
+def test_builtin_reader_equals_tensorflow_reader(goldens) -> None:
+    pytest.importorskip("tensorflow", reason="the tf extra is installed by `make install`")
+    ours = read_tf_checkpoint(goldens, backend="python")
+    theirs = read_tf_checkpoint(goldens, backend="tensorflow")
+    assert set(ours) == set(theirs)
+    for name in ours:
+        assert np.array_equal(ours[name], theirs[name]), name
+
+
+def test_bgr_mode_reproduces_official_convention(goldens, golden) -> None:
+    generator = load_official_v1(goldens / "gen_256.npz", bgr_to_rgb=False)
+    with torch.no_grad():
+        _, x2, _ = generator(nchw(golden["image"]), nchw(golden["mask"]))
+    assert (x2 - nchw(golden["x_stage2"])).abs().max().item() < 1e-3
+
+
+def test_parameter_count_and_official_names() -> None:
+    generator = InpaintGenerator()
+    assert sum(p.numel() for p in generator.parameters()) == 3_601_542
+    names = tf_variable_names(generator)
+    assert names["coarse.conv1.weight"] == "inpaint_net/conv1/kernel"
+    assert (
+        names["refine.allconv13_upsample.conv.bias"]
+        == "inpaint_net/allconv13_upsample/allconv13_upsample_conv/bias"
+    )
+    assert names["refine.pmconv10.weight"] == "inpaint_net/pmconv10/kernel"
+    assert len(names) == 84
+
+
+@pytest.mark.parametrize(("batch", "height", "width"), [(1, 64, 64), (2, 72, 40), (3, 48, 104)])
+def test_shapes_for_any_size_divisible_by_8(batch, height, width) -> None:
+    generator = InpaintGenerator(cnum=8)
+    image = torch.rand(batch, 3, height, width) * 2 - 1
+    mask = torch.zeros(batch, 1, height, width)
+    mask[..., height // 4 : height // 2, width // 4 : width // 2] = 1
+    with torch.no_grad():
+        x1, x2, offsets = generator(image, mask)
+    assert x1.shape == x2.shape == image.shape
+    assert offsets.shape == (batch, 2, height // 8, width // 8)
+    assert x2.abs().max() <= 1
+
+
+def test_batch_of_per_sample_masks_equals_each_sample_alone() -> None:
+    generator = InpaintGenerator(cnum=8).eval()
+    image = torch.rand(3, 3, 64, 48) * 2 - 1
+    mask = torch.zeros(3, 1, 64, 48)
+    for i in range(3):
+        mask[i, :, 8 * i : 8 * i + 24, 4 + 8 * i : 28 + 8 * i] = 1
+    with torch.no_grad():
+        _, x2, _ = generator(image, mask)
+        for i in range(3):
+            _, x2_i, _ = generator(image[i : i + 1], mask[i : i + 1])
+            torch.testing.assert_close(x2[i : i + 1], x2_i, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_every_generator_parameter() -> None:
+    torch.manual_seed(0)
+    generator = InpaintGenerator(cnum=8)
+    image = torch.rand(2, 3, 64, 64) * 0.2 - 0.1  # small values: the clip stays inactive
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[:, :, 16:40, 20:44] = 1
+    x1, x2, _ = generator(image, mask)
+    (x1.square().mean() + x2.square().mean()).backward()
+    missing = [n for n, p in generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+def test_configurable_width_dilations_and_attention() -> None:
+    generator = InpaintGenerator(
+        cnum=16, dilations=(1, 2, 3), attention={"ksize": 5, "fuse": False, "rate": 1}
+    )
+    assert [n for n in generator.coarse.atrous_names] == ["conv7_atrous", "conv8_atrous", "conv9_atrous"]
+    assert generator.refine.xconv9_atrous.dilation == (3, 3)
+    assert generator.refine.attention.ksize == 5
+    assert generator.refine.attention.rate == 1
+    with torch.no_grad():
+        _, _x2, offsets = generator(torch.zeros(1, 3, 32, 32), torch.zeros(1, 1, 32, 32))
+    assert offsets.shape == (1, 2, 8, 8)  # rate 1: attention on the 1/4 grid
+
+
+def test_inpaint_padded_handles_any_size_and_keeps_known_pixels() -> None:
+    generator = InpaintGenerator(cnum=8).eval()
+    image = torch.rand(1, 3, 37, 53) * 2 - 1
+    mask = torch.zeros(1, 1, 37, 53)
+    mask[..., 10:20, 15:30] = 1
+    x1, x2, completed = inpaint_padded(generator, image, mask)
+    assert x1.shape == x2.shape == completed.shape == image.shape
+    known = mask.expand_as(image) == 0
+    assert torch.equal(completed[known], image[known])
+
+
+@pytest.mark.parametrize(
+    ("image_shape", "mask_shape", "message"),
+    [
+        ((1, 4, 64, 64), (1, 1, 64, 64), r"image must be \(N,3,H,W\)"),
+        ((2, 3, 64, 64), (2, 3, 64, 64), r"mask must be \(1 or N,1,H,W\)"),
+        ((1, 3, 64, 64), (1, 1, 32, 64), "does not match image size"),
+        ((1, 3, 60, 64), (1, 1, 60, 64), "divisible by 8"),
+    ],
+)
+def test_generator_bad_input(image_shape, mask_shape, message) -> None:
+    generator = InpaintGenerator(cnum=8)
+    with pytest.raises(ValueError, match=message) as info:
+        generator(torch.zeros(image_shape), torch.zeros(mask_shape))
+    assert "\n" not in str(info.value)
+
+
+def test_generator_rejects_non_binary_mask() -> None:
+    with pytest.raises(ValueError, match="binary"):
+        InpaintGenerator(cnum=8)(torch.zeros(1, 3, 32, 32), torch.full((1, 1, 32, 32), 0.3))
+
+
+def test_critics_shapes_and_official_widths() -> None:
+    global_critic, local_critic = GlobalCritic(256), LocalCritic(128)
+    assert [c.out_channels for c in global_critic.convs] == [64, 128, 256, 256]
+    assert [c.out_channels for c in local_critic.convs] == [64, 128, 256, 512]
+    assert global_critic.dense.in_features == 256 * 16 * 16
+    assert local_critic.dense.in_features == 512 * 8 * 8
+    assert global_critic(torch.zeros(2, 3, 256, 256)).shape == (2,)
+    assert LocalCritic(64)(torch.zeros(3, 3, 64, 64)).shape == (3,)
+    with pytest.raises(ValueError, match=r"expects \(N,C,128,128\)"):
+        local_critic(torch.zeros(1, 3, 64, 64))
+
+
+def test_missing_variables_and_shape_mismatches_are_listed(tmp_path, golden) -> None:
+    weights = {k: v for k, v in golden.items() if k.startswith("w:")}
+    del weights["w:inpaint_net/conv5/bias:0"]
+    del weights["w:inpaint_net/pmconv9/kernel:0"]
+    np.savez(tmp_path / "missing.npz", **weights)
+    with pytest.raises(ValueError, match=r"missing 2 .*conv5/bias.*pmconv9/kernel"):
+        load_official_v1(tmp_path / "missing.npz")
+    weights = {k: v for k, v in golden.items() if k.startswith("w:")}
+    weights["w:inpaint_net/conv3/kernel:0"] = np.zeros((3, 3, 64, 32), np.float32)
+    np.savez(tmp_path / "bad.npz", **weights)
+    with pytest.raises(
+        ValueError, match=r"1 shape mismatch.*conv3/kernel \(32, 64, 3, 3\) != \(64, 64, 3, 3\)"
+    ):
+        load_official_v1(tmp_path / "bad.npz")
+
+
+def test_paths_that_are_not_checkpoints(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="not a TensorFlow checkpoint folder"):
+        load_official_v1(tmp_path)
+    (tmp_path / "junk.index").write_bytes(b"not an sstable at all" * 4)
+    with pytest.raises(CheckpointError, match="bad SSTable magic"):
+        read_tf_checkpoint(tmp_path / "junk", backend="python")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_official_v1(tmp_path / "nothing" / "snap-0")
+
+
+def test_convert_cli_writes_loadable_rgb_weights(goldens, golden, tmp_path, capsys) -> None:
+    out = tmp_path / "official" / "v1.pt"
+    assert convert_main([str(goldens), str(out)]) == 0
+    assert "3,601,542 parameters" in capsys.readouterr().out
+    _check_parity(load_official_v1(out), golden)
+    assert convert_main([str(tmp_path / "nope"), str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("deepfill-convert: error:")
+    assert "\n" not in err
+
+
+def test_convert_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "deepfill-convert"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert "deepfill-convert" in result.stdout
