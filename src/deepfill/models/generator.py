@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contextual_attention import ContextualAttention
-from .layers import PaddingMode, SameConv2d, resize_nearest
+from .layers import PaddingMode, SameConv2d, elu_, resize_nearest
 
 __all__ = ["CoarseGenerator", "InpaintGenerator", "RefineGenerator", "inpaint_padded"]
 
@@ -39,9 +39,11 @@ class GenConv(SameConv2d):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         x = super().forward(x)
         if self.activation == "elu":
-            return F.elu(x)
+            # The convolution's output is fresh: without autograd it can be activated in place.
+            return F.elu(x) if needs_grad else elu_(x)
         if self.activation == "relu":
             return F.relu(x)
         return x

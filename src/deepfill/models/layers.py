@@ -98,6 +98,10 @@ def align_corners_index(in_size: int, out_size: int, device: torch.device | None
     return index.to(device) if device is not None else index
 
 
+def _is_plain_repeat(index: torch.Tensor, factor: int) -> bool:
+    return torch.equal(index, torch.arange(index.numel(), device=index.device) // factor)
+
+
 def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
     """Nearest-neighbour resize of ``x: (N,C,H,W)`` to ``size = (h, w)``.
 
@@ -105,11 +109,42 @@ def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool =
     resize of the official code; ``False`` is PyTorch's ``mode="nearest"``.
     """
     height, width = x.shape[-2:]
-    out_h, out_w = size
+    out_h, out_w = int(size[0]), int(size[1])
     if (out_h, out_w) == (height, width):
         return x
     if not align_corners:
         return F.interpolate(x, size=(out_h, out_w), mode="nearest")
-    rows = align_corners_index(height, out_h, x.device)
-    cols = align_corners_index(width, out_w, x.device)
-    return x.index_select(-2, rows).index_select(-1, cols)
+    rows = align_corners_index(height, out_h)
+    cols = align_corners_index(width, out_w)
+    # Integer upscales (the generator's x2) map dst -> dst // factor exactly, which is
+    # PyTorch's nearest mode: use its kernel, several times faster than two gathers.
+    if out_h % height == 0 and out_w % width == 0:
+        fh, fw = out_h // height, out_w // width
+        if _is_plain_repeat(rows, fh) and _is_plain_repeat(cols, fw):
+            return F.interpolate(x, scale_factor=(fh, fw), mode="nearest")
+    return x.index_select(-2, rows.to(x.device)).index_select(-1, cols.to(x.device))
+
+
+_ELU_CHUNK = 1 << 18  # elements per piece: 1 MiB of float32 stays in the L2 cache
+
+
+def elu_(x: torch.Tensor) -> torch.Tensor:
+    """In-place ELU for inference, several times faster than ``F.elu`` on CPUs.
+
+    PyTorch's CPU ELU calls a scalar ``expm1``; ``relu(x) + exp(min(x, 0)) - 1`` uses the
+    vectorised ``exp`` and, done in cache-sized pieces, costs about one pass over memory.
+    Differs from ``F.elu`` by at most a few float32 ulps. Not for tensors that need gradients.
+    """
+    if x.device.type != "cpu":
+        return F.elu_(x)
+    if x.is_contiguous():
+        flat = x.view(-1)
+    elif x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        flat = x.permute(0, 2, 3, 1).view(-1)
+    else:
+        return F.elu_(x)
+    for start in range(0, flat.numel(), _ELU_CHUNK):
+        piece = flat[start : start + _ELU_CHUNK]
+        negative = piece.clamp(max=0).exp_()
+        piece.clamp_(min=0).add_(negative).sub_(1)
+    return x
