@@ -1,0 +1,395 @@
+"""Hole masks for training and evaluation.
+
+Every generator is a pure function ``(height, width, rng, **params) -> (1,H,W) float32 tensor``,
+1 = hole, drawn only from ``rng`` (a ``numpy.random.Generator``). Configs bind the parameters
+with ``functools.partial`` (Hydra: ``_partial_: true``), so a bound generator is again a
+function of ``(height, width, rng)``.
+
+* :func:`rectangle` — the official v1 box (128x128 at 256^2, each side shrunk by up to 16 px);
+  :func:`centered_rectangle` its evaluation form.
+* :func:`free_form` — the v2 brush strokes.
+* :func:`thin`, :func:`medium`, :func:`thick` — LaMa's evaluation presets, at any size.
+* :func:`mixed` — a weighted choice among generators, or their union (v2: box OR strokes).
+* :class:`FolderMasks` — mask images from a folder (e.g. the NVIDIA irregular mask set).
+* :func:`bounded` — resample until the hole ratio is within bounds; never an empty mask.
+* :func:`eval_mask` — the deterministic mask of item ``i``: a function of ``(seed, i)`` only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "PRESETS",
+    "FolderMasks",
+    "MaskGenerator",
+    "bounded",
+    "centered_rectangle",
+    "eval_mask",
+    "free_form",
+    "hole_ratio",
+    "irregular",
+    "medium",
+    "mixed",
+    "rectangle",
+    "thick",
+    "thin",
+    "write_eval_set",
+]
+
+MaskGenerator = Callable[[int, int, np.random.Generator], torch.Tensor]
+
+# The sizes of the official v1 box and of LaMa's presets are given for 256x256 images; at other
+# sizes they scale with the shorter side.
+_REFERENCE_SIDE = 256
+
+
+def _to_tensor(mask: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).unsqueeze(0)
+
+
+def hole_ratio(mask: torch.Tensor) -> float:
+    """Fraction of hole pixels of a ``(1,H,W)`` or ``(N,1,H,W)`` mask."""
+    return float(mask.float().mean())
+
+
+# ---------------------------------------------------------------------- rectangles
+def rectangle(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    box: tuple[int, int] | None = None,
+    margin: tuple[int, int] = (0, 0),
+    max_delta: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Official v1 box: a ``box`` (default half the image side: 128x128 at 256^2) placed
+    uniformly with top/left in ``[margin, size - margin - box)``, then each side shrunk by
+    ``randint(0, max_delta // 2)`` (default ``max_delta = box // 4``: 32 at 256^2), which gives
+    holes of 96..128 px per side at 256^2.
+    """
+    box_h, box_w = box if box is not None else (height // 2, width // 2)
+    delta_h, delta_w = max_delta if max_delta is not None else (box_h // 4, box_w // 4)
+    margin_h, margin_w = margin
+    if box_h + 2 * margin_h > height or box_w + 2 * margin_w > width:
+        raise ValueError(f"rectangle: box {box_h}x{box_w} with margin {margin} does not fit {height}x{width}")
+    top = int(rng.integers(margin_h, max(height - margin_h - box_h, margin_h + 1)))
+    left = int(rng.integers(margin_w, max(width - margin_w - box_w, margin_w + 1)))
+    shrink_h = int(rng.integers(0, delta_h // 2 + 1))
+    shrink_w = int(rng.integers(0, delta_w // 2 + 1))
+    mask = np.zeros((height, width), np.float32)
+    mask[top + shrink_h : top + box_h - shrink_h, left + shrink_w : left + box_w - shrink_w] = 1
+    return _to_tensor(mask)
+
+
+def centered_rectangle(
+    height: int, width: int, rng: np.random.Generator | None = None, box: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Evaluation form of the v1 box: a centred ``box`` (default half the side: 128x128 at 256^2)."""
+    box_h, box_w = box if box is not None else (height // 2, width // 2)
+    top, left = (height - box_h) // 2, (width - box_w) // 2
+    mask = np.zeros((height, width), np.float32)
+    mask[top : top + box_h, left : left + box_w] = 1
+    return _to_tensor(mask)
+
+
+# ---------------------------------------------------------------------- strokes
+def _stroke(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]], width: int) -> None:
+    """A polyline of the given width with round joints and caps."""
+    draw.line(points, fill=1, width=width)
+    radius = width / 2
+    for x, y in points:
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=1)
+
+
+def free_form(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    strokes: tuple[int, int] = (1, 3),
+    vertices: tuple[int, int] = (4, 11),
+    mean_angle: float = 2 * math.pi / 5,
+    angle_range: float = 2 * math.pi / 15,
+    stroke_width: tuple[float, float] = (12, 40),
+    flip: bool = True,
+) -> torch.Tensor:
+    """DeepFill v2 brush strokes: 1-3 strokes of 4-11 vertices; turning angles around 2*pi/5
+    (+- up to 2*pi/15, alternating direction); segment lengths ~ N(r, r/2) clipped to [0, 2r]
+    with r = sqrt(H^2+W^2)/8; widths U(12, 40) px; round joints.
+    """
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    radius = math.hypot(height, width) / 8
+    for _ in range(int(rng.integers(strokes[0], strokes[1] + 1))):
+        count = int(rng.integers(vertices[0], vertices[1] + 1))
+        low = mean_angle - rng.uniform(0, angle_range)
+        high = mean_angle + rng.uniform(0, angle_range)
+        x, y = float(rng.integers(0, width)), float(rng.integers(0, height))
+        points = [(x, y)]
+        for i in range(count):
+            angle = rng.uniform(low, high)
+            angle = 2 * math.pi - angle if i % 2 == 0 else angle
+            length = float(np.clip(rng.normal(radius, radius / 2), 0, 2 * radius))
+            x = float(np.clip(x + length * math.cos(angle), 0, width - 1))
+            y = float(np.clip(y + length * math.sin(angle), 0, height - 1))
+            points.append((x, y))
+        _stroke(draw, points, max(1, int(rng.uniform(*stroke_width))))
+    mask = np.asarray(canvas, dtype=np.float32)
+    if flip and rng.random() < 0.5:
+        mask = mask[:, ::-1]
+    if flip and rng.random() < 0.5:
+        mask = mask[::-1]
+    return _to_tensor(mask)
+
+
+def irregular(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    strokes: tuple[int, int] = (4, 5),
+    max_width: int = 50,
+    max_length: int = 100,
+    max_angle: int = 4,
+    boxes: tuple[int, int] = (0, 0),
+    box_size: tuple[int, int] = (10, 50),
+    box_margin: int = 10,
+) -> torch.Tensor:
+    """LaMa-style irregular mask: ``strokes`` polylines of 1-5 segments (random direction,
+    length <= ``max_length``, width <= ``max_width``) plus ``boxes`` rectangles with sides in
+    ``box_size``. Sizes are for 256^2 and scale with the shorter image side.
+    """
+    scale = min(height, width) / _REFERENCE_SIDE
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(strokes[0], strokes[1] + 1))):
+        x, y = float(rng.integers(0, width)), float(rng.integers(0, height))
+        points = [(x, y)]
+        stroke_w = max(1, round((5 + rng.integers(0, max(max_width - 5, 1))) * scale))
+        for _ in range(1 + int(rng.integers(0, 5))):
+            angle = 0.01 + rng.uniform(0, max_angle)
+            length = (10 + rng.integers(0, max(max_length - 10, 1))) * scale
+            x = float(np.clip(x + length * math.sin(angle), 0, width - 1))
+            y = float(np.clip(y + length * math.cos(angle), 0, height - 1))
+            points.append((x, y))
+        _stroke(draw, points, stroke_w)
+    mask = np.asarray(canvas, dtype=np.float32).copy()
+    margin = int(box_margin * scale)
+    for _ in range(int(rng.integers(boxes[0], boxes[1] + 1))):
+        lo, hi = int(box_size[0] * scale), int(box_size[1] * scale)
+        box_w = int(rng.integers(lo, hi + 1))
+        box_h = int(rng.integers(lo, hi + 1))
+        left = int(rng.integers(margin, max(width - margin - box_w, margin + 1)))
+        top = int(rng.integers(margin, max(height - margin - box_h, margin + 1)))
+        mask[top : top + box_h, left : left + box_w] = 1
+    return _to_tensor(mask)
+
+
+# LaMa drops evaluation masks that cover more than half of the image.
+_LAMA_MAX_RATIO = 0.5
+
+
+def thin(height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+    """LaMa 'thin': 4-50 thin strokes (width <= 10, length <= 40); hole ratio <= 50%."""
+
+    def draw(h: int, w: int, r: np.random.Generator) -> torch.Tensor:
+        return irregular(h, w, r, strokes=(4, 50), max_width=10, max_length=40)
+
+    return bounded(height, width, rng, draw, max_ratio=_LAMA_MAX_RATIO)
+
+
+def medium(height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+    """LaMa 'medium': 4-5 strokes (width <= 50, length <= 100) plus 0-3 boxes of 10-50 px."""
+
+    def draw(h: int, w: int, r: np.random.Generator) -> torch.Tensor:
+        return irregular(
+            h, w, r, strokes=(4, 5), max_width=50, max_length=100, boxes=(0, 3), box_size=(10, 50)
+        )
+
+    return bounded(height, width, rng, draw, max_ratio=_LAMA_MAX_RATIO)
+
+
+def thick(height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+    """LaMa 'thick': 1-5 strokes (width <= 100, length <= 200) plus 0-3 boxes of 30-150 px."""
+
+    def draw(h: int, w: int, r: np.random.Generator) -> torch.Tensor:
+        return irregular(
+            h, w, r, strokes=(1, 5), max_width=100, max_length=200, boxes=(0, 3), box_size=(30, 150)
+        )
+
+    return bounded(height, width, rng, draw, max_ratio=_LAMA_MAX_RATIO)
+
+
+# ---------------------------------------------------------------------- combinators
+def mixed(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    generators: Sequence[MaskGenerator],
+    weights: Sequence[float] | None = None,
+    union: bool = False,
+) -> torch.Tensor:
+    """A weighted choice among ``generators``; with ``union=True`` the union of all of them
+    (DeepFill v2 trains on box OR strokes)."""
+    if not generators:
+        raise ValueError("mixed: needs at least one generator")
+    if union:
+        mask = generators[0](height, width, rng)
+        for generator in generators[1:]:
+            mask = torch.maximum(mask, generator(height, width, rng))
+        return mask
+    p = np.asarray(weights if weights is not None else [1.0] * len(generators), dtype=np.float64)
+    if p.shape != (len(generators),) or (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"mixed: weights must be {len(generators)} non-negative numbers, got {weights!r}")
+    choice = int(rng.choice(len(generators), p=p / p.sum()))
+    return generators[choice](height, width, rng)
+
+
+def bounded(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    generator: MaskGenerator,
+    min_ratio: float = 0.0,
+    max_ratio: float = 1.0,
+    max_tries: int = 100,
+) -> torch.Tensor:
+    """Draw from ``generator`` until the hole ratio is in ``[min_ratio, max_ratio]`` and the
+    mask is not empty. After ``max_tries`` the non-empty draw closest to the bounds is returned;
+    if every draw was empty, a centred box covering the bounds' middle ratio is."""
+    if not 0 <= min_ratio <= max_ratio <= 1:
+        raise ValueError(f"bounded: need 0 <= min_ratio <= max_ratio <= 1, got {min_ratio}, {max_ratio}")
+    best, best_distance = None, math.inf
+    for _ in range(max_tries):
+        mask = generator(height, width, rng)
+        ratio = hole_ratio(mask)
+        if ratio == 0:
+            continue
+        distance = max(min_ratio - ratio, ratio - max_ratio, 0.0)
+        if distance == 0:
+            return mask
+        if distance < best_distance:
+            best, best_distance = mask, distance
+    if best is not None:
+        return best
+    side = math.sqrt(max((min_ratio + max_ratio) / 2, 1.0 / (height * width)))
+    box = (max(1, round(height * side)), max(1, round(width * side)))
+    return centered_rectangle(height, width, box=box)
+
+
+class FolderMasks:
+    """Masks from image files (any size): resized with nearest, binarised by ``threshold``
+    (nonzero-ish = hole; ``invert`` for sets where black marks the hole), optionally flipped and
+    rotated by multiples of 90 degrees. ``__call__(height, width, rng)`` picks a file with ``rng``.
+    """
+
+    EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+    def __init__(
+        self,
+        folder: str | Path,
+        threshold: float = 0.5,
+        invert: bool = False,
+        flip: bool = True,
+        rotate: bool = True,
+    ) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"mask folder not found: {self.folder}")
+        self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in self.EXTENSIONS)
+        if not self.files:
+            raise ValueError(f"mask folder {self.folder} holds no mask images ({', '.join(self.EXTENSIONS)})")
+        self.threshold, self.invert, self.flip, self.rotate = threshold, invert, flip, rotate
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int, height: int, width: int) -> np.ndarray:
+        path = self.files[index]
+        with Image.open(path) as image:
+            gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        mask = (gray > self.threshold) if not self.invert else (gray <= self.threshold)
+        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
+        return (np.asarray(resized) > 127).astype(np.float32)
+
+    def __call__(self, height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+        index = int(rng.integers(0, len(self.files)))
+        turns = int(rng.integers(0, 4)) if self.rotate else 0
+        # Rotate before resizing so that non-square targets keep the mask's aspect.
+        h, w = (width, height) if turns % 2 else (height, width)
+        mask = np.rot90(self.load(index, h, w), turns)
+        if self.flip and rng.random() < 0.5:
+            mask = mask[:, ::-1]
+        return _to_tensor(mask)
+
+
+PRESETS: dict[str, MaskGenerator] = {
+    "rect_v1": rectangle,
+    "rect_center": centered_rectangle,
+    "free_form_v2": free_form,
+    "thin": thin,
+    "medium": medium,
+    "thick": thick,
+}
+
+
+def eval_mask(generator: MaskGenerator, seed: int, index: int, height: int, width: int) -> torch.Tensor:
+    """The evaluation mask of item ``index``: a function of ``(seed, index)`` only, identical
+    across runs, worker counts and DDP ranks."""
+    return generator(height, width, np.random.default_rng([seed, index]))
+
+
+def write_eval_set(
+    out_dir: str | Path, preset: str, count: int, height: int, width: int, seed: int = 0
+) -> list[Path]:
+    """Write the fixed evaluation masks ``0..count-1`` of ``preset`` as PNG files (255 = hole)
+    plus a ``masks.json`` that records how they were made. Existing files are overwritten only
+    by identical content, since mask ``i`` depends on ``(preset, seed, i)`` alone."""
+    import json
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown mask preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        mask = eval_mask(PRESETS[preset], seed, index, height, width)[0].numpy()
+        path = out / f"{index:06d}.png"
+        tmp = out / f".{index:06d}.png.tmp"
+        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
+        tmp.replace(path)
+        paths.append(path)
+    manifest = {"preset": preset, "seed": seed, "count": count, "height": height, "width": width}
+    (out / "masks.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``deepfill-make-masks``: write a fixed evaluation mask set as PNG files."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="deepfill-make-masks",
+        description="Write deterministic evaluation masks (255 = hole) as PNG files.",
+    )
+    parser.add_argument("out", help="output folder")
+    parser.add_argument("--preset", default="thick", choices=sorted(PRESETS))
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        paths = write_eval_set(args.out, args.preset, args.count, args.size[0], args.size[1], args.seed)
+    except (OSError, ValueError) as error:
+        print(f"deepfill-make-masks: error: {error}", file=sys.stderr)
+        return 2
+    height, width = args.size
+    print(f"wrote {len(paths)} {args.preset} masks ({height}x{width}, seed {args.seed}) to {args.out}")
+    return 0
