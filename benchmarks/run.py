@@ -1,0 +1,266 @@
+"""DeepFill benchmarks: generator inference, contextual attention, FLOPs and a profile.
+
+Usage (``make bench`` runs the default set):
+    python benchmarks/run.py                       # everything below, results in benchmarks/results/
+    python benchmarks/run.py generator --sizes 256 512 --repeats 5
+    python benchmarks/run.py attention --repeats 5
+    python benchmarks/run.py flops
+    python benchmarks/run.py profile --size 512
+
+Every timing is the median of ``--repeats`` runs after one warm-up run, with ``--threads`` CPU
+threads (2 by default, the development machine). Each generator size runs in its own process so
+that its peak resident memory (ru_maxrss) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _machine() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return info
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    fn()  # warm-up: allocator, oneDNN primitive caches
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _inputs(size: int, batch: int = 1, device: str = "cpu"):
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
+    mask = torch.zeros(batch, 1, size, size)
+    mask[..., size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = 1  # centred box
+    return image.to(device), mask.to(device)
+
+
+# ---------------------------------------------------------------------- generator (one size)
+def generator_one(args: argparse.Namespace) -> dict:
+    from deepfill import InpaintGenerator
+
+    device = args.device
+    generator = InpaintGenerator().eval().to(device)
+    image, mask = _inputs(args.size, device=device)
+    if args.channels_last:
+        generator = generator.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
+    dtype = {"float32": None, "bfloat16": torch.bfloat16}[args.dtype]
+
+    def run() -> None:
+        with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            generator(image, mask)
+
+    times = _timed(run, args.repeats)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    result = {
+        "size": args.size,
+        "channels_last": args.channels_last,
+        "dtype": args.dtype,
+        "device": device,
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "peak_rss_gb": peak_rss / 1e9,
+    }
+    if device == "cuda":
+        result["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return result
+
+
+def generator(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for size in args.sizes:
+        for layout in args.layouts:
+            cmd = [
+                sys.executable,
+                __file__,
+                "generator-one",
+                "--size",
+                str(size),
+                "--repeats",
+                str(args.repeats if size < 2048 else args.repeats_2048),
+                "--threads",
+                str(args.threads),
+                "--device",
+                args.device,
+                "--dtype",
+                args.dtype,
+            ]
+            if layout == "channels_last":
+                cmd.append("--channels-last")
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            rows.append(row)
+            print(
+                f"generator {size}^2 {layout:13s} median {row['median_s']:.3f} s "
+                f"peak RSS {row['peak_rss_gb']:.2f} GB",
+                flush=True,
+            )
+    return rows
+
+
+# ---------------------------------------------------------------------- attention fwd + bwd
+def attention(args: argparse.Namespace) -> dict:
+    from deepfill import ContextualAttention
+    from deepfill.models.reference import contextual_attention_loop
+
+    g = torch.Generator().manual_seed(0)
+    n, c, h, w = 16, 128, 64, 64
+    features = torch.randn(n, c, h, w, generator=g).to(args.device)
+    mask = torch.zeros(n, 1, h, w, device=args.device)
+    for i in range(n):  # a different box per sample, as in training
+        top, left = 4 + (i * 3) % 24, 6 + (i * 5) % 24
+        mask[i, :, top : top + 24, left : left + 24] = 1
+    layer = ContextualAttention(rate=2)
+
+    def batched() -> None:
+        x = features.clone().requires_grad_(True)
+        y, _ = layer(x, x, mask)
+        y.sum().backward()
+
+    def loop() -> None:
+        x = features.clone().requires_grad_(True)
+        y, _ = contextual_attention_loop(x, x, mask, rate=2)
+        y.sum().backward()
+
+    t_batched = _timed(batched, args.repeats)
+    t_loop = _timed(loop, args.repeats)
+    result = {
+        "shape": [n, c, h, w],
+        "batched_median_s": statistics.median(t_batched),
+        "loop_median_s": statistics.median(t_loop),
+        "speedup": statistics.median(t_loop) / statistics.median(t_batched),
+        "batched_times_s": t_batched,
+        "loop_times_s": t_loop,
+    }
+    print(
+        f"attention fwd+bwd 16x128x64x64: batched {result['batched_median_s']:.3f} s, "
+        f"per-sample loop {result['loop_median_s']:.3f} s, speedup {result['speedup']:.2f}x",
+        flush=True,
+    )
+    return result
+
+
+# ---------------------------------------------------------------------- FLOPs and profile
+def flops(args: argparse.Namespace) -> list[dict]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from deepfill import InpaintGenerator
+
+    generator = InpaintGenerator().eval()
+    rows = []
+    for size in args.sizes:
+        image, mask = _inputs(size)
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            generator(image, mask)
+        total = counter.get_total_flops()
+        by_op = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+        rows.append(
+            {"size": size, "gflop": total / 1e9, "by_op_gflop": {k: v / 1e9 for k, v in by_op.items()}}
+        )
+        print(
+            f"flops {size}^2: {total / 1e9:.1f} GFLOP  "
+            + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in by_op.items())
+        )
+    return rows
+
+
+def profile(args: argparse.Namespace) -> str:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from deepfill import InpaintGenerator
+
+    generator = InpaintGenerator().eval().to(memory_format=torch.channels_last)
+    image, mask = _inputs(args.size)
+    image = image.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        generator(image, mask)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            generator(image, mask)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+    print(table)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        choices=("all", "generator", "generator-one", "attention", "flops", "profile"),
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument(
+        "--layouts", nargs="+", default=["nchw", "channels_last"], choices=("nchw", "channels_last")
+    )
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats-2048", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if args.what == "generator-one":
+        print(json.dumps(generator_one(args)))
+        return
+    results: dict = {"machine": _machine()}
+    if args.what in ("all", "generator"):
+        results["generator"] = generator(args)
+    if args.what in ("all", "attention"):
+        results["attention"] = attention(args)
+    if args.what in ("all", "flops"):
+        results["flops"] = flops(argparse.Namespace(sizes=[s for s in args.sizes if s <= 512] or [256, 512]))
+    if args.what in ("all", "profile"):
+        results["profile"] = profile(args)
+    out = args.out or RESULTS / f"{args.what}-{results['machine']['device'].replace(' ', '_')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out)
+    print(f"results written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""Image sources: folders, the official flist format, embedded sample photos, procedural textures.
+
+A source maps ``(index, rng)`` to an image ``(3,H,W)`` float32 in [-1,1], RGB, of side
+``image_size``. ``rng`` is None for evaluation (deterministic resize + centre crop) and a
+``numpy.random.Generator`` for training (random crop + horizontal flip).
+
+Any input is accepted: grayscale, RGBA/LA (alpha dropped), palette, CMYK, 16-bit and float
+images, EXIF orientation. Unreadable files (empty, truncated, not an image) are skipped with a
+warning and counted; past ``max_bad_fraction`` of the source the run stops with an error that
+lists some of them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FileImages",
+    "ImageSource",
+    "SampleImages",
+    "TextureImages",
+    "UnreadableImageError",
+    "flist",
+    "image_folder",
+    "load_image",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class UnreadableImageError(OSError):
+    """A file that cannot be decoded as an image."""
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode any image file to ``(H,W,3)`` uint8 RGB, EXIF orientation applied."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb8(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise UnreadableImageError(f"{path}: {type(error).__name__}: {error}") from error
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float images: scale by the format's range, not by the data.
+        array = np.asarray(image, dtype=np.float64)
+        full = 1.0 if mode == "F" and array.max() <= 1.0 else (65535.0 if mode != "F" else float(array.max()))
+        gray = np.clip(array / full * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "P":
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _fit(
+    array: np.ndarray, image_size: int, rng: np.random.Generator | None, small: str
+) -> np.ndarray | None:
+    """Resize/crop an ``(H,W,3)`` uint8 array to ``image_size`` square.
+
+    Training (``rng`` given): random crop and horizontal flip; images whose shorter side is below
+    ``image_size`` are upscaled (``small="upscale"``) or rejected (``small="skip"``: returns None).
+    Evaluation: the shorter side is resized to ``image_size``, then a centre crop.
+    """
+    height, width = array.shape[:2]
+    short = min(height, width)
+    if rng is None or short < image_size:
+        if short < image_size and small == "skip":
+            return None
+        if rng is None or short != image_size:
+            scale = image_size / short
+            size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
+            array = np.asarray(Image.fromarray(array).resize(size, Image.BICUBIC))
+            height, width = array.shape[:2]
+    if rng is None:
+        top, left = (height - image_size) // 2, (width - image_size) // 2
+    else:
+        top = int(rng.integers(0, height - image_size + 1))
+        left = int(rng.integers(0, width - image_size + 1))
+    array = array[top : top + image_size, left : left + image_size]
+    if rng is not None and rng.random() < 0.5:
+        array = array[:, ::-1]
+    return array
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+class ImageSource(torch.utils.data.Dataset):
+    """Base class: ``get(index, rng) -> (3,S,S)`` in [-1,1]; ``__getitem__`` is the eval form."""
+
+    image_size: int
+
+    def get(self, index: int, rng: np.random.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.get(index, None)
+
+
+class FileImages(ImageSource):
+    """Images from a list of files, robust to unreadable ones.
+
+    Args:
+        files: image paths.
+        image_size: output side.
+        small: ``"upscale"`` or ``"skip"`` images smaller than ``image_size``.
+        max_bad_fraction: stop with an error once more than this fraction of the files was
+            unreadable (or skipped as too small).
+        scan: open every file's header now, so that empty and non-image files are dropped
+            before training starts (truncated data is only found when decoded).
+        name: used in messages (the folder or flist path).
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike],
+        image_size: int = 256,
+        small: str = "upscale",
+        max_bad_fraction: float = 0.01,
+        scan: bool = True,
+        name: str = "",
+    ) -> None:
+        if small not in ("upscale", "skip"):
+            raise ValueError(f"small must be 'upscale' or 'skip', got {small!r}")
+        if image_size < 8 or image_size % 8:
+            raise ValueError(f"image_size must be a positive multiple of 8, got {image_size!r}")
+        self.name = name or "image list"
+        self.image_size, self.small, self.max_bad_fraction = image_size, small, max_bad_fraction
+        self.total = len(files)
+        self.bad: dict[str, str] = {}
+        paths = [Path(f) for f in files]
+        if scan:
+            good = []
+            for path in paths:
+                reason = self._header_problem(path)
+                if reason is None:
+                    good.append(path)
+                else:
+                    self._record_bad(path, reason)
+            paths = good
+        if not paths:
+            raise ValueError(f"{self.name}: no readable images")
+        self.files = paths
+
+    @staticmethod
+    def _header_problem(path: Path) -> str | None:
+        try:
+            if path.stat().st_size == 0:
+                return "empty file"
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - reading the header is the check
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    def _record_bad(self, path: Path, reason: str) -> None:
+        if str(path) in self.bad:
+            return
+        self.bad[str(path)] = reason
+        warnings.warn(f"skipping unreadable image {path} ({reason})", RuntimeWarning, stacklevel=3)
+        if len(self.bad) > self.max_bad_fraction * max(self.total, 1):
+            listed = ", ".join(list(self.bad)[:5])
+            raise RuntimeError(
+                f"{self.name}: {len(self.bad)} of {self.total} images are unreadable, more than "
+                f"max_bad_fraction={self.max_bad_fraction}; first ones: {listed}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, index: int, rng: np.random.Generator | None) -> torch.Tensor:
+        # An unreadable file is replaced by the next readable one, so batches stay full.
+        for attempt in range(len(self.files)):
+            path = self.files[(index + attempt) % len(self.files)]
+            if str(path) in self.bad:
+                continue
+            try:
+                fitted = _fit(load_image(path), self.image_size, rng, self.small)
+            except UnreadableImageError as error:
+                self._record_bad(path, str(error.__cause__ or error))
+                continue
+            if fitted is None:
+                self._record_bad(path, f"smaller than {self.image_size}px")
+                continue
+            return _to_tensor(fitted)
+        raise RuntimeError(f"{self.name}: no readable images left")
+
+
+def _check_dir(path: Path, what: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+
+
+def image_folder(root: str | os.PathLike, image_size: int = 256, **kwargs) -> FileImages:
+    """Every image under ``root`` (recursive, common extensions), sorted."""
+    root = Path(root).expanduser()
+    _check_dir(root, "image folder")
+    if not root.is_dir():
+        raise NotADirectoryError(f"image folder is not a directory: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return FileImages(files, image_size, name=str(root), **kwargs)
+
+
+def flist(path: str | os.PathLike, image_size: int = 256, **kwargs) -> FileImages:
+    """The official flist format: one image path per line; relative paths are resolved against
+    the flist's folder; blank lines and ``#`` comments are ignored."""
+    path = Path(path).expanduser()
+    _check_dir(path, "flist")
+    base = path.parent
+    files = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        entry = Path(line).expanduser()
+        files.append(entry if entry.is_absolute() else base / entry)
+    if not files:
+        raise ValueError(f"flist {path} lists no images")
+    return FileImages(files, image_size, name=str(path), **kwargs)
+
+
+# ---------------------------------------------------------------------- embedded data
+SAMPLE_SPLITS = {
+    # Natural colour photographs shipped inside scikit-image (no download). Split by image.
+    "train": ("astronaut", "chelsea", "hubble_deep_field", "immunohistochemistry", "motorcycle", "retina"),
+    "val": ("coffee", "rocket"),
+}
+
+
+def _sample_photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name == "motorcycle":
+        return skimage.data.stereo_motorcycle()[0]
+    return np.asarray(getattr(skimage.data, name)())[..., :3]
+
+
+class SampleImages(ImageSource):
+    """The embedded default: colour photos shipped by scikit-image, split into train and val by
+    image. Training items are random crops (``length`` per epoch); evaluation items are a fixed
+    grid of crops (at the native scale and at the shorter side resized to ``image_size``)."""
+
+    def __init__(self, split: str = "train", image_size: int = 256, length: int | None = None) -> None:
+        if split not in SAMPLE_SPLITS:
+            raise ValueError(f"sample split must be one of {sorted(SAMPLE_SPLITS)}, got {split!r}")
+        self.split, self.image_size = split, image_size
+        self.names = SAMPLE_SPLITS[split]
+        self.photos = [_sample_photo(name) for name in self.names]
+        self.length = length if length is not None else (512 if split == "train" else 16)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def get(self, index: int, rng: np.random.Generator | None) -> torch.Tensor:
+        photo = self.photos[index % len(self.photos)]
+        if rng is not None:
+            # Random scale between "shorter side = image_size" and native, then a random crop.
+            short = min(photo.shape[:2])
+            target = int(rng.integers(self.image_size, max(short, self.image_size) + 1))
+            if target != short:
+                scale = target / short
+                size = (round(photo.shape[1] * scale), round(photo.shape[0] * scale))
+                photo = np.asarray(Image.fromarray(photo).resize(size, Image.BICUBIC))
+            return _to_tensor(_fit(photo, self.image_size, rng, "upscale"))
+        # Deterministic crops: item k of a photo takes the k-th cell of a grid over the photo.
+        k = index // len(self.photos)
+        if k % 2 == 0:
+            return _to_tensor(_fit(photo, self.image_size, None, "upscale"))
+        short = min(photo.shape[:2])
+        if short < self.image_size:
+            photo = _fit(photo, self.image_size, None, "upscale")
+        height, width = photo.shape[:2]
+        cells_y = max(1, height // self.image_size)
+        cells_x = max(1, width // self.image_size)
+        cell = (k // 2) % (cells_y * cells_x)
+        top = min((cell // cells_x) * self.image_size, height - self.image_size)
+        left = min((cell % cells_x) * self.image_size, width - self.image_size)
+        return _to_tensor(photo[top : top + self.image_size, left : left + self.image_size])
+
+
+class TextureImages(ImageSource):
+    """Procedural periodic textures: a random tile repeated over the image. A hole larger than
+    the local structure can only be filled by copying from a period away, the case contextual
+    attention exists for. Item ``i`` is a function of ``(seed, i)`` only."""
+
+    def __init__(
+        self,
+        image_size: int = 256,
+        length: int = 512,
+        period: tuple[int, int] = (24, 64),
+        seed: int = 0,
+    ) -> None:
+        self.image_size, self.length, self.period, self.seed = image_size, length, period, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def period_of(self, index: int) -> tuple[int, int]:
+        """The (vertical, horizontal) period of item ``index`` in pixels."""
+        g = np.random.default_rng([self.seed, index])
+        return int(g.integers(self.period[0], self.period[1] + 1)), int(
+            g.integers(self.period[0], self.period[1] + 1)
+        )
+
+    def get(self, index: int, rng: np.random.Generator | None) -> torch.Tensor:
+        # The content is always seeded by (seed, index); rng only adds a random shift.
+        g = np.random.default_rng([self.seed, index])
+        ph = int(g.integers(self.period[0], self.period[1] + 1))
+        pw = int(g.integers(self.period[0], self.period[1] + 1))
+        coarse = g.uniform(0, 255, size=(max(2, ph // 6), max(2, pw // 6), 3)).astype(np.uint8)
+        tile = np.asarray(Image.fromarray(coarse).resize((pw, ph), Image.BICUBIC), dtype=np.float32)
+        # Sharp motifs on the smooth tile: discs and bars of random colours.
+        yy, xx = np.mgrid[0:ph, 0:pw]
+        for _ in range(int(g.integers(1, 4))):
+            cy, cx = g.uniform(0, ph), g.uniform(0, pw)
+            radius = g.uniform(2, min(ph, pw) / 3)
+            tile[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = g.uniform(0, 255, 3)
+        if g.random() < 0.5:
+            tile[: max(1, ph // 8)] = g.uniform(0, 255, 3)
+        reps = (math.ceil(self.image_size / ph) + 1, math.ceil(self.image_size / pw) + 1, 1)
+        canvas = np.tile(tile, reps)
+        dy = int(rng.integers(0, ph)) if rng is not None else 0
+        dx = int(rng.integers(0, pw)) if rng is not None else 0
+        crop = canvas[dy : dy + self.image_size, dx : dx + self.image_size]
+        return _to_tensor(np.clip(crop, 0, 255).astype(np.uint8))
