@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from deepfill import masks as M
-from deepfill.datamodule import InpaintDataModule, InpaintDataset
+from deepfill.datamodule import EpochSampler, InpaintDataModule, InpaintDataset
 from deepfill.datasets import (
     SAMPLE_SPLITS,
     SampleImages,
@@ -193,13 +193,19 @@ def test_train_masks_differ_across_workers_and_epochs() -> None:
     assert len({m.numpy().tobytes() for m in first_epoch + second_epoch}) == 32
 
 
-def test_train_masks_differ_across_ranks() -> None:
-    datasets = []
-    for rank in (0, 1):
-        ds = InpaintDataset(_Flat(), M.free_form, train=True, seed=0)
-        ds.rank = rank
-        datasets.append(ds)
-    assert not torch.equal(datasets[0][0]["mask"], datasets[1][0]["mask"])
+def test_train_keys_shard_ranks_and_resume_mid_epoch() -> None:
+    def keys(rank, world, start=0, epoch=0):
+        return list(EpochSampler(16, 0, rank, world, lambda: epoch, lambda e: start))
+
+    rank0, rank1 = keys(0, 2), keys(1, 2)
+    positions = [k[2] for k in rank0] + [k[2] for k in rank1]
+    assert sorted(positions) == list(range(16))  # the ranks split the epoch exactly
+    assert keys(0, 1, start=5) == keys(0, 1)[5:]  # resuming skips what was consumed
+    assert [k[3] for k in keys(0, 1, epoch=1)] != [k[3] for k in keys(0, 1)]  # new order each epoch
+    dataset = InpaintDataset(_Flat(), M.free_form, train=True, seed=0)
+    # Different ranks (positions) draw different masks; the same key always draws the same.
+    assert not torch.equal(dataset[rank0[0]]["mask"], dataset[rank1[0]]["mask"])
+    assert torch.equal(dataset[rank1[3]]["mask"], dataset[rank1[3]]["mask"])
 
 
 def test_batches_have_the_documented_layout() -> None:

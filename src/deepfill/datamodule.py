@@ -5,9 +5,13 @@ Batches are dicts ``{"image": (N,3,H,W) in [-1,1], "mask": (N,1,H,W) in {0,1}, "
 Randomness:
 * evaluation (val/test) items are functions of ``(seed, index)`` only — image crop and mask —
   so they are identical across runs, ``num_workers`` and DDP ranks;
-* training items draw from a generator seeded by ``(seed, rank, worker id, the worker's torch
-  seed)``: PyTorch gives each worker a fresh base seed every epoch, so no two workers, ranks or
-  epochs draw the same masks, and ``seed_everything`` makes the run reproducible.
+* training order and items are functions of ``(seed, epoch, position)``: :class:`EpochSampler`
+  shuffles by ``(seed, epoch)`` and gives each rank its own positions, and the item at a
+  position draws its crop and mask from ``default_rng([seed, epoch, position])``. No two
+  workers, ranks or epochs draw the same masks, and nothing depends on worker processes.
+  The data module records the position of every batch the model consumes and saves it in
+  checkpoints, so a resumed run continues with exactly the batches and masks it would have
+  seen (mid-epoch too).
 """
 
 from __future__ import annotations
@@ -26,10 +30,46 @@ from .masks import MaskGenerator, hole_ratio
 __all__ = ["InpaintDataModule", "InpaintDataset"]
 
 
-def _rank() -> int:
+def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Training keys ``(epoch, local, position, index)`` for one rank.
+
+    The epoch's order is a permutation seeded by ``(seed, epoch)``; rank ``r`` of ``world`` takes
+    positions ``r, r + world, ...`` (``local`` counts them), starting at ``start(epoch)`` so that
+    a resumed epoch skips what was already trained on.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        seed: int,
+        rank: int,
+        world: int,
+        epoch: Callable[[], int],
+        start: Callable[[int], int],
+        shuffle: bool = True,
+    ) -> None:
+        self.length, self.seed, self.rank, self.world, self.shuffle = length, seed, rank, world, shuffle
+        self._epoch, self._start = epoch, start
+        self.per_rank = length // world
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        epoch = self._epoch()
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.length)
+        else:
+            order = np.arange(self.length)
+        for local in range(self._start(epoch), self.per_rank):
+            position = local * self.world + self.rank
+            yield (epoch, local, position, int(order[position]))
 
 
 class InpaintDataset(Dataset):
@@ -44,31 +84,29 @@ class InpaintDataset(Dataset):
 
     def __init__(self, images: ImageSource, masks: MaskGenerator, train: bool, seed: int = 0) -> None:
         self.images, self.masks, self.train, self.seed = images, masks, train, seed
-        self.rank = 0
-        self._rng: np.random.Generator | None = None
-        self._rng_key: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _train_rng(self) -> np.random.Generator:
-        info = torch.utils.data.get_worker_info()
-        worker, worker_seed = (info.id, info.seed) if info is not None else (-1, 0)
-        key = (self.rank, worker, worker_seed)
-        if self._rng is None or key != self._rng_key:
-            self._rng = np.random.default_rng([self.seed, self.rank, worker + 1, worker_seed % 2**63])
-            self._rng_key = key
-        return self._rng
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int, int, int]) -> dict[str, torch.Tensor]:
         if self.train:
-            rng = self._train_rng()
+            # Keys come from EpochSampler; a bare index means epoch 0, position = index.
+            epoch, local, position, index = key if isinstance(key, tuple) else (0, key, key, key)
+            rng = np.random.default_rng([self.seed, epoch, position])
             image = self.images.get(index, rng)
         else:
+            index = int(key)
+            epoch, local = 0, index
             rng = np.random.default_rng([self.seed, index])
             image = self.images.get(index, None)
         mask = self.masks(image.shape[-2], image.shape[-1], rng)
-        return {"image": image, "mask": mask, "index": torch.tensor(index)}
+        return {
+            "image": image,
+            "mask": mask,
+            "index": torch.tensor(index),
+            "epoch": torch.tensor(epoch),
+            "local": torch.tensor(local),
+        }
 
 
 class InpaintDataModule(pl.LightningDataModule):
@@ -83,6 +121,7 @@ class InpaintDataModule(pl.LightningDataModule):
             ``batch_size``).
         num_workers, pin_memory, persistent_workers: ``DataLoader`` options.
         seed: base seed of training draws; eval_seed: seed of the fixed evaluation items.
+        image_size: expected side of every source's images (checked), or None.
     """
 
     def __init__(
@@ -99,8 +138,12 @@ class InpaintDataModule(pl.LightningDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         eval_seed: int = 0,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
+        if image_size is not None and (image_size < 8 or image_size % 8):
+            raise ValueError(f"data.image_size must be a positive multiple of 8, got {image_size!r}")
+        self.image_size = image_size
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size!r}")
         if num_workers < 0:
@@ -113,16 +156,27 @@ class InpaintDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed, self.eval_seed = seed, eval_seed
         self.datasets: dict[str, InpaintDataset] = {}
+        # Training position: the epoch and how many of this rank's samples were consumed.
+        self.position = {"epoch": -1, "done": 0}
 
     def _source(self, split: str) -> ImageSource | None:
         source = self._sources[split]
         if source is not None and not isinstance(source, Dataset):
             source = source()  # a factory (Hydra partial): build it lazily, once per process
             self._sources[split] = source
+        size = getattr(source, "image_size", None)
+        if (
+            source is not None
+            and self.image_size is not None
+            and size is not None
+            and size != self.image_size
+        ):
+            raise ValueError(
+                f"data.{split} produces {size}px images but data.image_size is {self.image_size}"
+            )
         return source
 
     def setup(self, stage: str | None = None) -> None:
-        rank = self.trainer.global_rank if self.trainer is not None else _rank()
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in splits.get(stage or "fit", ("train", "val", "test")):
             if split in self.datasets:
@@ -131,38 +185,71 @@ class InpaintDataModule(pl.LightningDataModule):
             if source is None:
                 continue
             train = split == "train"
-            dataset = InpaintDataset(
-                source,
-                self.train_masks if train else self.eval_masks,
-                train,
-                self.seed if train else self.eval_seed,
-            )
-            dataset.rank = rank
-            self.datasets[split] = dataset
+            masks, seed = (self.train_masks, self.seed) if train else (self.eval_masks, self.eval_seed)
+            self.datasets[split] = InpaintDataset(source, masks, train, seed)
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _dataset(self, split: str) -> InpaintDataset:
         if split not in self.datasets:
             self.setup("fit" if split in ("train", "val") else "test")
         if split not in self.datasets:
             raise ValueError(f"no {split} data configured")
+        return self.datasets[split]
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
+            sampler=sampler,
+            drop_last=sampler is not None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
 
+    def _epoch(self) -> int:
+        if self.trainer is not None:
+            return self.trainer.current_epoch
+        # Outside a trainer each new iteration is a new epoch.
+        self._standalone_epoch = getattr(self, "_standalone_epoch", -1) + 1
+        return self._standalone_epoch
+
+    def _start(self, epoch: int) -> int:
+        return self.position["done"] if self.position["epoch"] == epoch else 0
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        dataset = self._dataset("train")
+        rank, world = _rank_and_world()
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            if world > 1 and self.trainer._accelerator_connector.use_distributed_sampler:
+                raise ValueError(
+                    "trainer.use_distributed_sampler must be false: InpaintDataModule shards the "
+                    "training data across ranks itself (resumable, with per-rank masks)"
+                )
+        if len(dataset) // world < self.batch_size:
+            raise ValueError(
+                f"training set has {len(dataset)} items: fewer than batch_size={self.batch_size} per rank"
+            )
+        sampler = EpochSampler(len(dataset), self.seed, rank, world, self._epoch, self._start)
+        return self._loader(dataset, self.batch_size, sampler)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Called once per batch as the model consumes it (after any prefetch): record position.
+        if self.trainer is not None and self.trainer.training and "local" in batch:
+            self.position = {"epoch": int(batch["epoch"][0]), "done": int(batch["local"].max()) + 1}
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"position": dict(self.position)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.position = dict(state_dict.get("position", self.position))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.eval_batch_size)
+        return self._loader(self._dataset("val"), self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
+        return self._loader(self._dataset("test"), self.eval_batch_size)
 
     def hole_ratios(self, split: str = "val", count: int | None = None) -> np.ndarray:
         """Hole ratios of the first ``count`` items of a split (for statistics and plots)."""

@@ -234,6 +234,14 @@ class InpaintGenerator(nn.Module):
         if cnum < 2 or cnum % 2:
             raise ValueError(f"cnum must be an even integer >= 2, got {cnum!r}")
         attention_kwargs = {"rate": 2, **(attention or {})}
+        # Constructor arguments, saved with checkpoints so the generator can be rebuilt.
+        self.config = {
+            "cnum": cnum,
+            "dilations": list(dilations),
+            "attention": dict(attention_kwargs),
+            "padding": padding,
+            "align_corners": align_corners,
+        }
         self.cnum = cnum
         self.multiple = 4 * attention_kwargs["rate"]
         self.coarse = CoarseGenerator(cnum, dilations, padding, align_corners)

@@ -1,0 +1,72 @@
+"""Training callbacks: atomic checkpoints, best-by-LPIPS-or-PSNR, a checkpoint on SIGTERM."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+__all__ = ["AtomicModelCheckpoint", "BestCheckpoint", "CheckpointOnSignal", "atomic_save_checkpoint"]
+
+
+def atomic_save_checkpoint(
+    trainer: pl.Trainer, filepath: str | os.PathLike, weights_only: bool = False
+) -> None:
+    """Write a checkpoint to a temporary file, then rename: a crash never leaves half a file."""
+    path = Path(filepath)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(tmp, weights_only)
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose files are written atomically."""
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        atomic_save_checkpoint(trainer, filepath, self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)
+
+
+class BestCheckpoint(AtomicModelCheckpoint):
+    """Keeps the best checkpoint by ``val/lpips`` (lower is better) when the model computes
+    LPIPS, else by ``val/psnr`` (higher is better)."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("filename", "best-{epoch:03d}-{step:07d}")
+        super().__init__(monitor="val/psnr", mode="max", save_top_k=1, **kwargs)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        metrics = getattr(pl_module, "metrics", None)
+        if metrics is not None and getattr(metrics, "lpips", None) is not None:
+            self.monitor, self.mode = "val/lpips", "min"
+            self.kth_value = torch.tensor(math.inf)
+            self.best_model_score = None
+        super().setup(trainer, pl_module, stage)
+
+
+class CheckpointOnSignal(pl.Callback):
+    """Save ``<dirpath>/last.ckpt`` when the run is stopped by SIGTERM or Ctrl-C, so that a
+    preempted job resumes from where it stopped (``ckpt_path=<dirpath>/last.ckpt``)."""
+
+    def __init__(self, dirpath: str | os.PathLike) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            atomic_save_checkpoint(trainer, self.dirpath / "last.ckpt")
+            if trainer.is_global_zero:
+                print(f"interrupted: checkpoint saved to {self.dirpath / 'last.ckpt'}", flush=True)

@@ -1,0 +1,54 @@
+"""Image grids for logging: input with hole, coarse, refined, composite, ground truth, flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .models.contextual_attention import flow_to_image
+from .models.layers import resize_nearest
+
+__all__ = ["COLUMNS", "inpainting_grid", "log_grid"]
+
+COLUMNS = ("input", "coarse", "refined", "composite", "ground truth", "attention flow")
+
+
+def inpainting_grid(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    x_stage1: torch.Tensor,
+    x_stage2: torch.Tensor,
+    offsets: torch.Tensor,
+    max_rows: int = 4,
+) -> np.ndarray:
+    """One row per sample, columns :data:`COLUMNS`. Inputs as the generator's; (H', W', 3) uint8."""
+    n = min(max_rows, image.shape[0])
+    image, mask = image[:n].float(), mask[:n].float().expand(n, 1, *image.shape[-2:])
+    x1, x2 = x_stage1[:n].float(), x_stage2[:n].float()
+    holed = image * (1 - mask) + mask  # hole shown white
+    composite = x2 * mask + image * (1 - mask)
+    flow = resize_nearest(flow_to_image(offsets[:n]), tuple(image.shape[-2:]), align_corners=False)
+    columns = [holed, x1, x2, composite, image, flow.to(image.device)]
+    rows = torch.cat([torch.cat(list(col), dim=-1) for col in zip(*columns, strict=True)], dim=-2)
+    return ((rows.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def log_grid(trainer, key: str, grid: np.ndarray, caption: str, step: int) -> None:
+    """Send a grid to every logger that takes images (W&B, TensorBoard) and save it as a PNG in
+    the run's log folder, so CSV-only runs keep their pictures too."""
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    saved = False
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[grid], caption=[caption], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, grid, global_step=step, dataformats="HWC")
+        if not saved and getattr(logger, "log_dir", None):
+            folder = Path(logger.log_dir) / "images"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grid).save(folder / f"{key.replace('/', '_')}_{step:07d}.png")
+            saved = True
