@@ -10,7 +10,9 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,tf
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-all lint format bench clean
+ARGS ?=
+
+.PHONY: help install train test test-all lint format bench clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,6 +25,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install deepfill (editable) with dev + tf extras
+
+train: $(STAMP) ## train the quickstart model on the embedded sample data (ARGS="key=value ..." to override)
+	$(BIN)/deepfill-train experiment=quickstart $(ARGS)
 
 test: $(STAMP) ## run the test suite (fast tests)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -1,0 +1,175 @@
+"""The Hydra configs compose; every experiment runs a fast_dev_run step; bad configs fail clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from PIL import Image
+
+from deepfill.config import CONFIG_DIR
+from deepfill.train import train
+from deepfill.validation import ConfigError, validate_config
+
+TINY = [
+    "data.image_size=64",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "model.generator.cnum=8",
+    "model.global_critic.cnum=8",
+    "model.local_critic.cnum=8",
+    "model.lpips_pretrained=false",
+    "trainer=cpu",
+    "logger=csv",
+]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def compose_cfg(overrides: list[str], output_dir: Path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def flist_dir(tmp_path_factory) -> Path:
+    """A tiny dataset in the official flist layout, for the paper experiments."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for name in ("places2", "celebahq", "imagenet"):
+        (root / name / "images").mkdir(parents=True)
+        lines = []
+        for i in range(6):
+            path = root / name / "images" / f"{i}.jpg"
+            Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(path)
+            lines.append(f"images/{i}.jpg")
+        for split in ("train", "val"):
+            (root / name / f"{split}.flist").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("group", "name"),
+    [
+        (g, n)
+        for g in ("model", "data", "mask", "trainer", "logger", "callbacks", "debug")
+        for n in options(g)
+    ],
+)
+def test_every_config_option_composes(group, name, tmp_path) -> None:
+    cfg = compose_cfg([f"{group}={name}"], tmp_path)
+    assert cfg.model.generator.cnum > 0
+    validate_config(cfg)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_runs_a_fast_dev_run_step(experiment, tmp_path, flist_dir) -> None:
+    cfg = compose_cfg(
+        [f"experiment={experiment}", "debug=fast_dev_run", f"paths.data_dir={flist_dir}", *TINY], tmp_path
+    )
+    metrics = train(cfg)
+    assert np.isfinite(metrics["train/g_loss"]) and np.isfinite(metrics["train/d_loss"])
+    assert np.isfinite(metrics["val/psnr"])
+
+
+def test_experiment_presets_carry_the_paper_settings(tmp_path) -> None:
+    cfg = compose_cfg(["experiment=places2_v1"], tmp_path)
+    assert cfg.data.image_size == 256 and cfg.data.batch_size == 16
+    assert cfg.model.n_critic == 5 and cfg.model.lr == 1e-4 and list(cfg.model.betas) == [0.5, 0.9]
+    assert dict(cfg.model.loss) == {
+        "coarse": 1.2,
+        "l1": 1.2,
+        "ae": 1.2,
+        "gan": 0.001,
+        "global_wgan": 1.0,
+        "gp": 10.0,
+    }
+    assert cfg.model.discount == "box" and cfg.model.local_critic.input_size == 128
+
+
+def test_quickstart_trains_and_writes_checkpoints_metrics_and_grids(tmp_path) -> None:
+    overrides = [
+        "experiment=quickstart",
+        *TINY,
+        "data.train.length=8",
+        "data.val.length=2",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.log_every_n_steps=1",
+        "model.n_critic=1",
+        "model.log_images_every_n_steps=2",
+    ]
+    train(compose_cfg([*overrides, "trainer.max_epochs=2"], tmp_path))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    metrics = (tmp_path / "csv" / "metrics.csv").read_text()
+    assert "val/psnr" in metrics and "train/g_loss" in metrics
+    assert list((tmp_path / "csv" / "images").glob("train_samples_*.png"))
+    # Resuming from last.ckpt continues (one more epoch).
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    resumed = compose_cfg([*overrides, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "resumed")
+    train(resumed)
+    assert (tmp_path / "resumed" / "checkpoints" / "last.ckpt").is_file()
+    rows = (tmp_path / "resumed" / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    epochs = {row.split(",")[header.index("epoch")] for row in rows[1:]} - {""}
+    assert epochs == {"2"}  # epochs 0 and 1 came from the checkpoint
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "model.generator.attention.ksize=4",
+            "model.generator.attention.ksize: must be an odd positive integer",
+        ),
+        ("model.loss.gan=-1", "model.loss.gan: must be a number >= 0"),
+        ("data.image_size=100", "data.image_size: must be a multiple of 8"),
+        ("+model.lrr=0.1", "model.lrr: unknown key for deepfill.module.DeepFillModule (did you mean 'lr'?)"),
+        ("+data.batchsize=3", "data.batchsize: unknown key"),
+    ],
+)
+def test_invalid_values_and_misspelt_keys_name_the_key(override, message, tmp_path) -> None:
+    cfg = compose_cfg([override], tmp_path)
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "deepfill-train"
+    return subprocess.run(
+        [str(script), *args], capture_output=True, text=True, cwd=cwd, check=False, timeout=300
+    )
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path) -> None:
+    result = _cli("model.generator.attention.ksize=4", f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("deepfill-train")]
+    assert lines == [
+        "deepfill-train: error: model.generator.attention.ksize: must be an odd positive integer, got 4"
+    ]
+    missing = _cli(
+        "debug=fast_dev_run", "ckpt_path=/nowhere/last.ckpt", f"paths.log_dir={tmp_path}", cwd=tmp_path
+    )
+    assert missing.returncode == 2
+    assert "deepfill-train: error: ckpt_path: no such checkpoint: /nowhere/last.ckpt" in missing.stderr
+    typo = _cli("model.lrr=1", f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    assert typo.returncode != 0 and "model.lrr" in typo.stderr
