@@ -306,6 +306,96 @@ def loader(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------- training throughput
+def training(args: argparse.Namespace) -> dict:
+    """Full-model training at 256^2, batch 16: generator updates/s, images/s and a breakdown."""
+    import pytorch_lightning as pl
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from deepfill import masks as M
+    from deepfill.datamodule import InpaintDataModule
+    from deepfill.datasets import SampleImages
+    from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
+    from deepfill.module import DeepFillModule
+
+    size, batch, n_critic = args.train_size, args.train_batch, 5
+    batches = n_critic * args.train_iterations
+    module = DeepFillModule(
+        InpaintGenerator(),
+        GlobalCritic(size),
+        LocalCritic(size // 2),
+        n_critic=n_critic,
+        log_images_every_n_steps=0,
+    )
+    data = InpaintDataModule(
+        train=SampleImages("train", size, length=batch * (batches + n_critic)),
+        train_masks=M.rectangle,
+        eval_masks=M.centered_rectangle,
+        batch_size=batch,
+        num_workers=2,
+        persistent_workers=True,
+    )
+    accelerator = "gpu" if args.device == "cuda" else "cpu"
+    precision = "bf16-mixed" if args.dtype == "bfloat16" else "32-true"
+
+    class Timer(pl.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_train_batch_start(self, *_) -> None:
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, *_) -> None:
+            self.times.append(time.perf_counter() - self._start)
+
+    timer = Timer()
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        max_epochs=1,
+        limit_train_batches=batches + n_critic,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        use_distributed_sampler=False,
+    )
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    start = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        trainer.fit(module, data)
+    wall = time.perf_counter() - start
+    steady = timer.times[n_critic:]  # the first round warms up
+    per_iteration = sum(steady) / (len(steady) / n_critic)
+    parts = {}
+    for event in prof.key_averages():
+        if event.key.startswith("deepfill/"):
+            parts[event.key] = event.cpu_time_total / 1e6 / (len(timer.times) / n_critic)
+    result = {
+        "image_size": size,
+        "batch": batch,
+        "n_critic": n_critic,
+        "seconds_per_generator_update": per_iteration,
+        "generator_updates_per_s": 1 / per_iteration,
+        "images_per_s": batch * n_critic / per_iteration,
+        "step_time_s_per_iteration_by_part": parts,
+        "wall_s": wall,
+        "step_seconds_in_batches": sum(timer.times),
+    }
+    print(
+        f"training {size}^2 batch {batch}: {per_iteration:.2f} s per generator update "
+        f"({result['images_per_s']:.2f} images/s incl. {n_critic} critic steps)",
+        flush=True,
+    )
+    for key, value in sorted(parts.items()):
+        print(f"  {key:45s} {value:7.2f} s per generator update")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -314,7 +404,17 @@ def main() -> None:
         "what",
         nargs="?",
         default="all",
-        choices=("all", "generator", "generator-one", "attention", "flops", "profile"),
+        choices=(
+            "all",
+            "generator",
+            "generator-one",
+            "attention",
+            "flops",
+            "profile",
+            "masks",
+            "loader",
+            "training",
+        ),
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
     parser.add_argument("--size", type=int, default=512)
@@ -329,6 +429,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--mask-samples", type=int, default=1000)
+    parser.add_argument("--train-size", type=int, default=256)
+    parser.add_argument("--train-batch", type=int, default=16)
+    parser.add_argument("--train-iterations", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -349,6 +452,8 @@ def main() -> None:
         results["masks"] = masks(args)
     if args.what in ("all", "loader"):
         results["loader"] = loader(args)
+    if args.what in ("all", "training"):
+        results["training"] = training(args)
     out = args.out or RESULTS / f"{args.what}-{results['machine']['device'].replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -72,6 +72,20 @@ class EpochSampler(torch.utils.data.Sampler):
             yield (epoch, local, position, int(order[position]))
 
 
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation items ``rank, rank + world, ...``: every item exactly once across ranks (no
+    padding, so metrics summed across ranks equal the single-process ones)."""
+
+    def __init__(self, length: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, length, world))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
 class InpaintDataset(Dataset):
     """Pairs an image source with a mask generator.
 
@@ -195,17 +209,6 @@ class InpaintDataModule(pl.LightningDataModule):
             raise ValueError(f"no {split} data configured")
         return self.datasets[split]
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=sampler is not None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
-
     def _epoch(self) -> int:
         if self.trainer is not None:
             return self.trainer.current_epoch
@@ -218,20 +221,27 @@ class InpaintDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("train")
-        rank, world = _rank_and_world()
-        if self.trainer is not None:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-            if world > 1 and self.trainer._accelerator_connector.use_distributed_sampler:
-                raise ValueError(
-                    "trainer.use_distributed_sampler must be false: InpaintDataModule shards the "
-                    "training data across ranks itself (resumable, with per-rank masks)"
-                )
+        rank, world = self._rank_world()
+        trainer = self.trainer
+        if trainer is not None and world > 1 and trainer._accelerator_connector.use_distributed_sampler:
+            raise ValueError(
+                "trainer.use_distributed_sampler must be false: InpaintDataModule shards the "
+                "training data across ranks itself (resumable, with per-rank masks)"
+            )
         if len(dataset) // world < self.batch_size:
             raise ValueError(
                 f"training set has {len(dataset)} items: fewer than batch_size={self.batch_size} per rank"
             )
         sampler = EpochSampler(len(dataset), self.seed, rank, world, self._epoch, self._start)
-        return self._loader(dataset, self.batch_size, sampler)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # Called once per batch as the model consumes it (after any prefetch): record position.
@@ -245,11 +255,29 @@ class InpaintDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         self.position = dict(state_dict.get("position", self.position))
 
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return _rank_and_world()
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self._dataset(split)
+        rank, world = self._rank_world()
+        sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("val"), self.eval_batch_size)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("test"), self.eval_batch_size)
+        return self._eval_loader("test")
 
     def hole_ratios(self, split: str = "val", count: int | None = None) -> np.ndarray:
         """Hole ratios of the first ``count`` items of a split (for statistics and plots)."""

@@ -13,7 +13,7 @@ masked softmax with zeros, conv-transpose paste / 4) with three differences of e
 The fuse step of the official code convolves the score matrix ``[fh*fw, bh*bw]`` with an
 identity kernel, first in raster order of both axes, then in column-major order. On the
 flattened axes that is a sum of diagonal shifts with zero fill, which is what is done here
-(``_shift_add``); the column-major pass reads its neighbours across column boundaries exactly
+(``_ShiftSum``); the column-major pass reads its neighbours across column boundaries exactly
 like the official flattened convolution does.
 """
 
@@ -70,16 +70,47 @@ def _unfold_same(x: torch.Tensor, kernel: int, stride: int = 1) -> torch.Tensor:
     return F.unfold(pad_same(x, kernel, stride), kernel_size=kernel, stride=stride)
 
 
-def _shift_add(out: torch.Tensor, src: torch.Tensor, shift: int) -> None:
-    """``out[..., j] += src[..., j + shift]`` with zeros where ``j + shift`` falls outside."""
-    length = out.shape[-1]
-    if shift == 0:
-        out += src
-    elif shift > 0:
-        if shift < length:
-            out[..., : length - shift] += src[..., shift:]
-    elif -shift < length:
-        out[..., -shift:] += src[..., : length + shift]
+def _flat_shift(shift: int, length: int) -> tuple[slice, slice] | None:
+    """(destination, source) slices of ``out[..., j] += src[..., j + shift]`` with zero fill."""
+    if abs(shift) >= length:
+        return None
+    if shift >= 0:
+        return slice(0, length - shift), slice(shift, length)
+    return slice(-shift, length), slice(0, length + shift)
+
+
+class _ShiftSum(torch.autograd.Function):
+    """``out[dst_k] += inputs[i_k][src_k]`` over all terms k, zeros elsewhere.
+
+    Every step of the fuse and of the paste is a sum of shifted slices. As a plain autograd
+    graph each slice costs a full-size zero-fill and copy in the backward pass; this linear map
+    accumulates its adjoint in place instead and saves nothing for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, shape, terms, *inputs):
+        out = inputs[0].new_zeros(shape)
+        for i, dst, src in terms:
+            out[dst] += inputs[i][src]
+        ctx.terms = terms
+        ctx.input_shapes = [x.shape for x in inputs]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        needed = ctx.needs_input_grad[2:]
+        grads = [
+            grad.new_zeros(shape) if need else None
+            for shape, need in zip(ctx.input_shapes, needed, strict=True)
+        ]
+        for i, dst, src in ctx.terms:
+            if grads[i] is not None:
+                grads[i][src] += grad[dst]
+        return (None, None, *grads)
+
+
+def _shift_sum(shape: tuple[int, ...], terms: list, *inputs: torch.Tensor) -> torch.Tensor:
+    return _ShiftSum.apply(shape, terms, *inputs)
 
 
 @dataclass
@@ -203,22 +234,21 @@ class ContextualAttention(nn.Module):
         n, h, w, r = attn.shape[0], p.h, p.w, self.rate
         if p.order == "column":
             grid = attn.view(n, rows, w, w, h)
-            shifted = attn.new_empty(n, rows + 1, w + 1, w + 1, h + 1)
+            shape = (n, rows + 1, w + 1, w + 1, h + 1)
         else:
             grid = attn.view(n, rows, w, h, w)
-            shifted = attn.new_empty(n, rows + 1, w + 1, h + 1, w + 1)
-        # A' = sum over s in {0,1}^2 of attn shifted by s on both grids. The s = (0,0) term is
-        # copied in; only the border slabs it does not cover need zeros.
-        shifted[:, :rows, :w, :-1, :-1] = grid
-        shifted[:, rows].zero_()
-        shifted[:, :rows, w].zero_()
-        shifted[:, :rows, :w, -1].zero_()
-        shifted[:, :rows, :w, :-1, -1].zero_()
-        for sy, sx in ((0, 1), (1, 0), (1, 1)):
-            if p.order == "column":
-                shifted[:, sy : sy + rows, sx : sx + w, sx : sx + w, sy : sy + h] += grid
-            else:
-                shifted[:, sy : sy + rows, sx : sx + w, sy : sy + h, sx : sx + w] += grid
+            shape = (n, rows + 1, w + 1, h + 1, w + 1)
+        # A' = sum over s in {0,1}^2 of attn shifted by s on both grids (zero where shifted out).
+        terms = []
+        for sy, sx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            fg = (slice(None), slice(sy, sy + rows), slice(sx, sx + w))
+            bg = (
+                (slice(sx, sx + w), slice(sy, sy + h))
+                if p.order == "column"
+                else (slice(sy, sy + h), slice(sx, sx + w))
+            )
+            terms.append((0, fg + bg, (slice(None),)))
+        shifted = _shift_sum(shape, terms, grid)
         shifted = shifted.view(n, (rows + 1) * (w + 1), (h + 1) * (w + 1))
         out = torch.bmm(shifted, p.paste)  # (N, (rows+1)*(w+1), C*r*r)
         c = out.shape[-1] // (r * r)
@@ -243,16 +273,18 @@ class ContextualAttention(nn.Module):
         lo, hi = row_lo * p.w, row_hi * p.w
         s_lo, s_hi = max(lo - before, 0), min(hi + k - 1 - before, total)
         scores = self._scores(p, s_lo, s_hi)
-        out = scores[:, lo - s_lo : hi - s_lo].clone()
+        lb = scores.shape[-1]
+        terms = []
         for a in range(k):
             d = a - before
-            if d == 0:
-                continue
             # out[i] += scores[i + d] (both axes shifted by d), rows present only where i + d is.
             i_lo, i_hi = max(lo, s_lo - d), min(hi, s_hi - d)
-            if i_lo < i_hi:
-                _shift_add(out[:, i_lo - lo : i_hi - lo], scores[:, i_lo + d - s_lo : i_hi + d - s_lo], d)
-        return out
+            cols = _flat_shift(d, lb)
+            if i_lo < i_hi and cols is not None:
+                dst = (slice(None), slice(i_lo - lo, i_hi - lo), cols[0])
+                src = (slice(None), slice(i_lo + d - s_lo, i_hi + d - s_lo), cols[1])
+                terms.append((0, dst, src))
+        return _shift_sum((scores.shape[0], hi - lo, lb), terms, scores)
 
     def _fused_chunk(self, p: _Prepared, r0: int, r1: int, cache: list) -> torch.Tensor:
         """Fused scores of foreground rows [r0, r1), background axis column-major: (N, rows*w, Lb)."""
@@ -263,7 +295,8 @@ class ContextualAttention(nn.Module):
         # column, else it continues in the next/previous column: extended row e maps to row
         # e mod h of column col + e // h.
         e_lo, e_hi = r0 - before, r1 + k - 1 - before
-        extended = None
+        blocks, terms = [], []
+        all_ = slice(None)
         e = e_lo
         while e < e_hi:
             shift = e // h
@@ -271,30 +304,21 @@ class ContextualAttention(nn.Module):
             src_lo = e - shift * h
             for part_lo, part in self._cached_rows(p, src_lo, seg_hi - shift * h, cache):
                 rows_in = part.shape[1] // w
-                block = part.view(n, rows_in, w, h, w).transpose(-1, -2)  # raster -> column bg
-                if extended is None:
-                    extended = block.new_empty(n, e_hi - e_lo, w, w, h)
+                blocks.append(part.view(n, rows_in, w, h, w).transpose(-1, -2))  # raster -> column bg
                 start = part_lo + shift * h - e_lo
-                dst = extended[:, start : start + rows_in]
-                if shift == 0:
-                    dst.copy_(block)
-                elif abs(shift) >= w:
-                    dst.zero_()
-                elif shift > 0:
-                    dst[:, :, : w - shift].copy_(block[:, :, shift:])
-                    dst[:, :, w - shift :].zero_()
-                else:
-                    dst[:, :, -shift:].copy_(block[:, :, : w + shift])
-                    dst[:, :, :-shift].zero_()
+                cols = _flat_shift(shift, w)  # extended[e, col] = P[row, col + shift]
+                if cols is not None:
+                    dst = (all_, slice(start, start + rows_in), cols[0])
+                    terms.append((len(blocks) - 1, dst, (all_, all_, cols[1])))
             e = seg_hi
-        assert extended is not None
-        extended = extended.view(n, e_hi - e_lo, w, lb)
+        extended = _shift_sum((n, e_hi - e_lo, w, w, h), terms, *blocks).view(n, e_hi - e_lo, w, lb)
         rows = r1 - r0
-        out = extended[:, before : before + rows].clone()
+        terms = []
         for a in range(k):
-            if a != before:
-                _shift_add(out, extended[:, a : a + rows], a - before)
-        return out.view(n, rows * w, lb)
+            bg = _flat_shift(a - before, lb)
+            if bg is not None:
+                terms.append((0, (all_, all_, all_, bg[0]), (all_, slice(a, a + rows), all_, bg[1])))
+        return _shift_sum((n, rows, w, lb), terms, extended).view(n, rows * w, lb)
 
     def _cached_rows(self, p: _Prepared, lo: int, hi: int, cache: list) -> list[tuple[int, torch.Tensor]]:
         """First-pass rows [lo, hi) as (first row, (N, rows*w, Lb)) pieces, reusing earlier chunks'."""

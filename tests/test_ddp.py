@@ -1,0 +1,73 @@
+"""DDP on 2 CPU processes (gloo): training runs, and validation metrics synchronised across the
+ranks equal a single-process evaluation of the same weights on the same data."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepfill import masks as M
+from deepfill.datamodule import InpaintDataModule
+from deepfill.datasets import SampleImages
+from deepfill.metrics import InpaintingMetrics, to_unit
+from deepfill.module import DeepFillModule
+
+pytestmark = pytest.mark.slow
+
+
+def test_ddp_cpu_trains_and_syncs_validation_metrics(tmp_path) -> None:
+    run = tmp_path / "run"
+    args = [
+        "experiment=quickstart",
+        "trainer=ddp_cpu",
+        "logger=csv",
+        "data.image_size=64",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "data.train.length=16",
+        "data.val.length=6",
+        "model.generator.cnum=8",
+        "model.global_critic.cnum=8",
+        "model.local_critic.cnum=8",
+        "model.lpips_pretrained=false",
+        "model.n_critic=1",
+        "trainer.max_epochs=1",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.num_sanity_val_steps=0",
+        f"hydra.run.dir={run}",
+        f"paths.log_dir={tmp_path}",
+    ]
+    script = Path(sys.executable).parent / "deepfill-train"
+    result = subprocess.run(
+        [str(script), *args], capture_output=True, text=True, cwd=tmp_path, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    logged = next(r for r in reversed(rows) if r.get("val/psnr"))
+    # 16 items over 2 ranks, batch 2: 4 batches per rank, each a critic and a generator update.
+    generator = DeepFillModule.generator_from_checkpoint(str(run / "checkpoints" / "last.ckpt"))
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert int(checkpoint["state_dict"]["generator_steps"]) == 4
+
+    data = InpaintDataModule(
+        train=None,
+        val=SampleImages("val", 64, length=6),
+        train_masks=M.free_form,
+        eval_masks=M.thick,
+        batch_size=2,
+    )
+    metrics = InpaintingMetrics(lpips=False)
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            _, x2, _ = generator(batch["image"], batch["mask"])
+            completed = x2 * batch["mask"] + batch["image"] * (1 - batch["mask"])
+            metrics.update(to_unit(completed), to_unit(batch["image"]), batch["mask"])
+    single = metrics.compute()
+    for name in ("psnr", "ssim", "l1_hole", "l2_hole"):
+        assert float(logged[f"val/{name}"]) == pytest.approx(single[name], rel=1e-4, abs=1e-5), name
