@@ -117,8 +117,9 @@ def _shift_sum(shape: tuple[int, ...], terms: list, *inputs: torch.Tensor) -> to
 class _Prepared:
     """Per-call tensors shared by all chunks."""
 
-    fg: torch.Tensor  # (N, Lf, C*k*k) foreground patches, raster order
-    kernels: torch.Tensor  # (N, C*k*k, Lb) L2-normalised background patches, raster order
+    fg: torch.Tensor  # (N, Lf, C) foreground pixels, raster order
+    bg: torch.Tensor  # (N, C, Lb) background pixels, raster order
+    inv_norm: torch.Tensor  # (N, 1, Lb) 1 / max(||background patch||, 1e-4)
     paste: torch.Tensor  # (N, (h+1)*(w+1), C*r*r) phases of the padded background, in `order`
     valid: torch.Tensor  # (1 or N, 1, Lb) 1 where a background patch has no hole pixel, in `order`
     h: int
@@ -208,10 +209,13 @@ class ContextualAttention(nn.Module):
             b = f if same else resize_nearest(b, (h, w))
             if mask is not None:
                 mask = resize_nearest(mask, (h, w))
-        fg = _unfold_same(f, k)
-        kernels = fg if f is b else _unfold_same(b, k)  # (N, C*k*k, Lb)
-        fg = fg.transpose(1, 2)  # (N, Lf, C*k*k)
-        kernels = kernels / kernels.norm(dim=1, keepdim=True).clamp_min(1e-4)
+        # Patch scores are computed from pixel products (see _scores); patch norms from a k x k
+        # box sum of squared pixel norms, with the zero padding of TF 'SAME'.
+        c = f.shape[1]
+        fg = f.reshape(n, c, h * w).transpose(1, 2)  # (N, Lf, C)
+        bg = b.reshape(n, c, h * w)  # (N, C, Lb)
+        squared = _unfold_same(b.square().sum(dim=1, keepdim=True), k).sum(dim=1, keepdim=True)
+        inv_norm = 1.0 / squared.sqrt().clamp_min(1e-4)
         if mask is None:
             valid = torch.ones(1, 1, h * w, dtype=f.dtype, device=f.device)
         else:
@@ -227,7 +231,7 @@ class ContextualAttention(nn.Module):
         else:
             paste = phases.permute(0, 2, 4, 1, 3, 5)  # (N, h+1, w+1, C, r, r)
         paste = paste.reshape(n, (h + 1) * (w + 1), c * r * r)
-        return _Prepared(fg, kernels, paste, valid, h, w, order)
+        return _Prepared(fg, bg, inv_norm, paste, valid, h, w, order)
 
     def _paste(self, p: _Prepared, attn: torch.Tensor, rows: int) -> torch.Tensor:
         """Paste background for ``rows`` foreground rows: (N, C, (rows+1)*r, (w+1)*r) canvas strip."""
@@ -263,8 +267,38 @@ class ContextualAttention(nn.Module):
 
     # ------------------------------------------------------------------ scores
     def _scores(self, p: _Prepared, start: int, stop: int) -> torch.Tensor:
-        """Cosine scores of foreground raster positions [start, stop): (N, stop-start, Lb)."""
-        return torch.bmm(p.fg[:, start:stop], p.kernels)
+        """Cosine scores of foreground raster positions [start, stop): (N, stop-start, Lb).
+
+        The score of foreground patch p and background patch q is
+        sum_u <f(p+u), b(q+u)> / ||patch(q)|| over the k x k offsets u, pixels outside the image
+        being zero. So it is a sum of k*k shifted copies of the pixel Gram matrix F^T B, which
+        costs k^2 times fewer multiply-adds than multiplying the unfolded patch matrices.
+        """
+        n, h, w, k = p.fg.shape[0], p.h, p.w, self.ksize
+        before = (k - 1) // 2  # TF 'SAME' padding before, stride 1
+        row_lo, row_hi = start // w, -(-stop // w)  # whole rows covering [start, stop)
+        g_lo = max(row_lo - before, 0)
+        g_hi = min(row_hi + k - 1 - before, h)
+        gram = torch.bmm(p.fg[:, g_lo * w : g_hi * w], p.bg).view(n, g_hi - g_lo, w, h, w)
+        rows = row_hi - row_lo
+        terms = []
+        for uy in range(-before, k - before):
+            y_lo, y_hi = max(row_lo, -uy), min(row_hi, h - uy)  # output rows with row + uy inside
+            qy = slice(max(0, -uy), min(h, h - uy))
+            qy_src = slice(qy.start + uy, qy.stop + uy)
+            if y_lo >= y_hi or qy.start >= qy.stop:
+                continue
+            for ux in range(-before, k - before):
+                x = slice(max(0, -ux), min(w, w - ux))
+                if x.start >= x.stop:
+                    continue
+                x_src = slice(x.start + ux, x.stop + ux)
+                dst = (slice(None), slice(y_lo - row_lo, y_hi - row_lo), x, qy, x)
+                src = (slice(None), slice(y_lo + uy - g_lo, y_hi + uy - g_lo), x_src, qy_src, x_src)
+                terms.append((0, dst, src))
+        scores = _shift_sum((n, rows, w, h, w), terms, gram).view(n, rows * w, h * w) * p.inv_norm
+        offset = start - row_lo * w
+        return scores[:, offset : offset + stop - start]
 
     def _fuse_raster(self, p: _Prepared, row_lo: int, row_hi: int) -> torch.Tensor:
         """First fuse pass (raster order) for foreground rows [row_lo, row_hi): (N, rows*w, Lb)."""
