@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -173,3 +174,37 @@ def test_cli_reports_bad_input_in_one_line(tmp_path) -> None:
     assert "deepfill-train: error: ckpt_path: no such checkpoint: /nowhere/last.ckpt" in missing.stderr
     typo = _cli("model.lrr=1", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert typo.returncode != 0 and "model.lrr" in typo.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path) -> None:
+    import signal
+    import time
+
+    script = Path(sys.executable).parent / "deepfill-train"
+    run = tmp_path / "run"
+    args = [
+        "experiment=quickstart",
+        *[o for o in TINY if o != "logger=csv"],
+        "logger=csv",
+        "trainer.max_epochs=1000",
+        "trainer.log_every_n_steps=1",
+        "data.train.length=8",
+        "data.val.length=2",
+        f"hydra.run.dir={run}",
+        f"paths.log_dir={tmp_path}",
+    ]
+    process = subprocess.Popen(
+        [str(script), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    metrics = run / "csv" / "metrics.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if metrics.is_file() and "train/d_loss" in metrics.read_text():
+            break  # training is under way
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=240)
+    assert "stopping on signal: checkpoint saved to" in output, output[-3000:]
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert int(checkpoint["state_dict"]["critic_steps"]) > 0
+    assert checkpoint["epoch"] < 999  # it stopped long before the end

@@ -55,11 +55,29 @@ class BestCheckpoint(AtomicModelCheckpoint):
 
 
 class CheckpointOnSignal(pl.Callback):
-    """Save ``<dirpath>/last.ckpt`` when the run is stopped by SIGTERM or Ctrl-C, so that a
-    preempted job resumes from where it stopped (``ckpt_path=<dirpath>/last.ckpt``)."""
+    """Save ``<dirpath>/last.ckpt`` and stop when the run gets SIGTERM (a preempted job) or
+    Ctrl-C, so that it resumes from where it stopped (``ckpt_path=<dirpath>/last.ckpt``).
+
+    Lightning notes SIGTERM at once but acts on it only at the end of an epoch, which can be
+    hours away; this callback acts after the current batch.
+    """
 
     def __init__(self, dirpath: str | os.PathLike) -> None:
         self.dirpath = Path(dirpath)
+        self._saved_step: int | None = None
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if self._saved_step == trainer.global_step:
+            return
+        atomic_save_checkpoint(trainer, self.dirpath / "last.ckpt")
+        self._saved_step = trainer.global_step
+        if trainer.is_global_zero:
+            print(f"stopping on signal: checkpoint saved to {self.dirpath / 'last.ckpt'}", flush=True)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        if trainer.received_sigterm:
+            self._save(trainer)
+            trainer.should_stop = True
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -67,6 +85,4 @@ class CheckpointOnSignal(pl.Callback):
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
         if isinstance(exception, SIGTERMException | KeyboardInterrupt):
-            atomic_save_checkpoint(trainer, self.dirpath / "last.ckpt")
-            if trainer.is_global_zero:
-                print(f"interrupted: checkpoint saved to {self.dirpath / 'last.ckpt'}", flush=True)
+            self._save(trainer)

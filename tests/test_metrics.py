@@ -1,0 +1,71 @@
+"""Metrics: hole errors by hand, LPIPS through the wrapper equals the lpips package, missing weights."""
+
+from __future__ import annotations
+
+import lpips
+import pytest
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from deepfill import metrics as metrics_module
+from deepfill.metrics import InpaintingMetrics, LPIPSMetric, hole_l1, hole_l2
+
+
+def test_hole_errors_by_hand() -> None:
+    prediction = torch.zeros(2, 3, 4, 4)
+    target = torch.zeros(2, 3, 4, 4)
+    target[0, :, 0, 0] = 0.5  # inside sample 0's hole
+    target[0, :, 3, 3] = 1.0  # outside it: ignored
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, :, :2, :2] = 1
+    mask[1, :, 2:, 2:] = 1
+    assert hole_l1(prediction, target, mask).tolist() == pytest.approx([0.5 / 4, 0.0])
+    assert hole_l2(prediction, target, mask).tolist() == pytest.approx([0.25 / 4, 0.0])
+
+
+def test_lpips_wrapper_equals_the_lpips_package() -> None:
+    torch.manual_seed(0)
+    metric = LPIPSMetric(pretrained_backbone=False)
+    torch.manual_seed(0)
+    reference = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+    a, b = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64)
+    metric.update(a[:2], b[:2])
+    metric.update(a[2:], b[2:])
+    with torch.no_grad():
+        expected = reference(a * 2 - 1, b * 2 - 1).mean()
+    assert metric.compute().item() == pytest.approx(expected.item(), rel=1e-5)
+    assert not any(k.startswith("net") for k in metric.state_dict())  # kept out of checkpoints
+
+
+def test_inpainting_metrics_match_torchmetrics_functional() -> None:
+    torch.manual_seed(1)
+    completed, target = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    mask = (torch.rand(4, 1, 32, 32) > 0.5).float()
+    metrics = InpaintingMetrics(lpips=False)
+    metrics.update(completed[:2], target[:2], mask[:2])
+    metrics.update(completed[2:], target[2:], mask[2:])
+    values = metrics.compute()
+    assert values["psnr"] == pytest.approx(
+        peak_signal_noise_ratio(completed, target, data_range=1.0).item(), rel=1e-5
+    )
+    assert values["ssim"] == pytest.approx(
+        structural_similarity_index_measure(completed, target, data_range=1.0).item(), rel=1e-5
+    )
+    assert values["l1_hole"] == pytest.approx(hole_l1(completed, target, mask).mean().item(), rel=1e-5)
+    assert "lpips" not in values
+
+
+def test_missing_alexnet_weights_warn_in_one_line_or_stop(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(metrics_module, "alexnet_weights_path", lambda: tmp_path / "alexnet.pth")
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.warns(RuntimeWarning, match="LPIPS needs the AlexNet weights") as record:
+        metrics = InpaintingMetrics(lpips=True)
+    assert metrics.lpips is None
+    assert "\n" not in str(record[0].message)
+    assert "hub/checkpoints" in str(record[0].message) or str(tmp_path) in str(record[0].message)
+    with pytest.raises(FileNotFoundError, match="LPIPS needs the AlexNet weights"):
+        InpaintingMetrics(lpips=True, lpips_required=True)
