@@ -141,7 +141,8 @@ def test_inpaint_padded_handles_any_size_and_keeps_known_pixels() -> None:
     image = torch.rand(1, 3, 37, 53) * 2 - 1
     mask = torch.zeros(1, 1, 37, 53)
     mask[..., 10:20, 15:30] = 1
-    x1, x2, completed = inpaint_padded(generator, image, mask)
+    x1, x2, completed, offsets = inpaint_padded(generator, image, mask)
+    assert offsets.shape == (1, 2, 40 // 8, 56 // 8)
     assert x1.shape == x2.shape == completed.shape == image.shape
     known = mask.expand_as(image) == 0
     assert torch.equal(completed[known], image[known])
@@ -222,3 +223,24 @@ def test_convert_console_script_is_installed() -> None:
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert "deepfill-convert" in result.stdout
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_bf16_autocast_path_stays_close_to_float32(grad) -> None:
+    # The mixed-precision path of training and inference on GPUs, exercised with CPU autocast.
+    torch.manual_seed(0)
+    generator = InpaintGenerator(cnum=8)
+    image = torch.rand(2, 3, 64, 64) * 2 - 1
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[0, :, 8:40, 8:40] = 1
+    mask[1, :, 24:56, 16:48] = 1
+    with torch.set_grad_enabled(grad):
+        _, reference, _ = generator(image, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x1, x2, _ = generator(image, mask)
+        if grad:
+            x2.float().square().mean().backward()
+    assert torch.isfinite(x1.float()).all() and torch.isfinite(x2.float()).all()
+    assert (x2.float() - reference).abs().mean() < 0.05
+    if grad:
+        assert all(torch.isfinite(p.grad).all() for p in generator.parameters() if p.grad is not None)

@@ -284,11 +284,12 @@ class InpaintGenerator(nn.Module):
 @torch.no_grad()
 def inpaint_padded(
     generator: InpaintGenerator, image: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the generator on any H, W: pad to a multiple of 8 (reflect), run, crop back.
 
     image: (N,3,H,W) in [-1,1]; mask: (1 or N,1,H,W), 1 = hole. Returns (x_stage1, x_stage2,
-    completed), each (N,3,H,W); ``completed`` keeps the known pixels of ``image`` exactly.
+    completed, offsets): images (N,3,H,W), ``completed`` keeping the known pixels of ``image``
+    exactly, and the attention offsets of the padded input.
     """
     height, width = image.shape[-2:]
     m = generator.multiple
@@ -299,8 +300,8 @@ def inpaint_padded(
         mask_p = F.pad(mask.to(image.dtype), (0, pad_w, 0, pad_h), mode="constant", value=0.0)
     else:
         image_p, mask_p = image, mask.to(image.dtype)
-    x1, x2, _ = generator(image_p, mask_p)
+    x1, x2, offsets = generator(image_p, mask_p)
     x1, x2 = x1[..., :height, :width], x2[..., :height, :width]
     mask = mask.to(image.dtype)
     completed = x2 * mask + image * (1 - mask)
-    return x1, x2, completed
+    return x1, x2, completed, offsets

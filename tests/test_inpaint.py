@@ -1,0 +1,113 @@
+"""deepfill-inpaint: any size, RGBA masks, alpha channels, folders, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from deepfill.inpaint import run
+from deepfill.models import InpaintGenerator
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny.pt"
+    generator = InpaintGenerator(cnum=32)
+    torch.save({"state_dict": generator.state_dict()}, path)
+    return path
+
+
+def cfg(weights, **kwargs):
+    base = {
+        "weights": str(weights),
+        "input": None,
+        "mask": None,
+        "output": None,
+        "save_coarse": False,
+        "save_flow": False,
+        "device": "cpu",
+    }
+    return OmegaConf.create(base | {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()})
+
+
+def test_odd_size_image_with_rgba_mask_keeps_size_and_known_pixels(weights, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (333, 517, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    paint = np.zeros((333, 517, 4), np.uint8)  # a painted layer: opaque strokes, transparent elsewhere
+    paint[100:180, 200:330] = (255, 0, 0, 255)
+    Image.fromarray(paint, "RGBA").save(tmp_path / "mask.png")
+    written = run(
+        cfg(
+            weights,
+            input=tmp_path / "photo.png",
+            mask=tmp_path / "mask.png",
+            output=tmp_path / "out",
+            save_coarse=True,
+            save_flow=True,
+        )
+    )
+    result = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
+    assert result.shape == (333, 517, 3)
+    hole = paint[..., 3] > 0
+    assert np.array_equal(result[~hole], photo[~hole])  # known pixels exactly
+    assert not np.array_equal(result[hole], photo[hole])
+    assert {p.name for p in written} == {"photo.png", "photo_coarse.png", "photo_flow.png"}
+
+
+def test_alpha_channel_of_the_input_is_the_hole(weights, tmp_path) -> None:
+    rgba = np.full((64, 80, 4), 200, np.uint8)
+    rgba[10:30, 20:50, 3] = 0  # transparent = hole
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    run(cfg(weights, input=tmp_path / "cutout.png", output=tmp_path / "out"))
+    result = np.asarray(Image.open(tmp_path / "out" / "cutout.png"))
+    assert result.shape == (64, 80, 3)
+    assert (result[:10] == 200).all()
+
+
+def test_folders_and_bad_input(weights, tmp_path) -> None:
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    (tmp_path / "masks" / "sub").mkdir(parents=True)
+    for name in ("a", "sub/b"):
+        Image.fromarray(np.full((48, 40, 3), 90, np.uint8)).save(tmp_path / "imgs" / f"{name}.jpg")
+        m = np.zeros((48, 40), np.uint8)
+        m[10:20, 10:20] = 255
+        Image.fromarray(m).save(tmp_path / "masks" / f"{name}.png")
+    written = run(cfg(weights, input=tmp_path / "imgs", mask=tmp_path / "masks", output=tmp_path / "out"))
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in written) == ["a.png", "sub/b.png"]
+    with pytest.raises(ValueError, match="would overwrite an input"):
+        run(cfg(weights, input=tmp_path / "out", mask=tmp_path / "masks", output=tmp_path / "out"))
+    Image.fromarray(np.zeros((10, 10), np.uint8) + 255).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match=r"is 10x10 but image .* is 40x48"):
+        run(
+            cfg(
+                weights,
+                input=tmp_path / "imgs" / "a.jpg",
+                mask=tmp_path / "small.png",
+                output=tmp_path / "o2",
+            )
+        )
+    with pytest.raises(ValueError, match="no alpha channel"):
+        run(cfg(weights, input=tmp_path / "imgs" / "a.jpg", output=tmp_path / "o3"))
+
+
+def test_cli_errors_are_one_line(tmp_path) -> None:
+    script = Path(sys.executable).parent / "deepfill-inpaint"
+    result = subprocess.run(
+        [str(script), "weights=/nowhere/w.ckpt", f"input={tmp_path}", f"paths.log_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("deepfill-inpaint: error: input folder")
