@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 ARGS ?=
 
-.PHONY: help install train inpaint test test-all lint format bench clean
+.PHONY: help install train eval inpaint test test-all lint format bench clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,9 @@ install: $(STAMP) ## create .venv and install deepfill (editable) with dev + tf 
 
 train: $(STAMP) ## train the quickstart model on the embedded sample data (ARGS="key=value ..." to override)
 	$(BIN)/deepfill-train experiment=quickstart $(ARGS)
+
+eval: $(STAMP) ## score a model: make eval ARGS="weights=W.ckpt data=folder data.val.root=photos/"
+	$(BIN)/deepfill-eval $(ARGS)
 
 inpaint: $(STAMP) ## fill holes: make inpaint ARGS="weights=W.pt input=photo.jpg mask=mask.png"
 	$(BIN)/deepfill-inpaint $(ARGS)

@@ -1,0 +1,222 @@
+"""``deepfill-eval``: score a generator on fixed evaluation masks, overall and by hole size.
+
+    deepfill-eval weights=outputs/.../checkpoints/best.ckpt data=celebahq paths.data_dir=/data
+    deepfill-eval weights=places2_v1.pt data=folder data.val.root=photos/ masks_dir=eval_masks/thick
+
+Metrics on the composited output in [0,1]: PSNR, SSIM, LPIPS (when its weights are available),
+L1 and L2 inside the hole; overall and in LaMa's 10 hole-ratio bins (0-10%, ..., 90-100%).
+Baselines in the same table for context: scikit-image's biharmonic inpainting and mean fill.
+Writes ``metrics.csv`` and ``metrics.md`` to the output folder (and a W&B table with
+``wandb=true``).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Callable, Iterator
+from itertools import pairwise
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import Image
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from .config import CONFIG_DIR, register_resolvers, wandb_has_credentials
+from .metrics import hole_l1, hole_l2, to_unit
+
+__all__ = ["METRICS", "biharmonic_fill", "evaluate", "main", "mean_fill", "per_image_metrics", "summarise"]
+
+METRICS = ("psnr", "ssim", "lpips", "l1_hole", "l2_hole")
+BINS = np.linspace(0.0, 1.0, 11)
+
+Method = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def mean_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fill each hole with the mean colour of the image's known pixels."""
+    known = 1 - mask
+    mean = (image * known).sum(dim=(2, 3), keepdim=True) / known.sum(dim=(2, 3), keepdim=True).clamp_min(1)
+    return image * known + mean * mask
+
+
+def biharmonic_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """scikit-image's biharmonic inpainting, image by image."""
+    from skimage.restoration import inpaint_biharmonic
+
+    out = []
+    for img, m in zip(image, mask, strict=True):
+        array = ((img.permute(1, 2, 0).cpu().numpy() + 1) / 2).astype(np.float64)
+        filled = inpaint_biharmonic(array, m[0].cpu().numpy().astype(bool), channel_axis=-1)
+        out.append(torch.from_numpy(filled).permute(2, 0, 1).float() * 2 - 1)
+    return torch.stack(out).to(image.device)
+
+
+def per_image_metrics(
+    completed: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, lpips_net: torch.nn.Module | None
+) -> dict[str, torch.Tensor]:
+    """Per-image metrics (N,) of composited images in [-1,1]."""
+    a, b = to_unit(completed).float(), to_unit(target).float()
+    n = a.shape[0]
+    values = {
+        "psnr": torch.stack(
+            [peak_signal_noise_ratio(a[i : i + 1], b[i : i + 1], data_range=1.0) for i in range(n)]
+        ),
+        "ssim": structural_similarity_index_measure(a, b, data_range=1.0, reduction="none"),
+        "l1_hole": hole_l1(a, b, mask),
+        "l2_hole": hole_l2(a, b, mask),
+    }
+    if lpips_net is not None:
+        with torch.no_grad():
+            values["lpips"] = lpips_net(a * 2 - 1, b * 2 - 1).flatten()
+    return {k: v.detach().cpu() for k, v in values.items()}
+
+
+def evaluate(
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    methods: dict[str, Method],
+    lpips_net: torch.nn.Module | None = None,
+) -> list[dict]:
+    """Run every method on every batch; returns one record per (method, image)."""
+    records = []
+    for image, mask in batches:
+        ratios = mask.float().mean(dim=(1, 2, 3)).cpu()
+        for name, method in methods.items():
+            with torch.no_grad():
+                output = method(image, mask)
+            completed = output * mask + image * (1 - mask)
+            values = per_image_metrics(completed, image, mask, lpips_net)
+            for i in range(image.shape[0]):
+                record = {"method": name, "hole_ratio": float(ratios[i])}
+                record |= {k: float(v[i]) for k, v in values.items()}
+                records.append(record)
+    return records
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """Mean of every metric per method, overall and per hole-ratio bin (LaMa's 10 bins)."""
+    rows = []
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    for method in methods:
+        mine = [r for r in records if r["method"] == method]
+        groups = [("all", mine)]
+        for lo, hi in pairwise(BINS):
+            members = [
+                r for r in mine if lo <= r["hole_ratio"] < hi or (hi == 1.0 and r["hole_ratio"] == 1.0)
+            ]
+            if members:
+                groups.append((f"{int(lo * 100)}-{int(hi * 100)}%", members))
+        for name, members in groups:
+            row = {"method": method, "hole_ratio": name, "images": len(members)}
+            for metric in METRICS:
+                present = [m[metric] for m in members if metric in m]
+                if present:
+                    row[metric] = float(np.mean(present))
+            rows.append(row)
+    return rows
+
+
+def _write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["method", "hole_ratio", "images", *[m for m in METRICS if any(m in r for r in rows)]]
+    csv_path, md_path = out_dir / "metrics.csv", out_dir / "metrics.md"
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(csv_path)
+
+    def fmt(value) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def _mask_files(folder: Path) -> list[Path]:
+    from .masks import FolderMasks
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in FolderMasks.EXTENSIONS)
+    if not files:
+        raise ValueError(f"masks_dir {folder} holds no mask images")
+    return files
+
+
+def _batches(cfg: DictConfig, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("validate")
+    dataset = datamodule.datasets.get("val")
+    if dataset is None:
+        raise ValueError("data: the evaluation needs a val source (data.val)")
+    limit = len(dataset) if cfg.limit is None else min(int(cfg.limit), len(dataset))
+    mask_files = _mask_files(Path(cfg.masks_dir)) if cfg.get("masks_dir") else None
+    size = cfg.batch_size
+    for start in range(0, limit, size):
+        items = [dataset[i] for i in range(start, min(start + size, limit))]
+        image = torch.stack([it["image"] for it in items])
+        if mask_files is None:
+            mask = torch.stack([it["mask"] for it in items])
+        else:  # item i gets mask file i: a fixed set shared across methods and papers
+            h, w = image.shape[-2:]
+            arrays = []
+            for i in range(start, start + len(items)):
+                with Image.open(mask_files[i % len(mask_files)]) as m:
+                    arrays.append(np.asarray(m.convert("L").resize((w, h), Image.NEAREST)) > 127)
+            mask = torch.from_numpy(np.stack(arrays)).float().unsqueeze(1)
+        yield image.to(device), mask.to(device)
+
+
+def run(cfg: DictConfig) -> list[dict]:
+    """Evaluate ``cfg.weights`` and the baselines; writes the tables; returns the summary rows."""
+    from .inpaint import load_generator
+    from .metrics import InpaintingMetrics
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    generator = load_generator(cfg.weights, device)
+    methods: dict[str, Method] = {"deepfill": lambda image, mask: generator(image, mask)[1]}
+    for name in cfg.baselines or []:
+        if name not in ("biharmonic", "mean_fill"):
+            raise ValueError(f"baselines: unknown baseline {name!r}; choose from biharmonic, mean_fill")
+        methods[name] = biharmonic_fill if name == "biharmonic" else mean_fill
+    metrics = InpaintingMetrics(lpips=cfg.lpips, lpips_required=cfg.lpips_required)
+    lpips_net = metrics.lpips.net.to(device) if metrics.lpips is not None else None
+    records = evaluate(_batches(cfg, device), methods, lpips_net)
+    rows = summarise(records)
+    csv_path, md_path = _write_tables(rows, Path(cfg.output))
+    if cfg.wandb:
+        import wandb
+
+        mode = "online" if wandb_has_credentials() else "offline"
+        run_ = wandb.init(project=cfg.wandb_project, dir=str(Path(cfg.output)), mode=mode, job_type="eval")
+        columns = list(rows[0])
+        run_.log(
+            {"eval/metrics": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])}
+        )
+        run_.finish()
+    print(md_path.read_text(), flush=True)
+    print(f"tables written to {csv_path} and {md_path}", flush=True)
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def _hydra_main(cfg: DictConfig) -> None:
+    from .train import run_reporting_errors
+
+    run_reporting_errors(run, cfg, "deepfill-eval")
+
+
+def main() -> None:
+    """Console entry point."""
+    register_resolvers()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
