@@ -38,7 +38,7 @@ inpaint: $(STAMP) ## fill holes: make inpaint ARGS="weights=W.pt input=photo.jpg
 test: $(STAMP) ## run the test suite (fast tests)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(STAMP) ## run every test, including slow ones (DDP, sweeps, notebooks)
+test-all: $(STAMP) ## run every test, including the slow ones (DDP on 2 CPU processes, notebooks)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check + ruff format --check
