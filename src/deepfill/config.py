@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-__all__ = ["CONFIG_DIR", "register_resolvers", "wandb_has_credentials"]
+__all__ = ["CONFIG_DIR", "register_resolvers", "resolve_device", "wandb_has_credentials"]
 
 # conf/ sits at the top of the repository, next to src/.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -20,6 +20,15 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("half", lambda x: int(x) // 2)
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b))
+
+
+def resolve_device(name: str) -> str:
+    """``"auto"``: the GPU when there is one, else the CPU; any other name is returned as is."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def wandb_has_credentials() -> bool:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from .config import CONFIG_DIR, register_resolvers, wandb_has_credentials
+from .config import CONFIG_DIR, register_resolvers, resolve_device, wandb_has_credentials
 from .metrics import hole_l1, hole_l2, to_unit
 
 __all__ = ["METRICS", "biharmonic_fill", "evaluate", "main", "mean_fill", "per_image_metrics", "summarise"]
@@ -178,7 +178,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from .inpaint import load_generator
     from .metrics import InpaintingMetrics
 
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     generator = load_generator(cfg.weights, device)
     methods: dict[str, Method] = {"deepfill": lambda image, mask: generator(image, mask)[1]}
     for name in cfg.baselines or []:

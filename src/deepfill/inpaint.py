@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from .config import CONFIG_DIR, register_resolvers
+from .config import CONFIG_DIR, register_resolvers, resolve_device
 from .datasets import IMAGE_EXTENSIONS, load_image
 from .models import InpaintGenerator, flow_to_image, inpaint_padded
 from .models.layers import resize_nearest
@@ -118,7 +118,7 @@ def _save(tensor: torch.Tensor, path: Path) -> None:
 
 def run(cfg: DictConfig) -> list[Path]:
     """Inpaint every image of ``cfg.input``; returns the written files."""
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     jobs = pairs(Path(cfg.input), Path(cfg.mask) if cfg.get("mask") else None)
     output = Path(cfg.output)
     inputs = {p.resolve() for image, mask, _ in jobs for p in (image, mask) if p is not None}
