@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,11 @@ def goldens() -> Path:
             f"official goldens not found at {GOLDENS}; set DEEPFILL_GOLDENS to the official_v1 folder"
         )
     return GOLDENS
+
+
+def run_cli(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run one of the installed console scripts (deepfill-train, -eval, ...) and capture its output."""
+    script = Path(sys.executable).parent / name
+    return subprocess.run(
+        [str(script), *args], capture_output=True, text=True, cwd=cwd, check=False, timeout=300
+    )

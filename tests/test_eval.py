@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from omegaconf import open_dict
 from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from conftest import run_cli
 from deepfill.config import CONFIG_DIR
 from deepfill.eval import mean_fill, run, summarise
 from deepfill.masks import centered_rectangle, eval_mask
@@ -115,14 +114,8 @@ def test_summarise_bins() -> None:
 
 
 def test_cli_missing_weights_is_one_line(tmp_path) -> None:
-    script = Path(sys.executable).parent / "deepfill-eval"
-    result = subprocess.run(
-        [str(script), "weights=/nowhere/model.ckpt", f"paths.log_dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=False,
-        timeout=300,
+    result = run_cli(
+        "deepfill-eval", "weights=/nowhere/model.ckpt", f"paths.log_dir={tmp_path}", cwd=tmp_path
     )
     assert result.returncode == 2
     assert (

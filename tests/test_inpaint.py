@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from conftest import run_cli
 from deepfill.inpaint import run
 from deepfill.models import InpaintGenerator
 
@@ -100,14 +99,12 @@ def test_folders_and_bad_input(weights, tmp_path) -> None:
 
 
 def test_cli_errors_are_one_line(tmp_path) -> None:
-    script = Path(sys.executable).parent / "deepfill-inpaint"
-    result = subprocess.run(
-        [str(script), "weights=/nowhere/w.ckpt", f"input={tmp_path}", f"paths.log_dir={tmp_path}"],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "deepfill-inpaint",
+        "weights=/nowhere/w.ckpt",
+        f"input={tmp_path}",
+        f"paths.log_dir={tmp_path}",
         cwd=tmp_path,
-        check=False,
-        timeout=300,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("deepfill-inpaint: error: input folder")

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
 
+from conftest import run_cli
 from deepfill.config import CONFIG_DIR
 from deepfill.train import train
 from deepfill.validation import ConfigError, validate_config
@@ -153,11 +154,8 @@ def test_invalid_values_and_misspelt_keys_name_the_key(override, message, tmp_pa
     assert "\n" not in str(info.value)
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / "deepfill-train"
-    return subprocess.run(
-        [str(script), *args], capture_output=True, text=True, cwd=cwd, check=False, timeout=300
-    )
+def _cli(*args: str, cwd: Path):
+    return run_cli("deepfill-train", *args, cwd=cwd)
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path) -> None:

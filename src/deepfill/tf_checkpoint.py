@@ -157,7 +157,7 @@ def _index_entries(index_path: Path) -> list[tuple[bytes, bytes]]:
     return entries
 
 
-def _parse_entry(name: str, value: bytes) -> dict:
+def _parse_entry(value: bytes) -> dict:
     entry = {"dtype": 1, "shape": [], "shard": 0, "offset": 0, "size": 0, "sliced": False}
     for number, _, field in _fields(value):
         if number == 1:
@@ -195,7 +195,7 @@ def _read_python(prefix: Path, names: set[str] | None) -> dict[str, np.ndarray]:
             name = raw_key.decode("utf-8")
             if names is not None and name not in names:
                 continue
-            entry = _parse_entry(name, value)
+            entry = _parse_entry(value)
             if entry["sliced"]:
                 raise CheckpointError(f"{prefix}: variable {name!r} is partitioned; read it with TensorFlow")
             if entry["dtype"] == _BFLOAT16:
