@@ -9,10 +9,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,tf
 PYTEST_ARGS ?=
+# make sweep: which preset (conf/sweep/) on which experiment.
+SWEEP ?= attention
+EXPERIMENT ?= quickstart
 
 ARGS ?=
+# make sweep: which preset (conf/sweep/) on which experiment.
+SWEEP ?= attention
+EXPERIMENT ?= quickstart
 
-.PHONY: help install train eval inpaint test test-all lint format bench clean
+.PHONY: help install train sweep eval inpaint test test-all lint format bench clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +34,9 @@ install: $(STAMP) ## create .venv and install deepfill (editable) with dev + tf 
 
 train: $(STAMP) ## train the quickstart model on the embedded sample data (ARGS="key=value ..." to override)
 	$(BIN)/deepfill-train experiment=quickstart $(ARGS)
+
+sweep: $(STAMP) ## run a sweep: make sweep SWEEP=attention|dilation|loss_weights|optuna_loss_weights [EXPERIMENT=quickstart] [ARGS="launcher=local_gpus"]
+	$(BIN)/deepfill-train -m experiment=$(EXPERIMENT) +sweep=$(SWEEP) $(ARGS)
 
 eval: $(STAMP) ## score a model: make eval ARGS="weights=W.ckpt data=folder data.val.root=photos/"
 	$(BIN)/deepfill-eval $(ARGS)

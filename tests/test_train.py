@@ -70,7 +70,18 @@ def flist_dir(tmp_path_factory) -> Path:
     ("group", "name"),
     [
         (g, n)
-        for g in ("model", "data", "mask", "trainer", "logger", "callbacks", "debug")
+        for g in (
+            "model",
+            "loss",
+            "optim",
+            "data",
+            "mask",
+            "trainer",
+            "logger",
+            "callbacks",
+            "debug",
+            "launcher",
+        )
         for n in options(g)
     ],
 )

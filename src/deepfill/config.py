@@ -14,12 +14,49 @@ __all__ = ["CONFIG_DIR", "register_resolvers", "resolve_device", "wandb_has_cred
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
+def device_count(pool=None) -> int:
+    """Devices a ``launcher=local_gpus`` sweep shares out: ``len(pool)``, or the visible GPUs."""
+    from .devices import visible_gpus
+
+    count = len(pool) if pool is not None else len(visible_gpus())
+    if count < 1:
+        raise ValueError(
+            "launcher=local_gpus: no GPU found (CUDA_VISIBLE_DEVICES, nvidia-smi); "
+            "set job_devices.pool=[0,1,...] or use launcher=basic"
+        )
+    return count
+
+
+def optimization_direction(metric: str | None) -> str:
+    """Optuna's direction for a metric: ``maximize`` for PSNR/SSIM, ``minimize`` for LPIPS and errors."""
+    if not metric:
+        raise ValueError("optimized_metric: a search needs a metric to optimise, e.g. val/lpips")
+    from .sweep import higher_is_better
+
+    return "maximize" if higher_is_better(metric) else "minimize"
+
+
+def ensure_dir(path: str) -> str:
+    """Create ``path`` (a folder another tool writes into before Hydra would create it); returns it."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+_RESOLVERS = {
+    "half": lambda x: int(x) // 2,
+    "mul": lambda a, b: int(a) * int(b),
+    "device_count": device_count,
+    "direction": optimization_direction,
+    "ensure_dir": ensure_dir,
+}
+
+
 def register_resolvers() -> None:
-    """``${half:x}`` (integer half, e.g. the local critic's crop) and ``${mul:a,b}``."""
-    if not OmegaConf.has_resolver("half"):
-        OmegaConf.register_new_resolver("half", lambda x: int(x) // 2)
-    if not OmegaConf.has_resolver("mul"):
-        OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b))
+    """``${half:x}`` (integer half, e.g. the local critic's crop), ``${mul:a,b}``,
+    ``${device_count:pool}``, ``${direction:metric}`` and ``${ensure_dir:path}``."""
+    for name, function in _RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
 
 
 def resolve_device(name: str) -> str:

@@ -4,6 +4,7 @@ deepfill-train                                  # conf/train.yaml (sample data, 
 deepfill-train experiment=quickstart            # what `make train` runs
 deepfill-train experiment=places2_v1 paths.data_dir=/data trainer=ddp
 deepfill-train ckpt_path=outputs/.../checkpoints/last.ckpt   # resume
+deepfill-train -m +sweep=attention launcher=local_gpus         # a sweep, one GPU per job
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_only
 
 from .config import CONFIG_DIR, register_resolvers, wandb_has_credentials
 
@@ -49,15 +51,72 @@ def _loggers(cfg: DictConfig) -> list:
     return loggers
 
 
+def _task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _check_optimized_metric(cfg: DictConfig, model: pl.LightningModule) -> None:
+    key = cfg.get("optimized_metric")
+    if not key:
+        return
+    computed = [f"{split}/{name}" for split in ("val", "test") for name in model.metrics.metrics()]
+    if key not in computed:
+        from .validation import ConfigError
+
+        hint = " (LPIPS is off or its weights are missing)" if "lpips" in key else ""
+        raise ConfigError(
+            f"optimized_metric: {key!r} is not computed by this run{hint}; computed: {computed}"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Build everything from ``cfg``, fit (and optionally test); returns the final metrics."""
+    """Build everything from ``cfg``, fit (and optionally test); returns the final metrics.
+
+    The run folder gets a ``job.json`` record (see :mod:`deepfill.sweep`); with ``resume=true``
+    a finished run returns its recorded metrics and an interrupted one continues from
+    ``checkpoints/last.ckpt``.
+    """
+    from .sweep import begin_job, end_job
     from .validation import validate_config
 
     validate_config(cfg)
+    out = Path(cfg.paths.output_dir)
+    is_rank_zero = rank_zero_only.rank == 0
+    resume = bool(cfg.get("resume"))
+    if is_rank_zero or resume:
+        done = begin_job(out, _task_overrides(), resume) if is_rank_zero else None
+        if done is None and resume and not is_rank_zero:
+            from .sweep import read_record
+
+            record = read_record(out) or {}
+            done = record.get("metrics") if record.get("status") == "finished" else None
+        if done is not None:
+            print(f"{out}: finished earlier (resume=true), skipping; metrics: {done}", flush=True)
+            return done
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not cfg.get("ckpt_path") and last.is_file():
+        print(f"resuming from {last}", flush=True)
+        with open_dict(cfg):
+            cfg.ckpt_path = str(last)
+    try:
+        metrics = _fit(cfg)
+    except BaseException as error:
+        if is_rank_zero:
+            end_job(out, {}, status="failed", error=f"{type(error).__name__}: {error}")
+        raise
+    if is_rank_zero:
+        end_job(out, metrics)
+    return metrics
+
+
+def _fit(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     _resolve_precision(cfg)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    _check_optimized_metric(cfg, model)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = _loggers(cfg)
     for logger in loggers:
@@ -67,6 +126,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise FileNotFoundError(f"ckpt_path: no such checkpoint: {cfg.ckpt_path}")
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if not trainer.fast_dev_run and not any(k.startswith("val/") for k in metrics):
+        # E.g. resumed from a checkpoint written after the last epoch: score the final weights.
+        trainer.validate(model, datamodule=datamodule)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test") and not trainer.fast_dev_run:
         best = next((c.best_model_path for c in callbacks if getattr(c, "best_model_path", "")), None)
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
@@ -108,9 +171,25 @@ def run_reporting_errors(task, cfg: DictConfig, prog: str):
         raise SystemExit(2) from None
 
 
+def claim_job_devices(cfg: DictConfig) -> list[str]:
+    """With ``launcher=local_gpus``: give this job process its own GPU before CUDA starts."""
+    spec = cfg.get("job_devices")
+    if not spec:
+        return []
+    from .devices import claim_devices, visible_gpus
+
+    pool = list(spec.pool) if spec.get("pool") is not None else visible_gpus()
+    return claim_devices(pool, spec.lock_dir, count=1, timeout_s=float(spec.timeout_s))
+
+
+def _train_job(cfg: DictConfig) -> dict[str, float]:
+    claim_job_devices(cfg)
+    return train(cfg)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    metrics = run_reporting_errors(train, cfg, "deepfill-train")
+    metrics = run_reporting_errors(_train_job, cfg, "deepfill-train")
     # Sweepers (Optuna) optimise the value returned here.
     key = cfg.get("optimized_metric")
     return metrics.get(key) if key else None

@@ -14,6 +14,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .devices import DeviceClaimError
+
 __all__ = ["ConfigError", "is_user_error", "validate_config"]
 
 
@@ -124,7 +126,7 @@ def validate_config(cfg: DictConfig) -> None:
     )
 
 
-_USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+_USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, KeyError, DeviceClaimError)
 
 
 def is_user_error(error: BaseException) -> bool:

@@ -1,0 +1,360 @@
+"""Sweeps: device assignment, job records and resume, the results table, launchers, Optuna."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from conftest import run_cli
+from deepfill.config import device_count, optimization_direction
+from deepfill.devices import choose_free, visible_gpus
+from deepfill.sweep import (
+    JobConflictError,
+    begin_job,
+    collect_results,
+    end_job,
+    higher_is_better,
+    read_record,
+    write_results_table,
+)
+from test_train import TINY, compose_cfg, options
+
+# Two critic steps and one validation batch per job: seconds on a CPU.
+JOB = [
+    *TINY,
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "data.val.length=2",
+    "model.n_critic=1",
+]
+
+
+# --- device assignment (no GPU needed) -------------------------------------------------------
+
+
+def test_choose_free_takes_the_first_free_devices_in_pool_order() -> None:
+    assert choose_free(["0", "1", "2"], set()) == ["0"]
+    assert choose_free(["0", "1", "2"], {"0"}) == ["1"]
+    assert choose_free(["3", "1"], {"3"}, count=1) == ["1"]
+    assert choose_free(["0", "1", "2", "3"], {"1"}, count=2) == ["0", "2"]
+    assert choose_free(["0", "1"], {"0", "1"}) is None
+    assert choose_free(["0", "1"], {"1"}, count=2) is None
+    with pytest.raises(ValueError, match="count"):
+        choose_free(["0"], set(), count=0)
+
+
+def test_visible_gpus_respects_cuda_visible_devices_and_never_needs_cuda() -> None:
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+    listing = "GPU 0: NVIDIA H100 (UUID: GPU-a)\nGPU 1: NVIDIA H100 (UUID: GPU-b)\n"
+    assert visible_gpus({}, smi=lambda: listing) == ["0", "1"]
+    assert visible_gpus({}, smi=lambda: "") == []
+    assert device_count([4, 6, 7]) == 3
+    with pytest.raises(ValueError, match="no GPU found"):
+        device_count([])
+
+
+CLAIM = """
+import os, sys, time
+from deepfill.devices import claim_devices
+got = claim_devices(["0", "1"], sys.argv[1], timeout_s=float(sys.argv[2]), poll_s=0.05)
+again = claim_devices(["0", "1"], sys.argv[1])
+print(got[0], os.environ["CUDA_VISIBLE_DEVICES"], again[0], flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def _claim(lock_dir: Path, timeout: float, hold: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", CLAIM, str(lock_dir), str(timeout), str(hold)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_processes_claim_distinct_devices_and_wait_for_a_free_one(tmp_path) -> None:
+    locks = tmp_path / "locks"
+    first, second = _claim(locks, 5, 6), _claim(locks, 5, 6)
+    lines = [first.stdout.readline().split(), second.stdout.readline().split()]
+    # Each process: its device, CUDA_VISIBLE_DEVICES set to it, and the same device when asked again.
+    assert all(line[0] == line[1] == line[2] for line in lines), lines
+    assert {lines[0][0], lines[1][0]} == {"0", "1"}
+    # A third process finds both devices taken and gives up with one clear line.
+    third = _claim(locks, 0.5, 0)
+    _, err = third.communicate(timeout=60)
+    assert third.returncode != 0
+    assert "DeviceClaimError: no free device in pool ['0', '1']" in err
+    # Once a holder exits its device is free again (flock dies with the process).
+    first.kill()
+    first.wait()
+    fourth = _claim(locks, 5, 0)
+    out, err = fourth.communicate(timeout=60)
+    assert fourth.returncode == 0, err
+    assert out.split()[0] == lines[0][0]
+    second.kill()
+    second.wait()
+
+
+# --- job records and the results table -------------------------------------------------------
+
+
+def test_job_record_skips_finished_runs_and_refuses_other_settings(tmp_path) -> None:
+    run = tmp_path / "0"
+    overrides = ["+sweep=attention", "model.generator.attention.ksize=3"]
+    assert begin_job(run, overrides, resume=True) is None
+    assert read_record(run)["status"] == "running"
+    end_job(run, {"val/psnr": 20.5, "train/g_loss": 1.0, "val/lpips": 0.2})
+    record = read_record(run)
+    assert record["status"] == "finished"
+    # Only validation / test scores are reported.
+    assert record["metrics"] == {"val/psnr": 20.5, "val/lpips": 0.2}
+    # Same settings (another order, another launcher): the finished metrics come back.
+    again = [*reversed(overrides), "launcher=local_gpus", "job_devices.pool=[0,1]"]
+    assert begin_job(run, again, resume=True) == {"val/psnr": 20.5, "val/lpips": 0.2}
+    with pytest.raises(JobConflictError, match=r"there: \['model.generator.attention.ksize=3'\]"):
+        begin_job(run, ["+sweep=attention", "model.generator.attention.ksize=5"], resume=True)
+    # Without resume a run starts afresh.
+    assert begin_job(run, overrides, resume=False) is None
+    assert read_record(run)["status"] == "running"
+
+
+def test_results_table_lists_every_run_best_first(tmp_path) -> None:
+    settings = {"0": ("3", 20.0), "1": ("5", 22.5), "2": ("7", None)}
+    for job, (ksize, psnr) in settings.items():
+        begin_job(tmp_path / job, ["+sweep=attention", f"model.generator.attention.ksize={ksize}"], True)
+        if psnr is not None:
+            end_job(tmp_path / job, {"val/psnr": psnr, "val/lpips": 0.5 - psnr / 100})
+    rows = collect_results(tmp_path)
+    assert [r["job"] for r in rows] == ["0", "1", "2"]
+    assert [r["model.generator.attention.ksize"] for r in rows] == ["3", "5", "7"]
+    assert "+sweep" not in rows[0]  # the same for every run: not a swept setting
+    csv_path, md_path = write_results_table(tmp_path, rows, "val/psnr")
+    with csv_path.open() as f:
+        table = list(csv.DictReader(f))
+    assert [(r["job"], r["status"]) for r in table] == [
+        ("1", "finished"),
+        ("0", "finished"),
+        ("2", "running"),
+    ]
+    assert float(table[0]["val/psnr"]) == 22.5
+    assert list(table[0])[:4] == ["job", "status", "model.generator.attention.ksize", "val/psnr"]
+    md = md_path.read_text()
+    assert "2 of 3 runs finished; sorted by val/psnr (higher is better)" in md
+    assert md.index("| 1 | finished | 5 | 22.5") < md.index("| 0 | finished | 3 | 20")
+    # Lower is better for LPIPS: the same runs in the same order.
+    write_results_table(tmp_path, rows, "val/lpips")
+    with csv_path.open() as f:
+        assert [r["job"] for r in csv.DictReader(f)] == ["1", "0", "2"]
+
+
+def test_metric_directions() -> None:
+    assert higher_is_better("val/psnr") and higher_is_better("test/ssim")
+    assert not higher_is_better("val/lpips") and not higher_is_better("val/l1_hole")
+    assert optimization_direction("val/psnr") == "maximize"
+    assert optimization_direction("val/lpips") == "minimize"
+    with pytest.raises(ValueError, match="optimized_metric"):
+        optimization_direction(None)
+
+
+def test_sweep_table_cli_rebuilds_a_table(tmp_path) -> None:
+    begin_job(tmp_path / "0", ["model.lr=0.0001"], True)
+    end_job(tmp_path / "0", {"val/psnr": 18.0})
+    begin_job(tmp_path / "1", ["model.lr=0.0002"], True)
+    end_job(tmp_path / "1", {"val/psnr": 19.0})
+    result = run_cli("deepfill-sweep-table", str(tmp_path), "--metric", "val/psnr", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| 1 | finished | 0.0002 | 19 |" in result.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("deepfill-sweep-table", str(empty), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "holds no job.json" in result.stderr.strip().splitlines()[-1]
+
+
+# --- the sweep presets and launchers compose --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n in options("sweep")])
+def test_every_sweep_preset_composes_and_its_values_are_valid(name, tmp_path) -> None:
+    from deepfill.validation import validate_config
+
+    overrides = [f"+sweep={name}"] + (["sweep_name=mine"] if name == "custom" else [])
+    cfg = compose_cfg(overrides, tmp_path)
+    assert cfg.resume is True
+    assert cfg.hydra.sweep.dir.endswith(f"sweeps/{cfg.sweep_name}")
+    assert cfg.group == cfg.sweep_name
+    params = cfg.hydra.sweeper.get("params") or {}
+    if name == "custom":
+        assert not params
+        return
+    parser = OverridesParser.create()
+    for key, value in params.items():
+        (override,) = parser.parse_overrides([f"{key}={value}"])
+        assert override.is_sweep_override(), key
+        if name.startswith("optuna"):
+            continue
+        values = list(override.sweep_string_iterator())
+        assert len(values) >= 2, key
+        for value in values:  # every grid point is a valid configuration
+            validate_config(compose_cfg([f"{key}={value}"], tmp_path))
+    if name == "dilation":
+        (override,) = parser.parse_overrides(
+            [f"model.generator.dilations={params['model.generator.dilations']}"]
+        )
+        assert next(iter(override.sweep_iterator())) == [2, 4, 8, 16]
+
+
+def test_optuna_preset_optimises_the_metric_in_its_direction(tmp_path) -> None:
+    cfg = compose_cfg(["+sweep=optuna_loss_weights", f"paths.log_dir={tmp_path}"], tmp_path)
+    sweeper = cfg.hydra.sweeper
+    assert "OptunaSweeper" in sweeper._target_
+    assert sweeper.direction == "minimize"  # val/lpips
+    assert sweeper.storage == f"sqlite:///{tmp_path}/sweeps/optuna_loss_weights/optuna.db"
+    assert sweeper.n_jobs == 1
+    assert set(sweeper.params) == {"model.loss.l1", "model.loss.ae", "model.loss.gan", "model.loss.gp"}
+    cfg = compose_cfg(["+sweep=optuna_loss_weights", "optimized_metric=val/psnr"], tmp_path)
+    assert cfg.hydra.sweeper.direction == "maximize"
+
+
+def test_launchers_compose(tmp_path) -> None:
+    cfg = compose_cfg(["launcher=local_gpus", "job_devices.pool=[3,5]"], tmp_path)
+    assert "JoblibLauncher" in cfg.hydra.launcher._target_
+    assert cfg.hydra.launcher.n_jobs == 2
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1
+    cfg = compose_cfg(["launcher=local_gpus"], tmp_path)
+    if not visible_gpus():
+        with pytest.raises(Exception, match="no GPU found"):
+            OmegaConf.select(cfg, "hydra.launcher.n_jobs", throw_on_resolution_failure=True)
+    cfg = compose_cfg(
+        ["launcher=slurm", "hydra.launcher.gpus_per_node=8", "hydra.launcher.nodes=2"], tmp_path
+    )
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_
+    # DDP across every GPU of every node the job gets: one task per GPU.
+    assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (8, 2)
+    assert cfg.trainer.strategy.startswith("ddp")
+    assert cfg.trainer.plugins[0].auto_requeue is False
+    assert cfg.resume is True
+    cfg = compose_cfg(["launcher=submitit_local"], tmp_path)
+    assert "LocalLauncher" in cfg.hydra.launcher._target_
+
+
+# --- real multiruns ----------------------------------------------------------------------------
+
+
+def _job_records(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/job.json")}
+
+
+def test_2x2_sweep_runs_two_jobs_at_once_on_distinct_devices_writes_the_table_and_resumes(tmp_path) -> None:
+    args = [
+        "-m",
+        "+sweep=custom",
+        "sweep_name=grid",
+        "model.loss.l1=1.2,2.4",
+        "model.lr=0.0001,0.001",
+        "launcher=local_gpus",
+        "job_devices.pool=[0,1]",
+        f"job_devices.lock_dir={tmp_path / 'locks'}",
+        f"paths.log_dir={tmp_path}",
+        "optimized_metric=val/psnr",
+        *JOB,
+    ]
+    result = run_cli("deepfill-train", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweeps" / "grid"
+    with (sweep / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert {(r["model.loss.l1"], r["model.lr"]) for r in rows} == {
+        ("1.2", "0.0001"),
+        ("1.2", "0.001"),
+        ("2.4", "0.0001"),
+        ("2.4", "0.001"),
+    }
+    for row in rows:
+        assert row["status"] == "finished"
+        assert 0 < float(row["val/psnr"]) < 100 and 0 <= float(row["val/ssim"]) <= 1
+    psnr = [float(r["val/psnr"]) for r in rows]
+    assert psnr == sorted(psnr, reverse=True)
+    assert len(set(psnr)) > 1  # the settings reached the runs
+    assert "4 of 4 runs finished" in (sweep / "results.md").read_text()
+    # Two workers, one device each; jobs on one device never overlap in time.
+    records = _job_records(sweep)
+    assert {r["devices"] for r in records.values()} == {"0", "1"}
+    for device in ("0", "1"):
+        spans = sorted((r["started"], r["ended"]) for r in records.values() if r["devices"] == device)
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
+    assert any(
+        a["started"] < b["ended"] and b["started"] < a["ended"]
+        for a in records.values()
+        for b in records.values()
+        if a["devices"] != b["devices"]
+    ), "no two jobs ran at once"
+
+    # Rerun after an interruption: job 3 was cut short (record 'running', checkpoint written).
+    interrupted = records["3"] | {"status": "running"}
+    (sweep / "3" / "job.json").write_text(json.dumps(interrupted))
+    time.sleep(0.01)
+    result = run_cli("deepfill-train", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = _job_records(sweep)
+    for job in ("0", "1", "2"):  # finished: skipped, records untouched
+        assert again[job]["started"] == records[job]["started"]
+    assert again["3"]["started"] > records["3"]["started"]
+    assert again["3"]["attempts"] == 2 and again["3"]["status"] == "finished"
+    assert again["3"]["metrics"]["val/psnr"] > 0
+    assert f"resuming from {sweep / '3' / 'checkpoints' / 'last.ckpt'}" in result.stdout
+
+
+def test_submitit_local_launcher_runs_a_job(tmp_path) -> None:
+    args = ["-m", "+sweep=custom", "sweep_name=sub", "launcher=submitit_local"]
+    args += [f"paths.log_dir={tmp_path}", "hydra.launcher.timeout_min=10", *JOB]
+    result = run_cli("deepfill-train", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweeps" / "sub"
+    record = read_record(sweep / "0")
+    assert record["status"] == "finished"
+    assert record["pid"] != 0 and float(record["metrics"]["val/psnr"]) > 0
+    assert list((sweep / ".submitit").glob("*/*_result.pkl")), "not run through submitit"
+    assert (sweep / "results.csv").read_text().count("\n") == 2
+
+
+def test_optuna_search_runs_trials_and_continues_its_study(tmp_path) -> None:
+    args = ["-m", "+sweep=optuna_loss_weights", "hydra.sweeper.n_trials=2", "optimized_metric=val/psnr"]
+    args += [f"paths.log_dir={tmp_path}", *JOB]
+    result = run_cli("deepfill-train", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweeps" / "optuna_loss_weights"
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert set(best.best_params) == {"model.loss.l1", "model.loss.ae", "model.loss.gan", "model.loss.gp"}
+    rows = collect_results(sweep)
+    assert len(rows) == 2 and all(r["status"] == "finished" for r in rows)
+    assert best.best_value == pytest.approx(max(r["val/psnr"] for r in rows))
+    # The study is stored: a second invocation adds its trials to the same study and table.
+    time.sleep(1.1)  # trial folders are named by the start time (seconds)
+    result = run_cli("deepfill-train", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(collect_results(sweep)) == 4
+    with (sweep / "results.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+def test_optimized_metric_that_is_not_computed_stops_before_training(tmp_path) -> None:
+    args = [f"hydra.run.dir={tmp_path / 'run'}", "optimized_metric=val/lpips", "model.lpips=false", *JOB]
+    result = run_cli("deepfill-train", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("deepfill-train: error: optimized_metric: 'val/lpips' is not computed")
+    assert not (tmp_path / "run" / "checkpoints").exists()
