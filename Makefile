@@ -41,7 +41,7 @@ sweep: $(STAMP) ## run a sweep: make sweep SWEEP=attention|dilation|loss_weights
 eval: $(STAMP) ## score a model: make eval ARGS="weights=W.ckpt data=folder data.val.root=photos/"
 	$(BIN)/deepfill-eval $(ARGS)
 
-inpaint: $(STAMP) ## fill holes: make inpaint ARGS="weights=W.pt input=photo.jpg mask=mask.png"
+inpaint: $(STAMP) ## fill holes: make inpaint ARGS="weights=W.pt input=photo.jpg mask_path=mask.png"
 	$(BIN)/deepfill-inpaint $(ARGS)
 
 test: $(STAMP) ## run the test suite (fast tests)

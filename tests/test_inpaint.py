@@ -28,7 +28,7 @@ def cfg(weights, **kwargs):
     base = {
         "weights": str(weights),
         "input": None,
-        "mask": None,
+        "mask_path": None,
         "output": None,
         "save_coarse": False,
         "save_flow": False,
@@ -48,7 +48,7 @@ def test_odd_size_image_with_rgba_mask_keeps_size_and_known_pixels(weights, tmp_
         cfg(
             weights,
             input=tmp_path / "photo.png",
-            mask=tmp_path / "mask.png",
+            mask_path=tmp_path / "mask.png",
             output=tmp_path / "out",
             save_coarse=True,
             save_flow=True,
@@ -80,17 +80,19 @@ def test_folders_and_bad_input(weights, tmp_path) -> None:
         m = np.zeros((48, 40), np.uint8)
         m[10:20, 10:20] = 255
         Image.fromarray(m).save(tmp_path / "masks" / f"{name}.png")
-    written = run(cfg(weights, input=tmp_path / "imgs", mask=tmp_path / "masks", output=tmp_path / "out"))
+    written = run(
+        cfg(weights, input=tmp_path / "imgs", mask_path=tmp_path / "masks", output=tmp_path / "out")
+    )
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in written) == ["a.png", "sub/b.png"]
     with pytest.raises(ValueError, match="would overwrite an input"):
-        run(cfg(weights, input=tmp_path / "out", mask=tmp_path / "masks", output=tmp_path / "out"))
+        run(cfg(weights, input=tmp_path / "out", mask_path=tmp_path / "masks", output=tmp_path / "out"))
     Image.fromarray(np.zeros((10, 10), np.uint8) + 255).save(tmp_path / "small.png")
     with pytest.raises(ValueError, match=r"is 10x10 but image .* is 40x48"):
         run(
             cfg(
                 weights,
                 input=tmp_path / "imgs" / "a.jpg",
-                mask=tmp_path / "small.png",
+                mask_path=tmp_path / "small.png",
                 output=tmp_path / "o2",
             )
         )

@@ -1,7 +1,7 @@
 """``deepfill-inpaint``: fill the holes of your own images with a trained or official generator.
 
-    deepfill-inpaint weights=places2_v1.pt input=photo.jpg mask=photo_mask.png
-    deepfill-inpaint weights=outputs/.../checkpoints/last.ckpt input=photos/ mask=masks/ output=filled/
+    deepfill-inpaint weights=places2_v1.pt input=photo.jpg mask_path=photo_mask.png
+    deepfill-inpaint weights=outputs/.../checkpoints/last.ckpt input=photos/ mask_path=masks/ output=filled/
     deepfill-inpaint weights=release_places2_256/ input=cutout.png          # holes = transparent pixels
 
 Images of any size (padded to a multiple of 8 and cropped back; known pixels are kept exactly).
@@ -84,13 +84,15 @@ def pairs(input_path: Path, mask_path: Path | None) -> list[tuple[Path, Path | N
         raise FileNotFoundError(f"input: no such file or folder: {input_path}")
     if input_path.is_file():
         if mask_path is not None and not mask_path.is_file():
-            raise FileNotFoundError(f"mask: no such file: {mask_path}")
+            raise FileNotFoundError(f"mask_path: no such file: {mask_path}")
         return [(input_path, mask_path, Path(input_path.stem + ".png"))]
     images = _images(input_path)
     if not images:
         raise ValueError(f"input folder {input_path} holds no images")
     if mask_path is not None and not mask_path.is_dir():
-        raise NotADirectoryError(f"mask: with an input folder, mask must be a folder too: {mask_path}")
+        raise NotADirectoryError(
+            f"mask_path: with an input folder, mask_path must be a folder too: {mask_path}"
+        )
     out = []
     for image in images:
         relative = image.relative_to(input_path)
@@ -99,7 +101,7 @@ def pairs(input_path: Path, mask_path: Path | None) -> list[tuple[Path, Path | N
             candidates = [mask_path / relative.with_suffix(ext) for ext in (".png", relative.suffix)]
             mask = next((c for c in candidates if c.is_file()), None)
             if mask is None:
-                raise FileNotFoundError(f"mask: no mask for {image} (looked for {candidates[0]})")
+                raise FileNotFoundError(f"mask_path: no mask for {image} (looked for {candidates[0]})")
         out.append((image, mask, relative.with_suffix(".png")))
     return out
 
@@ -119,7 +121,7 @@ def _save(tensor: torch.Tensor, path: Path) -> None:
 def run(cfg: DictConfig) -> list[Path]:
     """Inpaint every image of ``cfg.input``; returns the written files."""
     device = resolve_device(cfg.device)
-    jobs = pairs(Path(cfg.input), Path(cfg.mask) if cfg.get("mask") else None)
+    jobs = pairs(Path(cfg.input), Path(cfg.mask_path) if cfg.get("mask_path") else None)
     output = Path(cfg.output)
     inputs = {p.resolve() for image, mask, _ in jobs for p in (image, mask) if p is not None}
     targets = [output / rel for _, _, rel in jobs]
