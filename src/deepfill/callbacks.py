@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -27,6 +28,13 @@ def atomic_save_checkpoint(
 
 class AtomicModelCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose files are written atomically."""
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        with warnings.catch_warnings():
+            # Lightning suggests keeping pre-step weights under manual optimisation; resuming
+            # exactly needs the post-step weights with the post-step optimizer state, as saved.
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+            super().on_train_batch_end(*args, **kwargs)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         atomic_save_checkpoint(trainer, filepath, self.save_weights_only)
