@@ -1,38 +1,79 @@
-"""Every notebook executes top to bottom (small settings)."""
+"""Every notebook executes top to bottom with small settings, on the data it is meant for."""
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import REPO
-
-pytestmark = pytest.mark.slow
+from conftest import GOLDENS, REPO, run_cli
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_notebooks() -> None:
-    assert len(NOTEBOOKS) >= 2
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, monkeypatch) -> None:
+def execute(path: Path, monkeypatch, **env: str) -> nbformat.NotebookNode:
     monkeypatch.setenv("DEEPFILL_NB_SAMPLES", "40")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
     ).execute()
-    errors = [
-        o
+    return notebook
+
+
+def text_output(notebook: nbformat.NotebookNode) -> str:
+    return "".join(
+        o.get("text", "")
         for c in notebook.cells
         if c.cell_type == "code"
         for o in c.get("outputs", [])
-        if o.output_type == "error"
-    ]
-    assert errors == []
-    assert os.environ["DEEPFILL_NB_SAMPLES"] == "40"
+        if o.output_type == "stream"
+    )
+
+
+def images(notebook: nbformat.NotebookNode) -> int:
+    return sum(
+        "image/png" in o.get("data", {})
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+    )
+
+
+def test_the_four_notebooks_are_there() -> None:
+    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_"]
+
+
+def test_inpaint_notebook_with_official_weights(monkeypatch, tmp_path) -> None:
+    # The official checkpoint layout (a folder with `checkpoint` and the TF files), loaded as is.
+    out = tmp_path / "out"
+    notebook = execute(
+        NOTEBOOKS[0], monkeypatch, DEEPFILL_NB_WEIGHTS=str(GOLDENS), DEEPFILL_NB_OUTPUT=str(out)
+    )
+    text = text_output(notebook)
+    assert f"weights: {GOLDENS}" in text and "cnum 32" in text
+    assert images(notebook) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["completed.png", "flow.png"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[1:3], ids=lambda p: p.name)
+def test_masks_and_attention_notebooks(path, monkeypatch) -> None:
+    notebook = execute(path, monkeypatch)
+    assert images(notebook) >= 1
+
+
+def test_sweep_analysis_notebook_on_a_real_sweep(monkeypatch, tmp_path) -> None:
+    from test_sweep import JOB
+
+    args = ["-m", "+sweep=custom", "sweep_name=nb", "model.lr=0.0001,0.001", f"paths.log_dir={tmp_path}"]
+    result = run_cli("deepfill-train", *args, "optimized_metric=val/psnr", *JOB, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweep = tmp_path / "sweeps" / "nb"
+    notebook = execute(NOTEBOOKS[3], monkeypatch, DEEPFILL_NB_SWEEP=str(sweep), DEEPFILL_NB_METRIC="val/psnr")
+    text = text_output(notebook)
+    assert "2 finished runs; swept: ['model.lr']; ranked by val/psnr" in text
+    assert "best by val/psnr: job " in text and "deepfill-eval weights=" in text
+    assert images(notebook) == 2
