@@ -1,0 +1,223 @@
+"""The README cannot rot: every command in its code blocks runs here, in README order.
+
+Commands run with tiny overrides appended (a small model, a few batches), on a workspace that
+holds what the README's examples name (photos/, photo.jpg, a folder laid out like the released
+checkpoints, a /data folder with flists). `make` commands are resolved to the exact command the
+Makefile runs (`make -n`). Commands that need GPUs or a SLURM cluster are composed instead of
+run (`--cfg job`), so their groups and keys are still checked. `make test` is this suite.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import GOLDENS, REPO
+
+README = REPO / "README.md"
+BIN = Path(sys.executable).parent
+
+TINY_TRAIN = [
+    "data.image_size=64",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "data.val.length=2",
+    "model.generator.cnum=8",
+    "model.global_critic.cnum=8",
+    "model.local_critic.cnum=8",
+    "model.lpips_pretrained=false",
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "logger=csv",
+]
+# Sweep presets: pin all but one swept key (command-line values beat the preset's grid).
+TINY_SWEEPS = {
+    "attention": [
+        "model.generator.attention.ksize=3",
+        "model.generator.attention.rate=2",
+        "model.generator.attention.fuse=true",
+    ],
+}
+TINY_EVAL = ["limit=2", "batch_size=2", "lpips=false"]
+NEEDS_CLUSTER = ("trainer=gpu", "trainer=ddp", "launcher=local_gpus", "launcher=slurm")
+
+
+def readme_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+
+
+def readme_commands() -> list[str]:
+    commands = []
+    for block in readme_blocks("bash"):
+        for line in block.splitlines():
+            tokens = shlex.split(line, comments=True)
+            if tokens:
+                commands.append(shlex.join(tokens))
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+def test_readme_commands_are_found_and_all_are_project_commands() -> None:
+    assert len(COMMANDS) >= 20
+    for command in COMMANDS:
+        program = command.split()[0]
+        assert program == "make" or program.startswith("deepfill-"), command
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict:
+    """Files the README's examples refer to, and what earlier commands leave for later ones."""
+    ws = tmp_path_factory.mktemp("readme")
+    rng = np.random.default_rng(0)
+
+    def photo(path: Path, size=(96, 128)) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+
+    (ws / "masks").mkdir()
+    for i in range(3):
+        photo(ws / "photos" / f"p{i}.jpg")
+        mask = np.zeros((96, 128), np.uint8)
+        mask[20 + 5 * i : 60, 30:90] = 255
+        Image.fromarray(mask).save(ws / "masks" / f"p{i}.png")
+    photo(ws / "photo.jpg", (120, 150))
+    mask = np.zeros((120, 150), np.uint8)
+    mask[30:80, 40:100] = 255
+    Image.fromarray(mask).save(ws / "photo_mask.png")
+    rgba = np.dstack(
+        [rng.integers(0, 255, (100, 140, 3), dtype=np.uint8), np.full((100, 140), 255, np.uint8)]
+    )
+    rgba[30:70, 50:100, 3] = 0  # the hole: transparent pixels
+    Image.fromarray(rgba, "RGBA").save(ws / "cutout.png")
+    for dataset in ("places2", "celebahq"):
+        lines = []
+        for i in range(4):
+            photo(ws / "data" / dataset / "images" / f"{i}.jpg", (80, 96))
+            lines.append(f"images/{i}.jpg")
+        for split in ("train", "val"):
+            (ws / "data" / dataset / f"{split}.flist").write_text("\n".join(lines) + "\n")
+    # Laid out like a released checkpoint folder (here with the weights of the official goldens).
+    for name in ("path/to/release_places2_256", "release_places2_256"):
+        (ws / name).parent.mkdir(parents=True, exist_ok=True)
+        (ws / name).symlink_to(GOLDENS, target_is_directory=True)
+    return {"dir": ws, "ckpt": None}
+
+
+def resolve_make(command: str) -> list[str] | None:
+    """The deepfill command a README `make ...` line runs (None for `make test`: this suite)."""
+    tokens = shlex.split(command)
+    if tokens[1] == "test":
+        return None
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(REPO), *tokens[1:]], capture_output=True, text=True, check=True
+    )
+    lines = [line for line in dry.stdout.splitlines() if "/deepfill-" in line.split(" ", 1)[0]]
+    assert len(lines) == 1, dry.stdout
+    resolved = shlex.split(lines[0])
+    return [str(BIN / Path(resolved[0]).name), *resolved[1:]]
+
+
+def substitute(tokens: list[str], ws: dict) -> list[str]:
+    """Point the README's placeholders at the workspace (other paths are relative to it: the cwd)."""
+    out = []
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if sep and value == "/data":
+            token = f"{key}={ws['dir'] / 'data'}"
+        elif sep and "checkpoints/last.ckpt" in value and ("..." in value or "<" in value):
+            assert ws["ckpt"], (
+                "a README training command must come before the commands that use its checkpoint"
+            )
+            token = f"{key}={ws['ckpt']}"
+        out.append(token)
+    return out
+
+
+def tiny(tokens: list[str], ws: dict) -> list[str]:
+    program = Path(tokens[0]).name
+    logs = f"paths.log_dir={ws['dir'] / 'outputs'}"
+    if program == "deepfill-train":
+        extra = [*TINY_TRAIN, logs]
+        for token in tokens:
+            if token.startswith("+sweep="):
+                extra += TINY_SWEEPS.get(token.split("=", 1)[1], [])
+        return [*tokens, *extra]
+    if program == "deepfill-eval":
+        return [*tokens, *TINY_EVAL, logs]
+    if program == "deepfill-inpaint":
+        return [*tokens, logs]
+    if program == "deepfill-make-masks":
+        return [t if t != "1000" else "4" for t in tokens]
+    return tokens
+
+
+def check_outputs(tokens: list[str], result: subprocess.CompletedProcess, ws: dict) -> None:
+    program = Path(tokens[0]).name
+    out = result.stdout
+    if program == "deepfill-train" and "-m" in tokens:
+        table = re.search(r"sweep results: \S+ and (\S+results\.csv)", out)
+        assert table, out[-2000:]
+        with open(table.group(1)) as f:
+            rows = list(csv.DictReader(f))
+        assert rows and all(r["status"] == "finished" and float(r["val/psnr"]) > 0 for r in rows)
+    elif program == "deepfill-train":
+        match = re.search(r"checkpoints: .*?(\S+last\.ckpt)", out)
+        assert match and Path(match.group(1)).is_file(), out[-2000:]
+        ws["ckpt"] = ws["ckpt"] or match.group(1)
+    elif program == "deepfill-eval":
+        match = re.search(r"tables written to (\S+) and (\S+)", out)
+        assert match and "| deepfill |" in Path(match.group(2)).read_text(), out[-2000:]
+    elif program == "deepfill-inpaint":
+        match = re.search(r"wrote (\d+) inpainted image\(s\) to (\S+)", out)
+        assert match and int(match.group(1)) >= 1, out[-2000:]
+        assert len(list((ws["dir"] / match.group(2)).glob("*.png"))) >= int(match.group(1))
+    elif program == "deepfill-convert":
+        assert Path(ws["dir"] / tokens[2]).is_file(), out
+    elif program == "deepfill-make-masks":
+        assert len(list((ws["dir"] / tokens[1]).glob("*.png"))) == 4, out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_command_runs(command, workspace) -> None:
+    tokens = shlex.split(command)
+    if tokens[0] == "make":
+        tokens = resolve_make(command)
+        if tokens is None:
+            return  # `make test` is what runs this very test
+    else:
+        tokens = [str(BIN / tokens[0]), *tokens[1:]]
+    tokens = substitute(tokens, workspace)
+    if any(token in NEEDS_CLUSTER for token in tokens):
+        # GPUs / SLURM: compose the job's config (groups, keys, interpolations) without running it.
+        tokens = [t for t in tokens if t != "-m"] + ["--cfg", "job"]
+        result = subprocess.run(tokens, capture_output=True, text=True, cwd=workspace["dir"], timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "generator:" in result.stdout
+        return
+    tokens = tiny(tokens, workspace)
+    result = subprocess.run(tokens, capture_output=True, text=True, cwd=workspace["dir"], timeout=600)
+    assert result.returncode == 0, f"{shlex.join(tokens)}\n{result.stderr[-3000:]}"
+    check_outputs(tokens, result, workspace)
+
+
+def test_readme_python_examples_run(workspace) -> None:
+    blocks = readme_blocks("python")
+    assert blocks
+    for code in blocks:
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=workspace["dir"], timeout=300
+        )
+        assert result.returncode == 0, f"{code}\n{result.stderr[-2000:]}"
