@@ -190,10 +190,11 @@ def test_sweep_table_cli_rebuilds_a_table(tmp_path) -> None:
 def test_every_sweep_preset_composes_and_its_values_are_valid(name, tmp_path) -> None:
     from deepfill.validation import validate_config
 
-    overrides = [f"+sweep={name}"] + (["sweep_name=mine"] if name == "custom" else [])
+    overrides = [f"+sweep={name}"]
     cfg = compose_cfg(overrides, tmp_path)
     assert cfg.resume is True
-    assert cfg.hydra.sweep.dir.endswith(f"sweeps/{cfg.sweep_name}")
+    assert cfg.sweep_name == name
+    assert cfg.hydra.sweep.dir.endswith(f"sweeps/{name}")
     assert cfg.group == cfg.sweep_name
     params = cfg.hydra.sweeper.get("params") or {}
     if name == "custom":
