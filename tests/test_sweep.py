@@ -353,10 +353,22 @@ def test_optuna_search_runs_trials_and_continues_its_study(tmp_path) -> None:
         assert len(list(csv.DictReader(f))) == 4
 
 
-def test_optimized_metric_that_is_not_computed_stops_before_training(tmp_path) -> None:
-    args = [f"hydra.run.dir={tmp_path / 'run'}", "optimized_metric=val/lpips", "model.lpips=false", *JOB]
-    result = run_cli("deepfill-train", *args, cwd=tmp_path)
+def test_an_optuna_metric_that_is_not_computed_stops_before_training(tmp_path) -> None:
+    args = ["-m", "+sweep=optuna_loss_weights", "hydra.sweeper.n_trials=1", f"paths.log_dir={tmp_path}"]
+    result = run_cli("deepfill-train", *args, "model.lpips=false", *JOB, cwd=tmp_path)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("deepfill-train: error: optimized_metric: 'val/lpips' is not computed")
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    record = read_record(next((tmp_path / "sweeps" / "optuna_loss_weights").glob("*_0")))
+    assert record["status"] == "failed" and "not computed" in record["error"]
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_table_ranks_by_psnr_when_its_metric_was_not_computed(tmp_path) -> None:
+    for job, psnr in (("0", 18.0), ("1", 21.0)):
+        begin_job(tmp_path / job, [f"model.lr={job}"], True)
+        end_job(tmp_path / job, {"val/psnr": psnr, "val/ssim": 0.5})
+    _, md_path = write_results_table(tmp_path, collect_results(tmp_path), "val/lpips")
+    md = md_path.read_text()
+    assert "val/lpips was not computed; sorted by val/psnr (higher is better)" in md
+    assert md.index("| 1 | finished") < md.index("| 0 | finished")

@@ -44,6 +44,8 @@ __all__ = [
 RECORD_NAME = "job.json"
 # Metrics a sweep reports: validation and test scores, not the per-batch training losses.
 REPORTED_PREFIXES = ("val/", "test/")
+# Ranks a sweep whose optimized_metric no run computed.
+FALLBACK_METRIC = "val/psnr"
 
 
 class JobConflictError(ValueError):
@@ -187,6 +189,11 @@ def write_results_table(
 ) -> tuple[Path, Path]:
     """Write ``results.csv`` and ``results.md`` into ``sweep_dir``, best run first; returns their paths."""
     sweep_dir = Path(sweep_dir)
+    note = ""
+    if optimized_metric and not any(optimized_metric in row for row in rows):
+        # E.g. val/lpips without the LPIPS weights: rank by what every run has.
+        note = f"{optimized_metric} was not computed; "
+        optimized_metric = FALLBACK_METRIC
     rows = sorted(rows, key=_sort_key(optimized_metric))
     columns: list[str] = []
     for row in rows:
@@ -208,7 +215,7 @@ def write_results_table(
     title = f"# Sweep results: {sweep_dir.name}\n\n{finished} of {len(rows)} runs finished"
     if optimized_metric:
         direction = "higher" if higher_is_better(optimized_metric) else "lower"
-        title += f"; sorted by {optimized_metric} ({direction} is better), best first"
+        title += f"; {note}sorted by {optimized_metric} ({direction} is better), best first"
     lines = [title + ".", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     tmp = md_path.with_suffix(".md.tmp")
