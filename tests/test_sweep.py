@@ -372,3 +372,12 @@ def test_a_table_ranks_by_psnr_when_its_metric_was_not_computed(tmp_path) -> Non
     md = md_path.read_text()
     assert "val/lpips was not computed; sorted by val/psnr (higher is better)" in md
     assert md.index("| 1 | finished") < md.index("| 0 | finished")
+
+
+def test_rows_without_a_metric_keep_numeric_job_order(tmp_path) -> None:
+    for job in ("10", "9", "20261123-221000_0"):
+        begin_job(tmp_path / job, [f"model.lr={job}"], True)
+    rows = collect_results(tmp_path)
+    csv_path, _ = write_results_table(tmp_path, rows, None)
+    with csv_path.open() as f:
+        assert [r["job"] for r in csv.DictReader(f)] == ["9", "10", "20261123-221000_0"]

@@ -175,7 +175,8 @@ def _sort_key(metric: str | None):
 
 
 def _job_order(job: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in job.replace("/", "_").split("_"))
+    # "10" after "9"; names of other shapes (Optuna's "<time>_<n>") sort without type clashes.
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in job.replace("/", "_").split("_"))
 
 
 def _fmt(value: Any) -> str:
