@@ -47,7 +47,7 @@ inpaint: $(STAMP) ## fill holes: make inpaint ARGS="weights=W.pt input=photo.jpg
 test: $(STAMP) ## run the test suite (fast tests)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(STAMP) ## run every test, including the slow ones (DDP on 2 CPU processes, notebooks)
+test-all: $(STAMP) ## run every test, including the slow ones (DDP training on 2 CPU processes)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check + ruff format --check
