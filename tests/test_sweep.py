@@ -198,7 +198,8 @@ def test_every_sweep_preset_composes_and_its_values_are_valid(name, tmp_path) ->
     assert cfg.resume is True
     assert cfg.sweep_name == name
     assert cfg.hydra.sweep.dir.endswith(f"sweeps/{name}")
-    assert cfg.group == cfg.sweep_name
+    assert cfg.group == cfg.sweep_name == cfg.logger.wandb.group  # one W&B group per sweep
+    assert cfg.logger.wandb.name == f"{name}-0"
     params = cfg.hydra.sweeper.get("params") or {}
     if name == "custom":
         assert not params
