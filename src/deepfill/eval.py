@@ -12,7 +12,6 @@ Writes ``metrics.csv`` and ``metrics.md`` to the output folder (and a W&B table 
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections.abc import Callable, Iterator
 from itertools import pairwise
@@ -28,6 +27,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from .config import CONFIG_DIR, register_resolvers, resolve_device, wandb_has_credentials
 from .metrics import hole_l1, hole_l2, to_unit
+from .tables import write_table
 
 __all__ = ["METRICS", "biharmonic_fill", "evaluate", "main", "mean_fill", "per_image_metrics", "summarise"]
 
@@ -121,23 +121,8 @@ def summarise(records: list[dict]) -> list[dict]:
 
 
 def _write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
     columns = ["method", "hole_ratio", "images", *[m for m in METRICS if any(m in r for r in rows)]]
-    csv_path, md_path = out_dir / "metrics.csv", out_dir / "metrics.md"
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(csv_path)
-
-    def fmt(value) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
+    return write_table(rows, columns, out_dir / "metrics.csv", out_dir / "metrics.md")
 
 
 def _mask_files(folder: Path) -> list[Path]:

@@ -16,7 +16,6 @@ rebuilds the table of any sweep folder, e.g. one still running.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -27,6 +26,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from .tables import write_table
 
 __all__ = [
     "RECORD_NAME",
@@ -179,12 +180,6 @@ def _job_order(job: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in job.replace("/", "_").split("_"))
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def write_results_table(
     sweep_dir: str | os.PathLike, rows: list[dict[str, Any]], optimized_metric: str | None = None
 ) -> tuple[Path, Path]:
@@ -205,24 +200,13 @@ def write_results_table(
         metric_cols.remove(optimized_metric)
         metric_cols.insert(0, optimized_metric)
     columns = other + metric_cols + (["minutes"] if "minutes" in columns else [])
-    csv_path, md_path = sweep_dir / "results.csv", sweep_dir / "results.md"
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
     finished = sum(r["status"] == "finished" for r in rows)
     title = f"# Sweep results: {sweep_dir.name}\n\n{finished} of {len(rows)} runs finished"
     if optimized_metric:
         direction = "higher" if higher_is_better(optimized_metric) else "lower"
         title += f"; {note}sorted by {optimized_metric} ({direction} is better), best first"
-    lines = [title + ".", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, md_path)
-    return csv_path, md_path
+    csv_path, md_path = sweep_dir / "results.csv", sweep_dir / "results.md"
+    return write_table(rows, columns, csv_path, md_path, title=title + ".", float_format=".4g")
 
 
 class ResultsTable(Callback):

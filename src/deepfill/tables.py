@@ -1,0 +1,47 @@
+"""Result tables written twice over: CSV for programs, markdown for people (both atomically)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_table"]
+
+
+def _replace_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    csv_path: Path,
+    md_path: Path,
+    title: str = "",
+    float_format: str = ".4f",
+) -> tuple[Path, Path]:
+    """Write ``rows`` (missing cells empty) as ``csv_path`` and as a markdown table ``md_path``.
+
+    ``title`` (markdown, optional) goes above the markdown table; floats there use ``float_format``.
+    """
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
+
+    def cell(value: Any) -> str:
+        return format(value, float_format) if isinstance(value, float) else str(value)
+
+    lines = [title, ""] if title else []
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    _replace_atomically(md_path, "\n".join(lines) + "\n")
+    return csv_path, md_path
