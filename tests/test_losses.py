@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from deepfill import masks as M
 from deepfill.losses import (
     LossWeights,
     ae_loss,
-    crop_around_holes,
-    discount_weights,
+    box_discount,
+    critic_loss,
+    crop_patches,
     discounted_l1,
+    generator_loss,
     gradient_penalty,
     hole_boxes,
+    local_patches,
+    nearest_known_discount,
+    reconstruction_losses,
     wgan_critic_loss,
     wgan_generator_loss,
 )
@@ -22,13 +29,11 @@ from deepfill.losses import (
 G = 0.5  # a gamma whose powers are easy to write down
 
 
-def test_box_discount_of_a_small_box_matches_the_official_formula() -> None:
-    mask = torch.zeros(1, 1, 6, 7)
-    mask[..., 1:5, 2:5] = 1  # a 4 x 3 box
-    w = discount_weights(mask, G, "box")[0, 0]
+def test_box_discount_of_a_small_patch_matches_the_official_formula() -> None:
+    w = box_discount(4, 3, G)[0, 0]
     # Official: max(g**min(i, h-i), g**min(j, w-j)) with h=4, w=3 (note: h-i, not h-1-i).
     # row distances min(i,4-i) = 0,1,2,1; column distances min(j,3-j) = 0,1,1.
-    expected_box = torch.tensor(
+    expected = torch.tensor(
         [
             [1.0, 1.0, 1.0],
             [1.0, 0.5, 0.5],
@@ -36,16 +41,57 @@ def test_box_discount_of_a_small_box_matches_the_official_formula() -> None:
             [1.0, 0.5, 0.5],
         ]
     )
-    expected = torch.zeros(6, 7)
-    expected[1:5, 2:5] = expected_box
     assert torch.equal(w, expected)
+
+
+def _official_discount_mask(height: int, width: int, gamma: float) -> torch.Tensor:
+    """inpaint_ops.spatial_discounting_mask, written out as the official loops do."""
+    values = torch.ones(height, width, dtype=torch.float64)
+    for i in range(height):
+        for j in range(width):
+            values[i, j] = max(gamma ** min(i, height - i), gamma ** min(j, width - j))
+    return values
+
+
+@pytest.mark.parametrize("shrink", [0, 8, 16])
+def test_box_l1_weighs_the_official_patch_with_the_official_mask(shrink) -> None:
+    """The weight each pixel gets in the L1 term (read off its gradient) is the official mask
+    over the 128x128 bbox the hole was carved from, known margin included; 0 elsewhere; and the
+    loss is the plain mean over patch x channels."""
+    top, left, size = 40, 88, 128
+    mask = torch.zeros(2, 1, 256, 256)
+    mask[..., top + shrink : top + size - shrink, left + shrink : left + size - shrink] = 1
+    origins = local_patches(mask, size)
+    assert origins.tolist() == [[top, left]] * 2
+    image = torch.zeros(2, 3, 256, 256)
+    x1 = torch.full_like(image, 0.5).requires_grad_(True)  # |error| = 0.5 everywhere
+    l1, _ = reconstruction_losses(image, mask, x1, None, origins, size, coarse_weight=1.0, discount="box")
+    (grad,) = torch.autograd.grad(l1, x1)
+    weight = grad[0, 0].double() * (2 * 3 * size * size)
+    expected = torch.zeros(256, 256, dtype=torch.float64)
+    expected[top : top + size, left : left + size] = _official_discount_mask(size, size, 0.9)
+    assert torch.allclose(weight, expected, atol=1e-6)
+    assert l1.item() == pytest.approx(0.5 * float(expected.sum()) / (size * size), rel=1e-5)
+    # The hole's edge weighs gamma**shrink (0.185 at 16 px), not 1.
+    assert weight[top + shrink + size // 2, left + shrink].item() == pytest.approx(0.9**shrink, rel=1e-5)
+
+
+def test_local_patch_of_every_official_box_mask_is_the_box_it_was_carved_from() -> None:
+    """rectangle() shrinks opposite sides by the same amount, so the patch centred on the hole
+    is the unshrunk box: the step needs no extra batch key to find the official local patch."""
+    for seed in range(200):
+        mask = M.rectangle(256, 256, np.random.default_rng(seed))[None]
+        # rectangle() draws the box's top and left first (official random_bbox), then shrinks.
+        replay = np.random.default_rng(seed)
+        top, left = int(replay.integers(0, 128)), int(replay.integers(0, 128))
+        assert local_patches(mask, 128)[0].tolist() == [top, left], seed
 
 
 def test_nearest_known_discount_of_an_l_shaped_hole() -> None:
     mask = torch.zeros(1, 1, 9, 9)
     mask[..., 1:8, 1:4] = 1  # vertical bar, 3 wide
     mask[..., 5:8, 1:8] = 1  # horizontal bar, 3 high
-    w = discount_weights(mask, G, "nearest_known")[0, 0]
+    w = nearest_known_discount(mask, G)[0, 0]
     # Chessboard distance to the nearest known pixel: 1 on the rim, 2 on the bars' centre lines.
     d = torch.zeros(9, 9, dtype=torch.long)
     d[1:8, 1:4] = 1
@@ -59,7 +105,7 @@ def test_nearest_known_discount_of_an_l_shaped_hole() -> None:
 def test_hole_touching_the_border_does_not_treat_the_border_as_known() -> None:
     mask = torch.zeros(1, 1, 5, 5)
     mask[..., :, :3] = 1  # columns 0-2, touching top, bottom and left borders
-    w = discount_weights(mask, G, "nearest_known")[0, 0]
+    w = nearest_known_discount(mask, G)[0, 0]
     # Only column 3 is known: distance 1, 2, 3 for columns 2, 1, 0.
     assert w[:, 2].tolist() == [G] * 5
     assert w[:, 1].tolist() == [G**2] * 5
@@ -131,17 +177,98 @@ def test_hole_boxes_and_crops_follow_each_sample() -> None:
     assert boxes[0].tolist() == [2, 3, 4, 9]
     assert boxes[1].tolist() == [12, 12, 16, 16]
     assert boxes[2].tolist() == [0, 0, 0, 0]  # empty mask
+    origins = local_patches(mask, 8)
+    # centre (3, 6) -> top 0 (clamped), left 2; corner -> 8, 8; empty -> image centre
+    assert origins.tolist() == [[0, 2], [8, 8], [4, 4]]
     image = torch.arange(3 * 2 * 16 * 16, dtype=torch.float32).view(3, 2, 16, 16)
-    mask_crop, image_crop = crop_around_holes(mask, 8, image)
-    assert torch.equal(image_crop[0], image[0, :, 0:8, 2:10])  # centre (3, 6) -> top 0 (clamped), left 2
+    mask_crop, image_crop = crop_patches(origins, 8, mask, image)
+    assert torch.equal(image_crop[0], image[0, :, 0:8, 2:10])
     assert torch.equal(image_crop[1], image[1, :, 8:16, 8:16])
-    assert torch.equal(image_crop[2], image[2, :, 4:12, 4:12])  # empty: image centre
+    assert torch.equal(image_crop[2], image[2, :, 4:12, 4:12])
     assert mask_crop[1].sum() == 16
+    (shared,) = crop_patches(origins, 8, image[:1])  # a (1,C,H,W) tensor is cropped per sample
+    assert torch.equal(shared[1], image[0, :, 8:16, 8:16])
     with pytest.raises(ValueError, match="exceeds the image size"):
-        crop_around_holes(mask, 32, image)
+        local_patches(mask, 32)
 
 
 def test_loss_weights_reject_negatives() -> None:
     assert LossWeights().gp == 10.0
     with pytest.raises(ValueError, match=r"loss\.gan must be >= 0"):
         LossWeights(gan=-1.0)
+
+
+class ConstantCritic(torch.nn.Module):
+    """Scores every input ``value + 0 * sum(x)``, and records what it was shown."""
+
+    def __init__(self, value: float, input_size: int) -> None:
+        super().__init__()
+        self.value, self.input_size, self.seen = value, input_size, []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.value + 0 * x.sum(dim=(1, 2, 3))
+
+
+def _step_inputs(n: int = 2, size: int = 16):
+    torch.manual_seed(1)
+    image = torch.rand(n, 3, size, size) * 2 - 1
+    mask = torch.zeros(n, 1, size, size)
+    mask[0, :, 2:7, 3:9] = 1
+    mask[1, :, 8:14, 6:12] = 1
+    x1, x2 = torch.rand_like(image) * 2 - 1, torch.rand_like(image) * 2 - 1
+    return image, mask, x1, x2, local_patches(mask, size // 2)
+
+
+@pytest.mark.parametrize("discount", ["box", "nearest_known"])
+def test_generator_loss_is_the_official_weighted_sum(discount) -> None:
+    image, mask, x1, x2, origins = _step_inputs()
+    weights = LossWeights(coarse=1.7, l1=0.6, ae=2.5, gan=0.3, global_wgan=4.0)
+    critics = (ConstantCritic(-2.0, 16), ConstantCritic(-5.0, 8))
+    loss = generator_loss(image, mask, x1, x2, origins, 8, weights, discount, 0.8, critics=critics)
+    l1, ae = reconstruction_losses(image, mask, x1, x2, origins, 8, 1.7, discount, 0.8)
+    # g = -mean(D(fake)): 2 for the global critic, 5 for the local one.
+    assert loss.adversarial.item() == pytest.approx(4.0 * 2.0 + 5.0)
+    assert loss.l1.item() == pytest.approx(l1.item()) and loss.ae.item() == pytest.approx(ae.item())
+    assert loss.total.item() == pytest.approx(0.3 * 13.0 + 0.6 * l1.item() + 2.5 * ae.item(), rel=1e-6)
+    # The critics saw the completed image and its local patch, nothing else.
+    completed = x2 * mask + image * (1 - mask)
+    assert torch.equal(critics[0].seen[0], completed)
+    assert torch.equal(critics[1].seen[0], crop_patches(origins, 8, completed)[0])
+    # Without critics (coarse pre-training, reconstruction-only phases) the term is 0.
+    plain = generator_loss(image, mask, x1, None, origins, 8, weights, discount, 0.8)
+    l1_coarse, ae_coarse = reconstruction_losses(image, mask, x1, None, origins, 8, 1.7, discount, 0.8)
+    assert plain.adversarial.item() == 0.0
+    assert plain.total.item() == pytest.approx(0.6 * l1_coarse.item() + 2.5 * ae_coarse.item(), rel=1e-6)
+
+
+def test_reconstruction_l1_weighs_the_coarse_stage() -> None:
+    image, mask, x1, x2, origins = _step_inputs()
+    for discount in ("box", "nearest_known"):
+        coarse_only, _ = reconstruction_losses(image, mask, x1, None, origins, 8, 1.0, discount)
+        refined_only, _ = reconstruction_losses(image, mask, x2, None, origins, 8, 1.0, discount)
+        both, _ = reconstruction_losses(image, mask, x1, x2, origins, 8, 1.2, discount)
+        assert both.item() == pytest.approx(1.2 * coarse_only.item() + refined_only.item(), rel=1e-6)
+
+
+def test_critic_loss_has_no_global_weight_and_lambda_on_both_penalties() -> None:
+    image, mask, _, x2, origins = _step_inputs()
+    fake = x2 * mask + image * (1 - mask)
+    alpha_g, alpha_l = torch.tensor([0.2, 0.7]), torch.tensor([0.9, 0.1])
+    critics = (LinearCritic(0.3), LinearCritic(0.05))
+    critics[0].input_size, critics[1].input_size = 16, 8
+    loss = critic_loss(*critics, image, fake, mask, origins, alpha_g, alpha_l, gp_weight=7.0)
+    mask_l, real_l, fake_l = crop_patches(origins, 8, mask, image, fake)
+    wgan_g = wgan_critic_loss(critics[0](image), critics[0](fake))
+    wgan_l = wgan_critic_loss(critics[1](real_l), critics[1](fake_l))
+    # Per-sample masks: the global penalty uses each sample's own mask, the local one its crop.
+    gp_g = gradient_penalty(critics[0], image, fake, mask, alpha_g)
+    gp_l = gradient_penalty(critics[1], real_l, fake_l, mask_l, alpha_l)
+    assert loss.wgan_global.item() == pytest.approx(wgan_g.item())
+    assert loss.wgan_local.item() == pytest.approx(wgan_l.item())
+    assert loss.gp.item() == pytest.approx(7.0 * (gp_g + gp_l).item(), rel=1e-6)
+    assert loss.total.item() == pytest.approx((wgan_g + wgan_l + 7.0 * (gp_g + gp_l)).item(), rel=1e-6)
+    # A linear critic's slope is c * sqrt(3 * hole pixels) of each sample: per-sample masks.
+    holes = mask.sum(dim=(1, 2, 3))
+    expected_gp_g = ((0.3 * (3 * holes).sqrt() - 1) ** 2).mean()
+    assert gp_g.item() == pytest.approx(expected_gp_g.item(), rel=1e-5)

@@ -5,6 +5,7 @@ Conventions: images (N,3,H,W) in [-1,1]; masks (N,1,H,W) (or (1,1,H,W)), 1 = hol
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,13 +13,20 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "CriticLoss",
+    "GeneratorLoss",
     "LossWeights",
     "ae_loss",
-    "crop_around_holes",
-    "discount_weights",
+    "box_discount",
+    "critic_loss",
+    "crop_patches",
     "discounted_l1",
+    "generator_loss",
     "gradient_penalty",
     "hole_boxes",
+    "local_patches",
+    "nearest_known_discount",
+    "reconstruction_losses",
     "wgan_critic_loss",
     "wgan_generator_loss",
 ]
@@ -62,52 +70,62 @@ def hole_boxes(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(empty[:, None], torch.zeros_like(boxes), boxes)
 
 
-def discount_weights(mask: torch.Tensor, gamma: float = 0.9, form: DiscountForm = "box") -> torch.Tensor:
-    """Spatial discounting weights (N,1,H,W); zero where the loss does not apply.
+@functools.lru_cache(maxsize=16)
+def _box_discount_cpu(height: int, width: int, gamma: float) -> torch.Tensor:
+    i = torch.arange(height, dtype=torch.float64)
+    j = torch.arange(width, dtype=torch.float64)
+    di = torch.minimum(i, height - i)  # official: h - i, not h - 1 - i
+    dj = torch.minimum(j, width - j)
+    weight = torch.maximum(gamma ** di[:, None], gamma ** dj[None, :])
+    return weight.float().view(1, 1, height, width)
 
-    * ``"box"`` — the official code: over the bounding box of the hole (h x w), the pixel at
-      (i, j) of the box weighs ``max(gamma**min(i, h-i), gamma**min(j, w-j))``; zero outside.
-    * ``"nearest_known"`` — the paper: a hole pixel weighs ``gamma**l`` with ``l`` its
-      (chessboard) distance to the nearest known pixel (1 next to the boundary); zero on known
-      pixels. Right for free-form holes.
+
+def box_discount(
+    height: int,
+    width: int,
+    gamma: float = 0.9,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The official spatial discounting mask over a ``height x width`` local patch: (1,1,h,w).
+
+    Pixel (i, j) weighs ``max(gamma**min(i, h-i), gamma**min(j, w-j))``: 1 on the patch border,
+    falling towards its centre. The patch is the box the hole was carved from, so after the
+    random shrink of the v1 masks the border rows are known pixels and the hole's edge weighs
+    ``gamma**shrink`` (0.185 at a shrink of 16 px).
     """
     if not 0 < gamma <= 1:
         raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
-    n, _, h, w = mask.shape
-    if form == "box":
-        boxes = hole_boxes(mask)
-        top, left, bottom, right = (boxes[:, k].view(n, 1) for k in range(4))
-        i = torch.arange(h, device=mask.device).view(1, h) - top  # (N,H), row inside the box
-        j = torch.arange(w, device=mask.device).view(1, w) - left
-        box_h, box_w = bottom - top, right - left
-        di = torch.minimum(i, box_h - i).clamp_min(0).to(mask.dtype)
-        dj = torch.minimum(j, box_w - j).clamp_min(0).to(mask.dtype)
-        weight = torch.maximum(gamma ** di[:, :, None], gamma ** dj[:, None, :])
-        inside = ((i >= 0) & (i < box_h))[:, :, None] & ((j >= 0) & (j < box_w))[:, None, :]
-        return (weight * inside).unsqueeze(1)
-    if form == "nearest_known":
-        hole = (mask > 0.5).to(mask.dtype)
-        distance = torch.zeros_like(hole)
-        remaining = hole
-        # Each erosion of the hole peels one ring: a pixel's ring number is its distance.
-        while remaining.any():
-            distance = distance + remaining
-            remaining = -F.max_pool2d(-remaining, 3, stride=1, padding=1)
-            # Outside the image counts as hole, so borders do not act as known pixels.
-            remaining = remaining * hole
-            if torch.equal(remaining, hole) and distance.max() > max(h, w):
-                break  # an all-hole mask: no known pixel to measure from
-        return torch.where(hole > 0, gamma ** (distance - 1).clamp_min(0) * gamma, torch.zeros_like(hole))
-    raise ValueError(f"discount form must be 'box' or 'nearest_known', got {form!r}")
+    return _box_discount_cpu(int(height), int(width), float(gamma)).to(device=device, dtype=dtype)
+
+
+def nearest_known_discount(mask: torch.Tensor, gamma: float = 0.9) -> torch.Tensor:
+    """The paper's spatial discounting for holes of any shape: (N,1,H,W).
+
+    A hole pixel weighs ``gamma**l`` with ``l`` its chessboard distance to the nearest known
+    pixel (1 next to the boundary); known pixels weigh 0. The image border is not a known pixel.
+    """
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+    h, w = mask.shape[-2:]
+    hole = (mask > 0.5).to(mask.dtype)
+    distance = torch.zeros_like(hole)
+    remaining = hole
+    # Each erosion of the hole peels one ring: a pixel's ring number is its distance.
+    while remaining.any():
+        distance = distance + remaining
+        remaining = -F.max_pool2d(-remaining, 3, stride=1, padding=1)
+        # Outside the image counts as hole, so borders do not act as known pixels.
+        remaining = remaining * hole
+        if torch.equal(remaining, hole) and distance.max() > max(h, w):
+            break  # an all-hole mask: no known pixel to measure from
+    return torch.where(hole > 0, gamma ** (distance - 1).clamp_min(0) * gamma, torch.zeros_like(hole))
 
 
 def discounted_l1(target: torch.Tensor, prediction: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mean of ``|target - prediction| * weights`` over the region the weights cover.
-
-    With the official 128x128 box this equals the official ``mean(|gt - x| * D)`` over the box
-    crop; in general each sample is normalised by its own support (box or hole) and the batch
-    is averaged.
-    """
+    """``|target - prediction| * weights`` averaged over each sample's support (the pixels with
+    a non-zero weight, times channels), then over the batch: the ``nearest_known`` form, whose
+    weights cover the hole only. (The ``box`` form is a plain mean over the local patch.)"""
     support = (weights > 0).to(weights.dtype).sum(dim=(1, 2, 3)).clamp_min(1) * target.shape[1]
     per_sample = ((target - prediction).abs() * weights).sum(dim=(1, 2, 3)) / support
     return per_sample.mean()
@@ -165,26 +183,168 @@ def gradient_penalty(
     return (slopes - 1.0).square().mean()
 
 
-def crop_around_holes(mask: torch.Tensor, size: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """The ``size`` x ``size`` crop around each sample's hole (centre of its bounding box,
-    clamped to the image), applied to ``mask`` and every tensor given: list of (N,C,size,size)."""
-    n, _, h, w = mask.shape
+def local_patches(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Top-left corner (N,2) long of each sample's local patch: the ``size`` x ``size`` window
+    centred on the bounding box of its hole, clamped to the image (the image centre for an
+    empty mask).
+
+    For the official v1 box masks (a ``size`` box shrunk by the same amount on opposite sides)
+    this is exactly the box the hole was carved from, the official ``local_patch``.
+    """
+    _, _, h, w = mask.shape
     if size > min(h, w):
-        raise ValueError(f"local crop size {size} exceeds the image size {h}x{w}")
+        raise ValueError(f"local patch size {size} exceeds the image size {h}x{w}")
     boxes = hole_boxes(mask)
-    cy = (boxes[:, 0] + boxes[:, 2]) // 2
-    cx = (boxes[:, 1] + boxes[:, 3]) // 2
     empty = boxes[:, 2] == 0
-    cy = torch.where(empty, torch.full_like(cy, h // 2), cy)
-    cx = torch.where(empty, torch.full_like(cx, w // 2), cx)
+    cy = torch.where(empty, h // 2, (boxes[:, 0] + boxes[:, 2]) // 2)
+    cx = torch.where(empty, w // 2, (boxes[:, 1] + boxes[:, 3]) // 2)
     top = (cy - size // 2).clamp(0, h - size)
     left = (cx - size // 2).clamp(0, w - size)
-    rows = (top[:, None] + torch.arange(size, device=mask.device)).view(n, 1, size, 1)
-    cols = (left[:, None] + torch.arange(size, device=mask.device)).view(n, 1, 1, size)
+    return torch.stack([top, left], dim=1)
+
+
+def crop_patches(origins: torch.Tensor, size: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The ``size`` x ``size`` crop at ``origins`` (N,2) of every tensor (N or 1,C,H,W), each
+    sample at its own origin: a list of (N,C,size,size). Origins must keep the patch inside the
+    image, as :func:`local_patches` does."""
+    n = origins.shape[0]
+    origins = origins.to(tensors[0].device)
+    ar = torch.arange(size, device=origins.device)
+    rows = (origins[:, 0:1] + ar).view(n, 1, size, 1)
+    cols = (origins[:, 1:2] + ar).view(n, 1, 1, size)
     out = []
-    for t in (mask, *tensors):
-        channels = t.shape[1]
-        index_rows = rows.expand(n, channels, size, w)
-        picked = t.expand(n, channels, h, w).gather(2, index_rows)
+    for t in tensors:
+        channels, h, w = t.shape[1:]
+        picked = t.expand(n, channels, h, w).gather(2, rows.expand(n, channels, size, w))
         out.append(picked.gather(3, cols.expand(n, channels, size, size)))
     return out
+
+
+# ---------------------------------------------------------------------- one training step
+@dataclass
+class CriticLoss:
+    """The critics' loss of one step and its parts (0-dim tensors)."""
+
+    total: torch.Tensor  # wgan_global + wgan_local + gp: what the critics minimise
+    wgan_global: torch.Tensor
+    wgan_local: torch.Tensor
+    gp: torch.Tensor  # already weighted by WGAN_GP_LAMBDA
+    gap_global: torch.Tensor  # mean(D(real)) - mean(D(fake)): the critics' Wasserstein estimates
+    gap_local: torch.Tensor
+
+
+@dataclass
+class GeneratorLoss:
+    """The generator's loss of one step and its parts (0-dim tensors)."""
+
+    total: torch.Tensor  # gan * adversarial + l1_weight * l1 + ae_weight * ae
+    l1: torch.Tensor  # coarse * L1(x1) + L1(x2), spatially discounted
+    ae: torch.Tensor
+    adversarial: torch.Tensor  # global_wgan * g_global + g_local (0 without critics)
+
+
+def critic_loss(
+    global_critic: torch.nn.Module,
+    local_critic: torch.nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    mask: torch.Tensor,
+    origins: torch.Tensor,
+    alpha_global: torch.Tensor,
+    alpha_local: torch.Tensor,
+    gp_weight: float = 10.0,
+) -> CriticLoss:
+    """The official critics' loss: both WGAN losses (no global weight on this side) plus
+    ``gp_weight`` times the sum of both masked gradient penalties.
+
+    real: (N,3,H,W) in [-1,1]; fake: the completed images ``x2*mask + real*(1-mask)``, no
+    gradient needed; mask: (N or 1,1,H,W), 1 = hole; origins: (N,2) local patches (the local
+    critic's input size is the patch side); alpha_global, alpha_local: (N,) interpolation
+    factors of the penalties in [0,1).
+    """
+    fake = fake.detach()
+    size = local_critic.input_size
+    mask_local, real_local, fake_local = crop_patches(origins, size, mask, real, fake)
+    n = real.shape[0]
+    # Each critic scores real and fake in one call, as the official graph does.
+    scores_global = global_critic(torch.cat([real, fake]))
+    scores_local = local_critic(torch.cat([real_local, fake_local]))
+    wgan_global = wgan_critic_loss(scores_global[:n], scores_global[n:])
+    wgan_local = wgan_critic_loss(scores_local[:n], scores_local[n:])
+    gp_local = gradient_penalty(local_critic, real_local, fake_local, mask_local, alpha_local)
+    gp_global = gradient_penalty(global_critic, real, fake, mask, alpha_global)
+    gp = gp_weight * (gp_local + gp_global)
+    return CriticLoss(
+        total=wgan_global + wgan_local + gp,
+        wgan_global=wgan_global,
+        wgan_local=wgan_local,
+        gp=gp,
+        gap_global=-wgan_global.detach(),
+        gap_local=-wgan_local.detach(),
+    )
+
+
+def reconstruction_losses(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    origins: torch.Tensor,
+    local_size: int,
+    coarse_weight: float = 1.2,
+    discount: DiscountForm = "box",
+    gamma: float = 0.9,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spatially discounted L1 loss and the AE loss: ``(l1, ae)``.
+
+    ``l1 = coarse_weight * L1(x1) + L1(x2)`` (no ``x2`` term when ``x2`` is None: coarse
+    pre-training). ``discount="box"`` is the official form: the :func:`box_discount` mask over
+    the local patch at ``origins``, plain mean over patch and channels. ``"nearest_known"``
+    weighs the hole by :func:`nearest_known_discount` over the whole image, averaged over the
+    hole (right for free-form holes, which need not fit any patch).
+    """
+    outputs = [(coarse_weight, x1)] + ([(1.0, x2)] if x2 is not None else [])
+    if discount == "box":
+        crops = crop_patches(origins, local_size, image, *(x for _, x in outputs))
+        weights = box_discount(local_size, local_size, gamma, image.device, image.dtype)
+        l1 = sum(
+            w * ((crops[0] - x).abs() * weights).mean() for (w, _), x in zip(outputs, crops[1:], strict=True)
+        )
+    elif discount == "nearest_known":
+        weights = nearest_known_discount(mask.expand(image.shape[0], *mask.shape[1:]), gamma)
+        l1 = sum(w * discounted_l1(image, x, weights) for w, x in outputs)
+    else:
+        raise ValueError(f"discount must be 'box' or 'nearest_known', got {discount!r}")
+    return l1, ae_loss(image, x1, x2, mask, coarse_weight)
+
+
+def generator_loss(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    origins: torch.Tensor,
+    local_size: int,
+    weights: LossWeights,
+    discount: DiscountForm = "box",
+    gamma: float = 0.9,
+    critics: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+) -> GeneratorLoss:
+    """The official generator loss ``gan * (global_wgan * g_global + g_local) + l1 * L1 + ae * AE``.
+
+    image: (N,3,H,W) in [-1,1]; mask: (N or 1,1,H,W), 1 = hole; x1, x2: the two stages' outputs;
+    origins: (N,2) local patches of side ``local_size``. ``critics = (global, local)`` adds the
+    adversarial term on the completed image ``x2*mask + image*(1-mask)``; without them (coarse
+    pre-training, ``x2=None``, or a reconstruction-only phase) the term is 0.
+    """
+    l1, ae = reconstruction_losses(image, mask, x1, x2, origins, local_size, weights.coarse, discount, gamma)
+    adversarial = torch.zeros((), device=image.device, dtype=l1.dtype)
+    if critics is not None and x2 is not None:
+        global_critic, local_critic = critics
+        fake = x2 * mask + image * (1 - mask)
+        (fake_local,) = crop_patches(origins, local_size, fake)
+        g_global = wgan_generator_loss(global_critic(fake))
+        g_local = wgan_generator_loss(local_critic(fake_local))
+        adversarial = weights.global_wgan * g_global + g_local
+    total = weights.gan * adversarial + weights.l1 * l1 + weights.ae * ae
+    return GeneratorLoss(total=total, l1=l1, ae=ae, adversarial=adversarial)

@@ -1,9 +1,11 @@
 """DeepFillModule: the two generator stages and the two WGAN-GP critics, trained as in the paper.
 
-Manual optimisation with the official schedule: every batch makes one critic update (on
-detached fakes); after every ``n_critic`` critic updates the same batch also makes one generator
-update, with the critics frozen. So 10 batches with ``n_critic=5`` give 10 critic and 2
-generator updates: five critic updates, each on a fresh batch, per generator update.
+Manual optimisation with the official schedule (neuralgym's ``SecondaryTrainer``): each
+generator iteration makes ``n_critic`` critic updates, each on its own batch (fakes detached),
+then one generator update on a fresh batch with the critics frozen. So 12 batches with
+``n_critic=5`` give 10 critic and 2 generator updates. A critic update skipped for a non-finite
+loss does not count towards the ``n_critic``. With ``pretrain_coarse_steps`` the run starts with
+the official coarse pre-training: stage 1 alone, reconstruction losses, one update per batch.
 
 The module orchestrates; the maths lives in :mod:`deepfill.losses` and :mod:`deepfill.metrics`.
 """
@@ -16,16 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.profiler import record_function
 
-from .losses import (
-    LossWeights,
-    ae_loss,
-    crop_around_holes,
-    discount_weights,
-    discounted_l1,
-    gradient_penalty,
-    wgan_critic_loss,
-    wgan_generator_loss,
-)
+from .losses import LossWeights, critic_loss, generator_loss, local_patches
 from .metrics import InpaintingMetrics, to_unit
 from .models import GlobalCritic, InpaintGenerator, LocalCritic
 from .visuals import COLUMNS, inpainting_grid, log_grid
@@ -52,7 +45,8 @@ class DeepFillModule(pl.LightningModule):
         loss: :class:`LossWeights` or a dict of its fields.
         lr, betas: Adam settings of both optimisers (paper: 1e-4, (0.5, 0.9)).
         n_critic: critic updates per generator update (paper: 5).
-        pretrain_coarse_steps: first K batches train stage 1 alone with L1 + AE (no critics).
+        pretrain_coarse_steps: the first K generator updates train stage 1 alone with L1 + AE,
+            one per batch, no critics (official PRETRAIN_COARSE_NETWORK).
         discount: spatial discount form, ``"box"`` (official) or ``"nearest_known"`` (paper,
             right for free-form holes); gamma: its base (0.9).
         max_nonfinite: stop after this many non-finite losses in a row (each one is skipped).
@@ -148,9 +142,6 @@ class DeepFillModule(pl.LightningModule):
     def local_size(self) -> int:
         return self.local_critic.input_size
 
-    def _composite(self, image, mask, x2):
-        return x2 * mask + image * (1 - mask)
-
     def _finite(self, loss: torch.Tensor, name: str) -> bool:
         """Skip an update whose loss is NaN/Inf; stop after ``max_nonfinite`` in a row."""
         if bool(torch.isfinite(loss)):
@@ -171,98 +162,77 @@ class DeepFillModule(pl.LightningModule):
         opt_g, opt_d = self.optimizers()
         if int(self.generator_steps) < self.pretrain_coarse_steps:
             self._pretrain_step(image, mask, opt_g)
-            return
-        self._critic_step(image, mask, opt_d)
-        self.critic_since_generator += 1
-        if int(self.critic_since_generator) >= self.n_critic:
+        elif int(self.critic_since_generator) < self.n_critic:
+            # A skipped (non-finite) critic update does not count towards the n_critic.
+            if self._critic_step(image, mask, opt_d):
+                self.critic_since_generator += 1
+        elif self._generator_step(image, mask, opt_g):
             self.critic_since_generator.zero_()
-            self._generator_step(image, mask, opt_g, batch_idx)
 
-    def _critic_scores(self, real, fake, mask):
-        """Global and local critic scores of real and fake, each critic run once on both."""
-        mask_local, real_local, fake_local = crop_around_holes(mask, self.local_size, real, fake)
-        n = real.shape[0]
-        scores_global = self.global_critic(torch.cat([real, fake]))
-        scores_local = self.local_critic(torch.cat([real_local, fake_local]))
-        return (
-            scores_global[:n],
-            scores_global[n:],
-            scores_local[:n],
-            scores_local[n:],
-            (
-                mask_local,
-                real_local,
-                fake_local,
-            ),
-        )
-
-    def _critic_step(self, image, mask, opt_d) -> None:
+    def _critic_step(self, image, mask, opt_d) -> bool:
         # record_function ranges name the parts of a step in profiles (free when not profiling).
         with torch.no_grad(), record_function("deepfill/critic_step/generator_forward"):
             _, x2, _ = self.generator(image, mask)
-            fake = self._composite(image, mask, x2)
-        with record_function("deepfill/critic_step/critics"):
-            real_g, fake_g, real_l, fake_l, (mask_local, image_local, fake_local) = self._critic_scores(
-                image, fake, mask
-            )
-        d_global = wgan_critic_loss(real_g, fake_g)
-        d_local = wgan_critic_loss(real_l, fake_l)
+            fake = x2 * mask + image * (1 - mask)
         draw = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.critic_steps))
         alpha = torch.rand(2, image.shape[0], generator=draw).to(image.device, image.dtype)
-        with record_function("deepfill/critic_step/gradient_penalty"):
-            gp_global = gradient_penalty(self.global_critic, image, fake, mask, alpha[0])
-            gp_local = gradient_penalty(self.local_critic, image_local, fake_local, mask_local, alpha[1])
-        gp = self.weights.gp * (gp_global + gp_local)
-        d_loss = d_global + d_local + gp  # official: no global weight on the critic side
+        with record_function("deepfill/critic_step/critics"):
+            loss = critic_loss(
+                self.global_critic,
+                self.local_critic,
+                image,
+                fake,
+                mask,
+                local_patches(mask, self.local_size),
+                alpha_global=alpha[0],
+                alpha_local=alpha[1],
+                gp_weight=self.weights.gp,
+            )
         opt_d.zero_grad(set_to_none=True)
-        if not self._finite(d_loss.detach(), "critic loss"):
-            return
+        if not self._finite(loss.total.detach(), "critic loss"):
+            return False
         with record_function("deepfill/critic_step/backward"):
-            self.manual_backward(d_loss)
+            self.manual_backward(loss.total)
         grad_norm = _grad_norm(list(self.global_critic.parameters()) + list(self.local_critic.parameters()))
         opt_d.step()
         self.critic_steps += 1
         self.log_dict(
             {
-                "train/d_loss": d_loss.detach(),
-                "train/d_global": d_global.detach(),
-                "train/d_local": d_local.detach(),
-                "train/gp": gp.detach(),
-                "train/critic_gap_global": (real_g.mean() - fake_g.mean()).detach(),
-                "train/critic_gap_local": (real_l.mean() - fake_l.mean()).detach(),
+                "train/d_loss": loss.total.detach(),
+                "train/d_global": loss.wgan_global.detach(),
+                "train/d_local": loss.wgan_local.detach(),
+                "train/gp": loss.gp.detach(),
+                "train/critic_gap_global": loss.gap_global,
+                "train/critic_gap_local": loss.gap_local,
                 "train/grad_norm_d": grad_norm,
             },
             on_step=True,
             prog_bar=False,
         )
+        return True
 
-    def _reconstruction(self, image, mask, x1, x2):
-        weights = discount_weights(mask, self.gamma, self.discount)
-        w = self.weights
-        l1 = w.coarse * discounted_l1(image, x1, weights)
-        if x2 is not None:
-            l1 = l1 + discounted_l1(image, x2, weights)
-        ae = ae_loss(image, x1, x2, mask, w.coarse)
-        return l1, ae
-
-    def _generator_step(self, image, mask, opt_g, batch_idx: int) -> None:
+    def _generator_step(self, image, mask, opt_g) -> bool:
         self.toggle_optimizer(opt_g)  # critics frozen: their weights get no gradient
         try:
             with record_function("deepfill/generator_step/forward"):
                 x1, x2, offsets = self.generator(image, mask)
-            fake = self._composite(image, mask, x2)
-            l1, ae = self._reconstruction(image, mask, x1, x2)
-            _, fake_local = crop_around_holes(mask, self.local_size, fake)
-            g_global = wgan_generator_loss(self.global_critic(fake))
-            g_local = wgan_generator_loss(self.local_critic(fake_local))
-            w = self.weights
-            g_adv = w.global_wgan * g_global + g_local
-            g_loss = w.gan * g_adv + w.l1 * l1 + w.ae * ae
+            loss = generator_loss(
+                image,
+                mask,
+                x1,
+                x2,
+                local_patches(mask, self.local_size),
+                self.local_size,
+                self.weights,
+                self.discount,
+                self.gamma,
+                critics=(self.global_critic, self.local_critic),
+            )
             opt_g.zero_grad(set_to_none=True)
-            if not self._finite(g_loss.detach(), "generator loss"):
-                return
+            if not self._finite(loss.total.detach(), "generator loss"):
+                return False
             with record_function("deepfill/generator_step/backward"):
-                self.manual_backward(g_loss)
+                self.manual_backward(loss.total)
             grad_norm = _grad_norm(self.generator.parameters())
             opt_g.step()
         finally:
@@ -270,10 +240,10 @@ class DeepFillModule(pl.LightningModule):
         self.generator_steps += 1
         self.log_dict(
             {
-                "train/g_loss": g_loss.detach(),
-                "train/l1": l1.detach(),
-                "train/ae": ae.detach(),
-                "train/g_adv": g_adv.detach(),
+                "train/g_loss": loss.total.detach(),
+                "train/l1": loss.l1.detach(),
+                "train/ae": loss.ae.detach(),
+                "train/g_adv": loss.adversarial.detach(),
                 "train/grad_norm_g": grad_norm,
                 "train/generator_steps": self.generator_steps.float(),
             },
@@ -281,18 +251,31 @@ class DeepFillModule(pl.LightningModule):
             prog_bar=True,
         )
         self._maybe_log_images("train/samples", image, mask, x1, x2, offsets)
+        return True
 
     def _pretrain_step(self, image, mask, opt_g) -> None:
+        # Official PRETRAIN_COARSE_NETWORK: stage 1 alone, L1 + AE on its output, no critics.
         x1 = self.generator.coarse(image * (1 - mask), mask)
-        l1, ae = self._reconstruction(image, mask, x1, None)
-        loss = self.weights.l1 * l1 + self.weights.ae * ae
+        loss = generator_loss(
+            image,
+            mask,
+            x1,
+            None,
+            local_patches(mask, self.local_size),
+            self.local_size,
+            self.weights,
+            self.discount,
+            self.gamma,
+        )
         opt_g.zero_grad(set_to_none=True)
-        if not self._finite(loss.detach(), "pre-training loss"):
+        if not self._finite(loss.total.detach(), "pre-training loss"):
             return
-        self.manual_backward(loss)
+        self.manual_backward(loss.total)
         opt_g.step()
         self.generator_steps += 1
-        self.log_dict({"train/pretrain_loss": loss.detach(), "train/l1": l1.detach()}, on_step=True)
+        self.log_dict(
+            {"train/pretrain_loss": loss.total.detach(), "train/l1": loss.l1.detach()}, on_step=True
+        )
 
     def _maybe_log_images(self, key, image, mask, x1, x2, offsets, force: bool = False) -> None:
         every = self.log_images_every_n_steps
@@ -307,7 +290,7 @@ class DeepFillModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
         x1, x2, offsets = self.generator(image, mask)
-        completed = self._composite(image, mask, x2)
+        completed = x2 * mask + image * (1 - mask)
         self.metrics.update(to_unit(completed), to_unit(image), mask)
         for name, metric in self.metrics.metrics().items():
             self.log(f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=name in ("psnr", "lpips"))
@@ -317,6 +300,6 @@ class DeepFillModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
         _, x2, _ = self.generator(image, mask)
-        self.metrics.update(to_unit(self._composite(image, mask, x2)), to_unit(image), mask)
+        self.metrics.update(to_unit(x2 * mask + image * (1 - mask)), to_unit(image), mask)
         for name, metric in self.metrics.metrics().items():
             self.log(f"test/{name}", metric, on_step=False, on_epoch=True)
