@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import deepfill
 from deepfill import GlobalCritic, InpaintGenerator, LocalCritic, load_official_v1
 from deepfill.models import inpaint_padded
+from deepfill.models.layers import tf_same_padding
+from deepfill.official import load_official_critics, tf_variable_names
 from deepfill.official import main as convert_main
-from deepfill.official import tf_variable_names
 from deepfill.tf_checkpoint import CheckpointError, read_tf_checkpoint
 
 
@@ -179,6 +182,57 @@ def test_critics_shapes_and_official_widths() -> None:
     assert LocalCritic(64)(torch.zeros(3, 3, 64, 64)).shape == (3,)
     with pytest.raises(ValueError, match=r"expects \(N,C,128,128\)"):
         local_critic(torch.zeros(1, 3, 64, 64))
+
+
+def test_critics_use_leaky_relu_0_2_and_a_dense_head_on_the_flattened_features() -> None:
+    critic = LocalCritic(16, cnum=4)
+    x = torch.randn(2, 3, 16, 16)
+    h = x
+    for conv in critic.convs:
+        top, bottom = tf_same_padding(h.shape[-2], 5, 2)
+        left, right = tf_same_padding(h.shape[-1], 5, 2)
+        h = F.conv2d(F.pad(h, (left, right, top, bottom)), conv.weight, conv.bias, stride=2)
+        h = torch.where(h > 0, h, 0.2 * h)
+    expected = h.flatten(1) @ critic.dense.weight.T + critic.dense.bias
+    assert torch.allclose(critic(x), expected.squeeze(1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "network",
+    [lambda init: InpaintGenerator(cnum=16, init=init), lambda init: GlobalCritic(64, 16, init=init)],
+)
+def test_official_init_is_glorot_uniform_with_zero_biases(network) -> None:
+    torch.manual_seed(0)
+    official, default = network("glorot_uniform"), network("pytorch")
+    layers = [m for m in official.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    assert layers
+    for layer in layers:
+        fan_in = layer.weight[0].numel()
+        fan_out = layer.weight.shape[0] * layer.weight[0, 0].numel()
+        limit = math.sqrt(6 / (fan_in + fan_out))
+        assert layer.weight.abs().max() <= limit
+        if layer.weight.numel() > 2000:  # enough samples to see the spread: uniform std = limit/sqrt(3)
+            assert layer.weight.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.1)
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+    biases = [m.bias for m in default.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert any(b.abs().sum() > 0 for b in biases)  # PyTorch's defaults stay available
+    with pytest.raises(ValueError, match="init must be"):
+        network("he")
+
+
+def test_official_critics_load_from_official_variable_names(goldens) -> None:
+    step = np.load(goldens / "train_step_256.npz")
+    global_critic, local_critic = load_official_critics(goldens / "train_step_256.npz", bgr_to_rgb=False)
+    kernel = step["w:discriminator/discriminator_local/conv1/kernel:0"]
+    assert np.array_equal(local_critic.convs[0].weight.detach().numpy(), kernel.transpose(3, 2, 0, 1))
+    # The dense kernel reads NHWC-flattened features: row (h, w, c) is our column (c, h, w).
+    dense = step["w:discriminator/dout_global_fc/kernel:0"][:, 0].reshape(16, 16, 256)
+    ours = global_critic.dense.weight.detach().numpy().reshape(256, 16, 16)
+    assert np.array_equal(ours, dense.transpose(2, 0, 1))
+    rgb_global, _ = load_official_critics(goldens / "train_step_256.npz")
+    assert torch.equal(rgb_global.convs[0].weight, global_critic.convs[0].weight.flip(1))
+    with pytest.raises(ValueError, match=r"missing 10 official variable\(s\): discriminator/"):
+        load_official_critics(goldens / "gen_256.npz")
 
 
 def test_missing_variables_and_shape_mismatches_are_listed(tmp_path, golden) -> None:

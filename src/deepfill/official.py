@@ -1,4 +1,5 @@
-"""Load the official DeepFill v1 weights (the released TF ``snap-0`` checkpoints).
+"""Load the official DeepFill v1 weights (the released TF ``snap-0`` checkpoints): the generator
+and, from checkpoints that hold them, the two critics.
 
 The official networks were trained on **BGR** images (read with OpenCV). The loaded generator
 takes **RGB**: the converter reverses the colour channels of the inputs of the first
@@ -9,6 +10,7 @@ convolutions (``conv1``, ``xconv1``, ``pmconv1``) and of the outputs of the last
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,12 +18,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .models.critics import Critic, GlobalCritic, LocalCritic
 from .models.generator import InpaintGenerator
 from .tf_checkpoint import read_tf_checkpoint
 
-__all__ = ["load_official_v1", "official_state_dict", "tf_variable_names"]
+__all__ = [
+    "critic_variable_names",
+    "load_official_critics",
+    "load_official_v1",
+    "official_critic_state_dict",
+    "official_state_dict",
+    "tf_variable_names",
+]
 
 SCOPE = "inpaint_net"
+CRITIC_SCOPE = "discriminator"
 _FIRST = ("conv1", "xconv1", "pmconv1")
 _LAST = ("conv17", "allconv17")
 
@@ -81,6 +92,66 @@ def official_state_dict(
     return state
 
 
+def critic_variable_names(critic: Critic, which: str) -> dict[str, str]:
+    """Map each parameter of a critic (``which`` = ``"global"`` or ``"local"``) to its official TF
+    variable name: ``discriminator/discriminator_<which>/conv<k>/...`` and
+    ``discriminator/dout_<which>_fc/...``."""
+    if which not in ("global", "local"):
+        raise ValueError(f"critic must be 'global' or 'local', got {which!r}")
+    mapping = {}
+    for name, _ in critic.named_parameters():
+        kind = "kernel" if name.endswith("weight") else "bias"
+        if name.startswith("convs."):
+            layer = f"discriminator_{which}/conv{int(name.split('.')[1]) + 1}"
+        else:
+            layer = f"dout_{which}_fc"
+        mapping[name] = f"{CRITIC_SCOPE}/{layer}/{kind}"
+    return mapping
+
+
+def official_critic_state_dict(
+    variables: dict[str, np.ndarray], critic: Critic, which: str, bgr_to_rgb: bool = True
+) -> dict[str, torch.Tensor]:
+    """A state dict for ``critic`` from official TF variables (conv kernels HWIO; the dense
+    kernel ``[H*W*C, 1]`` over NHWC-flattened features, reordered here to NCHW)."""
+    names = critic_variable_names(critic, which)
+    params = dict(critic.named_parameters())
+    missing = sorted(tf for tf in names.values() if tf not in variables)
+    if missing:
+        raise ValueError(f"missing {len(missing)} official variable(s): {', '.join(missing)}")
+    channels = critic.convs[-1].out_channels
+    side = math.isqrt(critic.dense.in_features // channels)
+    state, mismatched = {}, []
+    for name, tf_name in names.items():
+        array = np.asarray(variables[tf_name], dtype=np.float32)
+        if array.ndim == 4:
+            array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+            if bgr_to_rgb and name == "convs.0.weight":
+                array = array[:, ::-1]
+        elif name == "dense.weight" and array.shape == (side * side * channels, 1):
+            array = array.reshape(side, side, channels).transpose(2, 0, 1).reshape(1, -1)
+        expected = tuple(params[name].shape)
+        if array.shape != expected:
+            mismatched.append(f"{tf_name} {array.shape} != {expected}")
+            continue
+        state[name] = torch.from_numpy(np.ascontiguousarray(array))
+    if mismatched:
+        raise ValueError(f"{len(mismatched)} shape mismatch(es): {'; '.join(mismatched)}")
+    return state
+
+
+def _read_variables(path: Path, wanted, backend: str) -> dict[str, np.ndarray]:
+    """Official variables from an ``.npz`` or a TF checkpoint folder or prefix."""
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such .npz file")
+        with np.load(path) as data:
+            return _normalise_npz_names({k: data[k] for k in data.files})
+    if not path.exists() and not Path(f"{path}.index").exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint folder or prefix")
+    return read_tf_checkpoint(path, names=wanted, backend=backend)
+
+
 def load_official_v1(
     path: str | os.PathLike, bgr_to_rgb: bool = True, backend: str = "auto", **generator_kwargs
 ) -> InpaintGenerator:
@@ -102,19 +173,29 @@ def load_official_v1(
         payload = torch.load(p, map_location="cpu", weights_only=True)
         state = payload.get("state_dict", payload)
     else:
-        if p.suffix == ".npz":
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: no such .npz file")
-            with np.load(p) as data:
-                variables = _normalise_npz_names({k: data[k] for k in data.files})
-        else:
-            if not p.exists() and not Path(f"{p}.index").exists():
-                raise FileNotFoundError(f"{p}: no such checkpoint folder or prefix")
-            wanted = tf_variable_names(generator).values()
-            variables = read_tf_checkpoint(p, names=wanted, backend=backend)
+        variables = _read_variables(p, tf_variable_names(generator).values(), backend)
         state = official_state_dict(variables, generator, bgr_to_rgb=bgr_to_rgb)
     generator.load_state_dict(state)
     return generator.eval()
+
+
+def load_official_critics(
+    path: str | os.PathLike,
+    image_size: int = 256,
+    local_size: int = 128,
+    bgr_to_rgb: bool = True,
+    backend: str = "auto",
+) -> tuple[GlobalCritic, LocalCritic]:
+    """Load the official critics (global, local) from a TF checkpoint folder/prefix or an
+    ``.npz`` that holds the ``discriminator/...`` variables (training snapshots do), e.g. to
+    fine-tune a released model adversarially. RGB input by default, like the generator."""
+    global_critic, local_critic = GlobalCritic(image_size), LocalCritic(local_size)
+    wanted = [*critic_variable_names(global_critic, "global").values()]
+    wanted += critic_variable_names(local_critic, "local").values()
+    variables = _read_variables(Path(path), wanted, backend)
+    for critic, which in ((global_critic, "global"), (local_critic, "local")):
+        critic.load_state_dict(official_critic_state_dict(variables, critic, which, bgr_to_rgb))
+    return global_critic, local_critic
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,10 @@
 """WGAN-GP critics of DeepFill v1: a global one on the whole image, a local one on the hole's crop.
 
 Both are stacks of 5x5 stride-2 'SAME' convolutions with leaky ReLU (0.2), flattened into one
-dense output, with no normalisation (the gradient penalty needs a per-sample critic).
+dense output, with no normalisation (the gradient penalty needs a per-sample critic). The dense
+layer reads the features flattened channel-first (NCHW); the official one read them NHWC, which
+:func:`deepfill.official.official_critic_state_dict` accounts for. Initialised as the official
+code (Glorot-uniform kernels, zero biases) unless ``init="pytorch"``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import PaddingMode, SameConv2d
+from .layers import InitScheme, PaddingMode, SameConv2d, initialize_
 
 __all__ = ["Critic", "GlobalCritic", "LocalCritic"]
 
@@ -26,6 +29,7 @@ class Critic(nn.Module):
         input_size: int,
         in_channels: int = 3,
         padding: PaddingMode = "tf_same",
+        init: InitScheme = "glorot_uniform",
     ) -> None:
         super().__init__()
         if input_size < 1:
@@ -41,6 +45,7 @@ class Critic(nn.Module):
         for _ in channels:
             side = -(-side // 2)  # 'SAME' stride 2 rounds up
         self.dense = nn.Linear(previous * side * side, 1)
+        initialize_(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-2:] != (self.input_size, self.input_size):
@@ -55,12 +60,24 @@ class Critic(nn.Module):
 class GlobalCritic(Critic):
     """Official global critic: 64, 128, 256, 256 channels on the whole image (256 by default)."""
 
-    def __init__(self, input_size: int = 256, cnum: int = 64, padding: PaddingMode = "tf_same") -> None:
-        super().__init__((cnum, 2 * cnum, 4 * cnum, 4 * cnum), input_size, padding=padding)
+    def __init__(
+        self,
+        input_size: int = 256,
+        cnum: int = 64,
+        padding: PaddingMode = "tf_same",
+        init: InitScheme = "glorot_uniform",
+    ) -> None:
+        super().__init__((cnum, 2 * cnum, 4 * cnum, 4 * cnum), input_size, padding=padding, init=init)
 
 
 class LocalCritic(Critic):
     """Official local critic: 64, 128, 256, 512 channels on the crop around the hole (128 by default)."""
 
-    def __init__(self, input_size: int = 128, cnum: int = 64, padding: PaddingMode = "tf_same") -> None:
-        super().__init__((cnum, 2 * cnum, 4 * cnum, 8 * cnum), input_size, padding=padding)
+    def __init__(
+        self,
+        input_size: int = 128,
+        cnum: int = 64,
+        padding: PaddingMode = "tf_same",
+        init: InitScheme = "glorot_uniform",
+    ) -> None:
+        super().__init__((cnum, 2 * cnum, 4 * cnum, 8 * cnum), input_size, padding=padding, init=init)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contextual_attention import ContextualAttention
-from .layers import PaddingMode, SameConv2d, elu_, resize_nearest
+from .layers import InitScheme, PaddingMode, SameConv2d, elu_, initialize_, resize_nearest
 
 __all__ = ["CoarseGenerator", "InpaintGenerator", "RefineGenerator", "inpaint_padded"]
 
@@ -215,6 +215,8 @@ class InpaintGenerator(nn.Module):
             softmax_scale, fuse, chunk_size); the paper uses rate 2.
         padding: ``"tf_same"`` (official, needed for official weights) or ``"symmetric"``.
         align_corners: TF1 align-corners nearest upsampling (official) or plain nearest.
+        init: ``"glorot_uniform"`` (official: Glorot-uniform kernels, zero biases) or
+            ``"pytorch"`` (PyTorch's layer defaults); see :func:`deepfill.models.layers.initialize_`.
 
     ``forward(image, mask) -> (x_stage1, x_stage2, offsets)``:
         image: (N,3,H,W) in [-1,1], RGB, H and W divisible by 8 (known pixels; the hole content
@@ -229,6 +231,7 @@ class InpaintGenerator(nn.Module):
         attention: dict | None = None,
         padding: PaddingMode = "tf_same",
         align_corners: bool = True,
+        init: InitScheme = "glorot_uniform",
     ) -> None:
         super().__init__()
         if cnum < 2 or cnum % 2:
@@ -241,6 +244,7 @@ class InpaintGenerator(nn.Module):
             "attention": dict(attention_kwargs),
             "padding": padding,
             "align_corners": align_corners,
+            "init": init,
         }
         self.cnum = cnum
         self.multiple = 4 * attention_kwargs["rate"]
@@ -248,6 +252,7 @@ class InpaintGenerator(nn.Module):
         self.refine = RefineGenerator(
             cnum, dilations, ContextualAttention(**attention_kwargs), padding, align_corners
         )
+        initialize_(self, init)
 
     def check_inputs(self, image: torch.Tensor, mask: torch.Tensor) -> None:
         """Raise one clear ``ValueError`` line for inputs the generator cannot take."""

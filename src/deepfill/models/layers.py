@@ -16,6 +16,26 @@ import torch.nn.functional as F
 from torch import nn
 
 PaddingMode = Literal["tf_same", "symmetric"]
+InitScheme = Literal["glorot_uniform", "pytorch"]
+
+
+def initialize_(module: nn.Module, scheme: InitScheme = "glorot_uniform") -> nn.Module:
+    """Initialise every convolution and dense layer of ``module`` in place; returns it.
+
+    ``"glorot_uniform"`` is the official one (TF ``tf.layers`` defaults): kernels uniform in
+    ``+-sqrt(6 / (fan_in + fan_out))`` with fans counting the kernel's spatial size, biases 0.
+    ``"pytorch"`` keeps PyTorch's defaults (Kaiming-uniform with ``a=sqrt(5)``, uniform biases:
+    about 0.58x the spread, non-zero biases).
+    """
+    if scheme not in ("glorot_uniform", "pytorch"):
+        raise ValueError(f"init must be 'glorot_uniform' or 'pytorch', got {scheme!r}")
+    if scheme == "glorot_uniform":
+        for layer in module.modules():
+            if isinstance(layer, nn.Conv2d | nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+    return module
 
 
 def tf_same_padding(size: int, kernel: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
