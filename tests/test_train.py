@@ -101,9 +101,15 @@ def test_every_experiment_runs_a_fast_dev_run_step(experiment, tmp_path, flist_d
     assert np.isfinite(metrics["val/psnr"])
 
 
-def test_experiment_presets_carry_the_paper_settings(tmp_path) -> None:
-    cfg = compose_cfg(["experiment=places2_v1"], tmp_path)
+@pytest.mark.parametrize("experiment", [e for e in options("experiment") if e.endswith("_v1")])
+def test_experiment_presets_carry_the_paper_settings(experiment, tmp_path) -> None:
+    cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
     assert cfg.data.image_size == 256 and cfg.data.batch_size == 16
+    # The paper trained in float32 (TF32 matmuls allowed), from TF's default initialisation.
+    assert cfg.trainer.precision == "32-true" and cfg.float32_matmul_precision == "high"
+    assert cfg.model.generator.init == "glorot_uniform"
+    assert cfg.model.global_critic.init == cfg.model.local_critic.init == "glorot_uniform"
+    assert cfg.model.pretrain_coarse_steps == 0
     assert cfg.model.n_critic == 5 and cfg.model.lr == 1e-4 and list(cfg.model.betas) == [0.5, 0.9]
     assert dict(cfg.model.loss) == {
         "coarse": 1.2,

@@ -24,6 +24,17 @@ from .config import CONFIG_DIR, register_resolvers, wandb_has_credentials
 __all__ = ["main", "train"]
 
 
+def _set_matmul_precision(cfg: DictConfig) -> None:
+    value = cfg.get("float32_matmul_precision")
+    if value is None:
+        return
+    if value not in ("highest", "high", "medium"):
+        from .validation import ConfigError
+
+        raise ConfigError(f"float32_matmul_precision: must be 'highest', 'high' or 'medium', got {value!r}")
+    torch.set_float32_matmul_precision(value)
+
+
 def _resolve_precision(cfg: DictConfig) -> None:
     if cfg.trainer.get("precision") == "auto":
         gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda")
@@ -125,6 +136,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _fit(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
+    _set_matmul_precision(cfg)
     _resolve_precision(cfg)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
