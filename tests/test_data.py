@@ -110,6 +110,26 @@ def test_small_images_are_upscaled_or_skipped(tmp_path) -> None:
     assert any("smaller than 64px" in str(w.message) for w in caught)
 
 
+def test_training_crops_are_random_at_native_scale_or_the_whole_image_resized(tmp_path) -> None:
+    # Left half red, right half blue, 256x128: a random 64px crop is one colour (or the edge),
+    # the official RANDOM_CROP: False resize keeps both halves.
+    array = np.zeros((128, 256, 3), np.uint8)
+    array[:, :128, 0] = 255
+    array[:, 128:, 2] = 255
+    Image.fromarray(array).save(tmp_path / "halves.png")
+    resized = image_folder(tmp_path, image_size=64, crop="resize")
+    cropped = image_folder(tmp_path, image_size=64)
+    for seed in range(6):
+        whole = resized.get(0, np.random.default_rng(seed))
+        assert whole.shape == (3, 64, 64)
+        red_share = (whole[0] > 0).float().mean().item()
+        assert 0.45 < red_share < 0.55  # both halves, squashed to the square
+        part = cropped.get(0, np.random.default_rng(seed))
+        assert part.shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="crop must be 'random' or 'resize'"):
+        image_folder(tmp_path, image_size=64, crop="centre")
+
+
 def test_flist_resolves_relative_paths_against_its_folder(tmp_path) -> None:
     (tmp_path / "imgs").mkdir()
     for i in range(3):

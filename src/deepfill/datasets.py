@@ -65,16 +65,22 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
 
 
 def _fit(
-    array: np.ndarray, image_size: int, rng: np.random.Generator | None, small: str
+    array: np.ndarray, image_size: int, rng: np.random.Generator | None, small: str, crop: str = "random"
 ) -> np.ndarray | None:
     """Resize/crop an ``(H,W,3)`` uint8 array to ``image_size`` square.
 
-    Training (``rng`` given): random crop and horizontal flip; images whose shorter side is below
-    ``image_size`` are upscaled (``small="upscale"``) or rejected (``small="skip"``: returns None).
+    Training (``rng`` given): a random crop at the native scale (``crop="random"``) or the whole
+    image resized to the square (``crop="resize"``: the official ``RANDOM_CROP: False``), then a
+    random horizontal flip; with ``"random"``, images whose shorter side is below ``image_size``
+    are upscaled (``small="upscale"``) or rejected (``small="skip"``: returns None).
     Evaluation: the shorter side is resized to ``image_size``, then a centre crop.
     """
     height, width = array.shape[:2]
     short = min(height, width)
+    if rng is not None and crop == "resize":
+        if (height, width) != (image_size, image_size):
+            array = np.asarray(Image.fromarray(array).resize((image_size, image_size), Image.BICUBIC))
+        return array[:, ::-1] if rng.random() < 0.5 else array
     if rng is None or short < image_size:
         if short < image_size and small == "skip":
             return None
@@ -117,6 +123,9 @@ class FileImages(ImageSource):
         files: image paths.
         image_size: output side.
         small: ``"upscale"`` or ``"skip"`` images smaller than ``image_size``.
+        crop: training crops, ``"random"`` (a random ``image_size`` crop at the native scale, as
+            the official code for Places2) or ``"resize"`` (the whole image resized to the
+            square, the official ``RANDOM_CROP: False`` used for CelebA-HQ).
         max_bad_fraction: stop with an error once more than this fraction of the files was
             unreadable (or skipped as too small).
         scan: open every file's header now, so that empty and non-image files are dropped
@@ -132,9 +141,13 @@ class FileImages(ImageSource):
         max_bad_fraction: float = 0.01,
         scan: bool = True,
         name: str = "",
+        crop: str = "random",
     ) -> None:
         if small not in ("upscale", "skip"):
             raise ValueError(f"small must be 'upscale' or 'skip', got {small!r}")
+        if crop not in ("random", "resize"):
+            raise ValueError(f"crop must be 'random' or 'resize', got {crop!r}")
+        self.crop = crop
         if image_size < 8 or image_size % 8:
             raise ValueError(f"image_size must be a positive multiple of 8, got {image_size!r}")
         self.name = name or "image list"
@@ -188,7 +201,7 @@ class FileImages(ImageSource):
             if str(path) in self.bad:
                 continue
             try:
-                fitted = _fit(load_image(path), self.image_size, rng, self.small)
+                fitted = _fit(load_image(path), self.image_size, rng, self.small, self.crop)
             except UnreadableImageError as error:
                 self._record_bad(path, str(error.__cause__ or error))
                 continue
