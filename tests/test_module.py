@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -218,8 +219,47 @@ def test_pretraining_loss_is_the_reconstruction_of_the_coarse_output() -> None:
         x1 = module.generator.coarse(image * (1 - mask), mask)
     w = module.weights
     l1, ae = reconstruction_losses(image, mask, x1, None, local_patches(mask, SIZE // 2), SIZE // 2, w.coarse)
-    module._pretrain_step(image, mask, opt_g)
-    assert logged["train/pretrain_loss"].item() == pytest.approx((w.l1 * l1 + w.ae * ae).item(), rel=1e-5)
+    module._reconstruction_step(image, mask, opt_g, coarse_only=True)
+    assert logged["train/reconstruction_loss"].item() == pytest.approx(
+        (w.l1 * l1 + w.ae * ae).item(), rel=1e-5
+    )
+
+
+def test_reconstruction_phase_trains_both_stages_without_critics_then_the_schedule_starts(tmp_path) -> None:
+    module = make_module(n_critic=1, pretrain_coarse_steps=2, reconstruction_steps=2)
+    seen = _record_schedule(module)
+    refine = []
+    critics_before = _params(module.global_critic) + _params(module.local_critic)
+    step = module._reconstruction_step
+
+    def watched(image, mask, opt_g, coarse_only):
+        before = _params(module.generator.refine)
+        step(image, mask, opt_g, coarse_only)
+        refine.append((coarse_only, _same(before, _params(module.generator.refine))))
+
+    module._reconstruction_step = watched
+    make_trainer(tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=0).fit(module, make_data())
+    assert [kind for kind, _ in seen] == ["g", "g", "g", "g", "d", "g"]
+    # Stage 2 is left alone during coarse pre-training and trained in the reconstruction phase.
+    assert refine == [(True, True), (True, True), (False, False), (False, False)]
+    assert (int(module.generator_steps), int(module.critic_steps)) == (5, 1)
+    assert not _same(critics_before, _params(module.global_critic) + _params(module.local_critic))
+
+
+def test_cosine_learning_rate_follows_the_generator_steps(tmp_path) -> None:
+    module = make_module(
+        n_critic=1, lr=2e-3, pretrain_coarse_steps=2, reconstruction_steps=2, lr_decay_steps=4
+    )
+    # A cosine over the first 4 generator updates, whatever their phase, then 0.
+    assert module.learning_rate(0) == pytest.approx(2e-3)
+    assert module.learning_rate(2) == pytest.approx(1e-3)
+    assert module.learning_rate(4) == module.learning_rate(100) == pytest.approx(0.0)
+    make_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0).fit(module, make_data())
+    # The 4th update ran at the rate of 3 steps done; both optimisers follow the generator.
+    for optimizer in module.trainer.optimizers:
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(module.learning_rate(3))
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (1 + math.cos(3 * math.pi / 4)))
+    assert make_module(lr=2e-3).learning_rate(10**6) == 2e-3  # 0: constant, as the paper
 
 
 def test_overfitting_one_batch_reduces_the_hole_error(tmp_path) -> None:

@@ -4,14 +4,19 @@ Manual optimisation with the official schedule (neuralgym's ``SecondaryTrainer``
 generator iteration makes ``n_critic`` critic updates, each on its own batch (fakes detached),
 then one generator update on a fresh batch with the critics frozen. So 12 batches with
 ``n_critic=5`` give 10 critic and 2 generator updates. A critic update skipped for a non-finite
-loss does not count towards the ``n_critic``. With ``pretrain_coarse_steps`` the run starts with
-the official coarse pre-training: stage 1 alone, reconstruction losses, one update per batch.
+loss does not count towards the ``n_critic``.
+
+Two optional phases come first, each one generator update per batch and no critic cost:
+``pretrain_coarse_steps`` of the official coarse pre-training (stage 1 alone on the
+reconstruction losses), then ``reconstruction_steps`` of both stages on the reconstruction
+losses. Short runs (the quickstart) use them to learn to fill before the adversarial phase.
 
 The module orchestrates; the maths lives in :mod:`deepfill.losses` and :mod:`deepfill.metrics`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -44,9 +49,13 @@ class DeepFillModule(pl.LightningModule):
             the local crop size).
         loss: :class:`LossWeights` or a dict of its fields.
         lr, betas: Adam settings of both optimisers (paper: 1e-4, (0.5, 0.9)).
+        lr_decay_steps: cosine decay of both learning rates from ``lr`` to 0 over this many
+            generator updates (all phases counted); 0 keeps them constant (paper).
         n_critic: critic updates per generator update (paper: 5).
         pretrain_coarse_steps: the first K generator updates train stage 1 alone with L1 + AE,
             one per batch, no critics (official PRETRAIN_COARSE_NETWORK).
+        reconstruction_steps: the next R generator updates train both stages with L1 + AE
+            alone, one per batch, no critics (not in the paper; for short runs).
         discount: spatial discount form, ``"box"`` (official) or ``"nearest_known"`` (paper,
             right for free-form holes); gamma: its base (0.9).
         max_nonfinite: stop after this many non-finite losses in a row (each one is skipped).
@@ -66,6 +75,8 @@ class DeepFillModule(pl.LightningModule):
         betas: tuple[float, float] = (0.5, 0.9),
         n_critic: int = 5,
         pretrain_coarse_steps: int = 0,
+        reconstruction_steps: int = 0,
+        lr_decay_steps: int = 0,
         discount: str = "box",
         gamma: float = 0.9,
         max_nonfinite: int = 10,
@@ -82,6 +93,13 @@ class DeepFillModule(pl.LightningModule):
             raise ValueError(f"model.discount must be 'box' or 'nearest_known', got {discount!r}")
         if lr <= 0:
             raise ValueError(f"model.lr must be > 0, got {lr!r}")
+        for name, value in (
+            ("pretrain_coarse_steps", pretrain_coarse_steps),
+            ("reconstruction_steps", reconstruction_steps),
+            ("lr_decay_steps", lr_decay_steps),
+        ):
+            if value < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {value!r}")
         self.automatic_optimization = False
         self.generator = generator
         self.global_critic = global_critic
@@ -89,6 +107,7 @@ class DeepFillModule(pl.LightningModule):
         self.weights = loss if isinstance(loss, LossWeights) else LossWeights(**(loss or {}))
         self.lr, self.betas = lr, tuple(betas)
         self.n_critic, self.pretrain_coarse_steps = n_critic, pretrain_coarse_steps
+        self.reconstruction_steps, self.lr_decay_steps = reconstruction_steps, lr_decay_steps
         self.discount, self.gamma = discount, gamma
         self.max_nonfinite = max_nonfinite
         self.seed = seed
@@ -109,6 +128,8 @@ class DeepFillModule(pl.LightningModule):
                 "betas": list(self.betas),
                 "n_critic": n_critic,
                 "pretrain_coarse_steps": pretrain_coarse_steps,
+                "reconstruction_steps": reconstruction_steps,
+                "lr_decay_steps": lr_decay_steps,
                 "discount": discount,
                 "gamma": gamma,
             }
@@ -157,11 +178,26 @@ class DeepFillModule(pl.LightningModule):
         return False
 
     # ------------------------------------------------------------------ training
+    def learning_rate(self, generator_steps: int) -> float:
+        """Both optimisers' learning rate after ``generator_steps`` generator updates."""
+        if self.lr_decay_steps <= 0:
+            return self.lr
+        progress = min(generator_steps / self.lr_decay_steps, 1.0)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
         opt_g, opt_d = self.optimizers()
-        if int(self.generator_steps) < self.pretrain_coarse_steps:
-            self._pretrain_step(image, mask, opt_g)
+        steps = int(self.generator_steps)
+        if self.lr_decay_steps:
+            # A function of the step count (saved in checkpoints), so resume continues exactly.
+            for optimizer in (opt_g, opt_d):
+                for group in optimizer.param_groups:
+                    group["lr"] = self.learning_rate(steps)
+        if steps < self.pretrain_coarse_steps:
+            self._reconstruction_step(image, mask, opt_g, coarse_only=True)
+        elif steps < self.pretrain_coarse_steps + self.reconstruction_steps:
+            self._reconstruction_step(image, mask, opt_g, coarse_only=False)
         elif int(self.critic_since_generator) < self.n_critic:
             # A skipped (non-finite) critic update does not count towards the n_critic.
             if self._critic_step(image, mask, opt_d):
@@ -253,14 +289,18 @@ class DeepFillModule(pl.LightningModule):
         self._maybe_log_images("train/samples", image, mask, x1, x2, offsets)
         return True
 
-    def _pretrain_step(self, image, mask, opt_g) -> None:
-        # Official PRETRAIN_COARSE_NETWORK: stage 1 alone, L1 + AE on its output, no critics.
-        x1 = self.generator.coarse(image * (1 - mask), mask)
+    def _reconstruction_step(self, image, mask, opt_g, coarse_only: bool) -> None:
+        """One generator update on the reconstruction losses alone: stage 1 by itself (official
+        PRETRAIN_COARSE_NETWORK) or both stages."""
+        if coarse_only:
+            x1, x2, offsets = self.generator.coarse(image * (1 - mask), mask), None, None
+        else:
+            x1, x2, offsets = self.generator(image, mask)
         loss = generator_loss(
             image,
             mask,
             x1,
-            None,
+            x2,
             local_patches(mask, self.local_size),
             self.local_size,
             self.weights,
@@ -268,14 +308,23 @@ class DeepFillModule(pl.LightningModule):
             self.gamma,
         )
         opt_g.zero_grad(set_to_none=True)
-        if not self._finite(loss.total.detach(), "pre-training loss"):
+        if not self._finite(loss.total.detach(), "reconstruction loss"):
             return
         self.manual_backward(loss.total)
         opt_g.step()
         self.generator_steps += 1
         self.log_dict(
-            {"train/pretrain_loss": loss.total.detach(), "train/l1": loss.l1.detach()}, on_step=True
+            {
+                "train/reconstruction_loss": loss.total.detach(),
+                "train/l1": loss.l1.detach(),
+                "train/ae": loss.ae.detach(),
+                "train/generator_steps": self.generator_steps.float(),
+            },
+            on_step=True,
+            prog_bar=True,
         )
+        if x2 is not None:
+            self._maybe_log_images("train/samples", image, mask, x1, x2, offsets)
 
     def _maybe_log_images(self, key, image, mask, x1, x2, offsets, force: bool = False) -> None:
         every = self.log_images_every_n_steps
