@@ -158,6 +158,35 @@ def test_sample_images_split_by_photo_and_eval_is_deterministic() -> None:
     assert not torch.equal(a, b)
 
 
+def test_sample_photos_are_every_photo_scikit_image_ships_as_rgb() -> None:
+    source = SampleImages("train", image_size=64)
+    assert len(source.photos) == len(SAMPLE_SPLITS["train"]) >= 15
+    for name, photo in zip(source.names, source.photos, strict=True):
+        assert photo.ndim == 3 and photo.shape[2] == 3 and photo.dtype == np.uint8, name
+
+
+def test_sample_training_items_mix_in_textures_and_jitter_colours() -> None:
+    procedural = SampleImages("train", image_size=64, procedural=1.0)
+    # A procedural item is a texture item of the source's texture generator, drawn from rng.
+    rng, replay = np.random.default_rng(5), np.random.default_rng(5)
+    replay.random()
+    expected = procedural.textures.get(int(replay.integers(len(procedural.textures))), replay)
+    assert torch.equal(procedural.get(0, rng), expected)
+    plain = SampleImages("train", image_size=64)
+    jittered = SampleImages("train", image_size=64, color_jitter=True)
+    means_plain, means_jittered = [], []
+    for seed in range(24):
+        a = plain.get(seed, np.random.default_rng(seed))
+        b = jittered.get(seed, np.random.default_rng(seed))
+        assert b.min() >= -1 and b.max() <= 1 and b.shape == a.shape
+        means_plain.append(a.mean(dim=(1, 2)))
+        means_jittered.append(b.mean(dim=(1, 2)))
+    # The same crops, recoloured: colour statistics differ, the spread of the mean colour grows.
+    assert not torch.equal(torch.stack(means_plain), torch.stack(means_jittered))
+    with pytest.raises(ValueError, match=r"procedural must be a share in \[0, 1\]"):
+        SampleImages("train", image_size=64, procedural=1.5)
+
+
 def test_textures_are_periodic() -> None:
     textures = TextureImages(image_size=128, period=(24, 40))
     for index in range(3):

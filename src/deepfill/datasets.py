@@ -249,32 +249,80 @@ def flist(path: str | os.PathLike, image_size: int = 256, **kwargs) -> FileImage
 
 # ---------------------------------------------------------------------- embedded data
 SAMPLE_SPLITS = {
-    # Natural colour photographs shipped inside scikit-image (no download). Split by image.
-    "train": ("astronaut", "chelsea", "hubble_deep_field", "immunohistochemistry", "motorcycle", "retina"),
+    # Photographs shipped inside scikit-image (no download), split by image: every colour photo
+    # (coffee and rocket held out for validation) and the greyscale ones (textures, scenes), which
+    # are used as grey RGB.
+    "train": (
+        "astronaut",
+        "chelsea",
+        "colorwheel",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "motorcycle",
+        "retina",
+        "brick",
+        "camera",
+        "cell",
+        "clock",
+        "coins",
+        "grass",
+        "gravel",
+        "moon",
+        "page",
+        "text",
+    ),
     "val": ("coffee", "rocket"),
 }
 
 
 def _sample_photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as (H,W,3) uint8 RGB."""
     import skimage.data
 
-    if name == "motorcycle":
-        return skimage.data.stereo_motorcycle()[0]
-    return np.asarray(getattr(skimage.data, name)())[..., :3]
+    photo = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
+    photo = np.asarray(photo)
+    if photo.ndim == 2:
+        photo = np.repeat(photo[..., None], 3, axis=2)
+    return np.ascontiguousarray(photo[..., :3])
+
+
+def _jitter_colour(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random per-channel gain (0.8-1.2), brightness shift (+-20) and, one time in three, a
+    permutation of the channels: a few photos then cover many more colours."""
+    out = array.astype(np.float32) * rng.uniform(0.8, 1.2, 3) + rng.uniform(-20, 20)
+    if rng.random() < 1 / 3:
+        out = out[..., rng.permutation(3)]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 class SampleImages(ImageSource):
-    """The embedded default: colour photos shipped by scikit-image, split into train and val by
-    image. Training items are random crops (``length`` per epoch); evaluation items are a fixed
-    grid of crops (at the native scale and at the shorter side resized to ``image_size``)."""
+    """The embedded default: photos shipped by scikit-image, split into train and val by image.
 
-    def __init__(self, split: str = "train", image_size: int = 256, length: int | None = None) -> None:
+    Training items (``length`` per epoch) are random crops at a random scale between "shorter
+    side = ``image_size``" and native, flipped at random, with optional colour jitter
+    (``color_jitter``); a share ``procedural`` of them are procedural periodic textures
+    (:class:`TextureImages`) instead. Evaluation items are a fixed grid of crops (at the native
+    scale and at the shorter side resized to ``image_size``).
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        image_size: int = 256,
+        length: int | None = None,
+        procedural: float = 0.0,
+        color_jitter: bool = False,
+    ) -> None:
         if split not in SAMPLE_SPLITS:
             raise ValueError(f"sample split must be one of {sorted(SAMPLE_SPLITS)}, got {split!r}")
+        if not 0 <= procedural <= 1:
+            raise ValueError(f"procedural must be a share in [0, 1], got {procedural!r}")
         self.split, self.image_size = split, image_size
         self.names = SAMPLE_SPLITS[split]
         self.photos = [_sample_photo(name) for name in self.names]
         self.length = length if length is not None else (512 if split == "train" else 16)
+        self.procedural, self.color_jitter = procedural, color_jitter
+        self.textures = TextureImages(image_size, length=1 << 30, period=(16, 64)) if procedural else None
 
     def __len__(self) -> int:
         return self.length
@@ -282,6 +330,8 @@ class SampleImages(ImageSource):
     def get(self, index: int, rng: np.random.Generator | None) -> torch.Tensor:
         photo = self.photos[index % len(self.photos)]
         if rng is not None:
+            if self.textures is not None and rng.random() < self.procedural:
+                return self.textures.get(int(rng.integers(len(self.textures))), rng)
             # Random scale between "shorter side = image_size" and native, then a random crop.
             short = min(photo.shape[:2])
             target = int(rng.integers(self.image_size, max(short, self.image_size) + 1))
@@ -289,7 +339,8 @@ class SampleImages(ImageSource):
                 scale = target / short
                 size = (round(photo.shape[1] * scale), round(photo.shape[0] * scale))
                 photo = np.asarray(Image.fromarray(photo).resize(size, Image.BICUBIC))
-            return _to_tensor(_fit(photo, self.image_size, rng, "upscale"))
+            crop = _fit(photo, self.image_size, rng, "upscale")
+            return _to_tensor(_jitter_colour(crop, rng) if self.color_jitter else crop)
         # Deterministic crops: item k of a photo takes the k-th cell of a grid over the photo.
         k = index // len(self.photos)
         if k % 2 == 0:
