@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,17 +35,27 @@ TINY = [
 ]
 
 
+_COMPARISON = (
+    r"(deepfill|biharmonic|mean_fill)\s+PSNR\s+([\d.]+) dB\s+SSIM ([\d.]+)\s+L1 in the hole ([\d.]+)"
+    r"\s+\((\d+) images\)"
+)
+
+
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def compose_cfg(overrides: list[str], output_dir: Path):
+def compose_cfg(
+    overrides: list[str], output_dir: Path, config_name: str = "train", extra: dict | None = None
+):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0
+        for key, value in (extra or {}).items():
+            cfg[key] = value
     HydraConfig.instance().set_config(cfg)
     return cfg
 
@@ -122,19 +133,42 @@ def test_experiment_presets_carry_the_paper_settings(experiment, tmp_path) -> No
     assert cfg.model.discount == "box" and cfg.model.local_critic.input_size == 128
 
 
-def test_quickstart_trains_and_writes_checkpoints_metrics_and_grids(tmp_path) -> None:
+def test_quickstart_trains_and_writes_checkpoints_metrics_and_grids(tmp_path, capsys) -> None:
     overrides = [
         "experiment=quickstart",
         *TINY,
         "data.train.length=8",
-        "data.val.length=2",
+        "data.val.length=3",
         "trainer.check_val_every_n_epoch=1",
         "trainer.log_every_n_steps=1",
-        "model.n_critic=1",
+        # Every phase of the recipe: coarse pre-training, reconstruction, adversarial.
+        "model.pretrain_coarse_steps=1",
+        "model.reconstruction_steps=2",
+        "model.lr_decay_steps=6",
         "model.log_images_every_n_steps=2",
     ]
     train(compose_cfg([*overrides, "trainer.max_epochs=2"], tmp_path))
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # It ends with one line per method on the validation images, the numbers deepfill-eval
+    # gives for the same weights, images and masks.
+    printed = capsys.readouterr().out
+    lines = {m.group(1): m.groups()[1:] for m in re.finditer(_COMPARISON, printed)}
+    assert set(lines) == {"deepfill", "biharmonic", "mean_fill"}, printed[-2000:]
+    from deepfill.eval import run as run_eval
+
+    eval_cfg = compose_cfg(
+        ["data.image_size=64", "data.val.length=3", "lpips=false", "mask=box_or_strokes"],
+        tmp_path / "eval",
+        config_name="eval",
+        extra={"weights": str(tmp_path / "checkpoints" / "last.ckpt")},
+    )
+    rows = {r["method"]: r for r in run_eval(eval_cfg) if r["hole_ratio"] == "all"}
+    for method, (psnr, ssim, l1, images) in lines.items():
+        assert int(images) == 3
+        assert float(psnr) == pytest.approx(rows[method]["psnr"], abs=0.01), method
+        assert float(ssim) == pytest.approx(rows[method]["ssim"], abs=0.001), method
+        assert float(l1) == pytest.approx(rows[method]["l1_hole"], abs=0.0001), method
+    assert "| deepfill |" in (tmp_path / "comparison.md").read_text()
     assert list((tmp_path / "checkpoints").glob("best-*.ckpt"))
     metrics = (tmp_path / "csv" / "metrics.csv").read_text()
     assert "val/psnr" in metrics and "train/g_loss" in metrics
@@ -203,6 +237,8 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path) -> None:
         "logger=csv",
         "trainer.max_epochs=1000",
         "trainer.log_every_n_steps=1",
+        "model.pretrain_coarse_steps=0",
+        "model.reconstruction_steps=0",
         "data.train.length=8",
         "data.val.length=2",
         f"hydra.run.dir={run}",

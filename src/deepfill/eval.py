@@ -29,7 +29,19 @@ from .config import CONFIG_DIR, register_resolvers, resolve_device, wandb_has_cr
 from .metrics import hole_l1, hole_l2, to_unit
 from .tables import write_table
 
-__all__ = ["METRICS", "biharmonic_fill", "evaluate", "main", "mean_fill", "per_image_metrics", "summarise"]
+__all__ = [
+    "BASELINES",
+    "METRICS",
+    "biharmonic_fill",
+    "compare_with_baselines",
+    "comparison_lines",
+    "dataset_batches",
+    "evaluate",
+    "main",
+    "mean_fill",
+    "per_image_metrics",
+    "summarise",
+]
 
 METRICS = ("psnr", "ssim", "lpips", "l1_hole", "l2_hole")
 BINS = np.linspace(0.0, 1.0, 11)
@@ -54,6 +66,9 @@ def biharmonic_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         filled = inpaint_biharmonic(array, m[0].cpu().numpy().astype(bool), channel_axis=-1)
         out.append(torch.from_numpy(filled).permute(2, 0, 1).float() * 2 - 1)
     return torch.stack(out).to(image.device)
+
+
+BASELINES: dict[str, Method] = {"biharmonic": biharmonic_fill, "mean_fill": mean_fill}
 
 
 def per_image_metrics(
@@ -134,15 +149,17 @@ def _mask_files(folder: Path) -> list[Path]:
     return files
 
 
-def _batches(cfg: DictConfig, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("validate")
-    dataset = datamodule.datasets.get("val")
-    if dataset is None:
-        raise ValueError("data: the evaluation needs a val source (data.val)")
-    limit = len(dataset) if cfg.limit is None else min(int(cfg.limit), len(dataset))
-    mask_files = _mask_files(Path(cfg.masks_dir)) if cfg.get("masks_dir") else None
-    size = cfg.batch_size
+def dataset_batches(
+    dataset,
+    limit: int | None,
+    batch_size: int,
+    device: str | torch.device,
+    mask_files: list[Path] | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(image, mask)`` batches of the first ``limit`` items of an evaluation dataset (all when
+    None): each item's fixed mask, or with ``mask_files`` item i gets file i."""
+    limit = len(dataset) if limit is None else min(int(limit), len(dataset))
+    size = batch_size
     for start in range(0, limit, size):
         items = [dataset[i] for i in range(start, min(start + size, limit))]
         image = torch.stack([it["image"] for it in items])
@@ -158,6 +175,54 @@ def _batches(cfg: DictConfig, device: str) -> Iterator[tuple[torch.Tensor, torch
         yield image.to(device), mask.to(device)
 
 
+def _batches(cfg: DictConfig, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("validate")
+    dataset = datamodule.datasets.get("val")
+    if dataset is None:
+        raise ValueError("data: the evaluation needs a val source (data.val)")
+    mask_files = _mask_files(Path(cfg.masks_dir)) if cfg.get("masks_dir") else None
+    return dataset_batches(dataset, cfg.limit, cfg.batch_size, device, mask_files)
+
+
+def _methods(generator: torch.nn.Module, baselines) -> dict[str, Method]:
+    methods: dict[str, Method] = {"deepfill": lambda image, mask: generator(image, mask)[1]}
+    for name in baselines or []:
+        if name not in BASELINES:
+            raise ValueError(f"baselines: unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+        methods[name] = BASELINES[name]
+    return methods
+
+
+def compare_with_baselines(
+    generator: torch.nn.Module,
+    dataset,
+    limit: int | None = 64,
+    batch_size: int = 8,
+    baselines=tuple(BASELINES),
+    device: str | torch.device = "cpu",
+) -> list[dict]:
+    """The generator and the baselines on the first ``limit`` items of an evaluation dataset,
+    with their fixed masks: one summary row per method (all images), as ``deepfill-eval``."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        batches = dataset_batches(dataset, limit, batch_size, device)
+        rows = summarise(evaluate(batches, _methods(generator, baselines)))
+    finally:
+        generator.train(was_training)
+    return [row for row in rows if row["hole_ratio"] == "all"]
+
+
+def comparison_lines(rows: list[dict]) -> list[str]:
+    """One line per method: PSNR, SSIM and L1 in the hole (images in [0,1])."""
+    return [
+        f"{row['method']:<11s} PSNR {row['psnr']:6.2f} dB   SSIM {row['ssim']:.3f}   "
+        f"L1 in the hole {row['l1_hole']:.4f}   ({row['images']} images)"
+        for row in rows
+    ]
+
+
 def run(cfg: DictConfig) -> list[dict]:
     """Evaluate ``cfg.weights`` and the baselines; writes the tables; returns the summary rows."""
     from .inpaint import load_generator
@@ -165,11 +230,7 @@ def run(cfg: DictConfig) -> list[dict]:
 
     device = resolve_device(cfg.device)
     generator = load_generator(cfg.weights, device)
-    methods: dict[str, Method] = {"deepfill": lambda image, mask: generator(image, mask)[1]}
-    for name in cfg.baselines or []:
-        if name not in ("biharmonic", "mean_fill"):
-            raise ValueError(f"baselines: unknown baseline {name!r}; choose from biharmonic, mean_fill")
-        methods[name] = biharmonic_fill if name == "biharmonic" else mean_fill
+    methods = _methods(generator, cfg.baselines)
     metrics = InpaintingMetrics(lpips=cfg.lpips, lpips_required=cfg.lpips_required)
     lpips_net = metrics.lpips.net.to(device) if metrics.lpips is not None else None
     records = evaluate(_batches(cfg, device), methods, lpips_net)

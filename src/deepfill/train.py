@@ -136,6 +136,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _fit(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
+    # Subnormal floats (e.g. the gradients of ELUs far below zero) make x86 CPUs run the
+    # convolutions 5x slower (seen: 0.2 s -> 1 s per step); flushing them to zero costs nothing
+    # measurable in the results. Only CPU arithmetic is affected.
+    torch.set_flush_denormal(True)
     _set_matmul_precision(cfg)
     _resolve_precision(cfg)
     datamodule = instantiate(cfg.data)
@@ -160,7 +164,35 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
         _report(cfg, trainer, loggers)
+        if not trainer.fast_dev_run:
+            _compare_with_baselines(cfg, model, datamodule)
     return metrics
+
+
+def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodule) -> None:
+    """Print how the trained generator compares with the classical baselines on the first
+    validation images (fixed masks), one line per method, and write the table to the run folder."""
+    spec = cfg.get("baseline_comparison")
+    if not spec:
+        return
+    from .eval import compare_with_baselines, comparison_lines
+    from .tables import write_table
+
+    dataset = getattr(datamodule, "datasets", {}).get("val")
+    if dataset is None:
+        print("baseline comparison skipped: no validation data", flush=True)
+        return
+    generator = model.generator
+    device = next(generator.parameters()).device
+    rows = compare_with_baselines(
+        generator, dataset, spec.get("limit"), int(spec.get("batch_size", 8)), spec.baselines, device
+    )
+    out = Path(cfg.paths.output_dir)
+    columns = ["method", "images", "psnr", "ssim", "l1_hole", "l2_hole"]
+    _, md_path = write_table(rows, columns, out / "comparison.csv", out / "comparison.md")
+    images = rows[0]["images"] if rows else 0
+    print(f"final model vs baselines on {images} validation images with fixed masks ({md_path}):", flush=True)
+    print("\n".join(comparison_lines(rows)), flush=True)
 
 
 def _report(cfg: DictConfig, trainer: pl.Trainer, loggers: list) -> None:
