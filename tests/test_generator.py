@@ -139,6 +139,25 @@ def test_configurable_width_dilations_and_attention() -> None:
     assert offsets.shape == (1, 2, 8, 8)  # rate 1: attention on the 1/4 grid
 
 
+def test_without_contextual_attention_the_branch_passes_its_features_on() -> None:
+    torch.manual_seed(0)
+    with_ca = InpaintGenerator(cnum=8)
+    without = InpaintGenerator(cnum=8, contextual_attention=False)
+    without.load_state_dict(with_ca.state_dict())  # same parameters: only the layer differs
+    image = torch.rand(2, 3, 64, 64) * 2 - 1
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    calls = []
+    without.refine.attention.register_forward_hook(lambda *args: calls.append(1))
+    _, x2, offsets = without(image, mask)
+    _, x2_ca, offsets_ca = with_ca(image, mask)
+    assert not calls and offsets.shape == offsets_ca.shape and not offsets.any()
+    assert x2.shape == x2_ca.shape and not torch.allclose(x2, x2_ca)
+    x2.square().mean().backward()
+    assert without.refine.pmconv1.weight.grad.abs().sum() > 0
+    assert without.config["contextual_attention"] is False
+
+
 def test_inpaint_padded_handles_any_size_and_keeps_known_pixels() -> None:
     generator = InpaintGenerator(cnum=8).eval()
     image = torch.rand(1, 3, 37, 53) * 2 - 1

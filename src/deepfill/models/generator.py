@@ -138,11 +138,13 @@ class RefineGenerator(nn.Module):
         attention: ContextualAttention | None = None,
         same: PaddingMode = "tf_same",
         align_corners: bool = True,
+        contextual_attention: bool = True,
     ) -> None:
         super().__init__()
         dilations = _check_dilations(dilations)
         c = cnum
         self.align_corners = align_corners
+        self.contextual_attention = contextual_attention
         # Dilated ("hallucination") branch.
         self.xconv1 = GenConv(5, c, 5, same=same)
         self.xconv2_downsample = GenConv(c, c, 3, 2, same=same)
@@ -188,9 +190,13 @@ class RefineGenerator(nn.Module):
             self.pmconv6,
         ):
             p = layer(p)
-        # The official code resizes the mask to the 1/4 feature size with align-corners nearest.
-        mask_small = resize_nearest(mask, p.shape[-2:], self.align_corners)
-        p, offsets = self.attention(p, p, mask_small)
+        if self.contextual_attention:
+            # The official code resizes the mask to the 1/4 feature size with align-corners nearest.
+            mask_small = resize_nearest(mask, p.shape[-2:], self.align_corners)
+            p, offsets = self.attention(p, p, mask_small)
+        else:  # ablation: the branch's features go on unchanged, nothing is copied
+            rate = self.attention.rate
+            offsets = p.new_zeros(p.shape[0], 2, p.shape[-2] // rate, p.shape[-1] // rate, dtype=torch.long)
         p = self.pmconv10(self.pmconv9(p))
         x = torch.cat([h, p], dim=1)
         for layer in (
@@ -217,6 +223,8 @@ class InpaintGenerator(nn.Module):
         align_corners: TF1 align-corners nearest upsampling (official) or plain nearest.
         init: ``"glorot_uniform"`` (official: Glorot-uniform kernels, zero biases) or
             ``"pytorch"`` (PyTorch's layer defaults); see :func:`deepfill.models.layers.initialize_`.
+        contextual_attention: ``False`` removes the attention layer (the ablation of the paper's
+            claim): the attention branch's features pass on unchanged; same parameters.
 
     ``forward(image, mask) -> (x_stage1, x_stage2, offsets)``:
         image: (N,3,H,W) in [-1,1], RGB, H and W divisible by 8 (known pixels; the hole content
@@ -232,6 +240,7 @@ class InpaintGenerator(nn.Module):
         padding: PaddingMode = "tf_same",
         align_corners: bool = True,
         init: InitScheme = "glorot_uniform",
+        contextual_attention: bool = True,
     ) -> None:
         super().__init__()
         if cnum < 2 or cnum % 2:
@@ -245,12 +254,18 @@ class InpaintGenerator(nn.Module):
             "padding": padding,
             "align_corners": align_corners,
             "init": init,
+            "contextual_attention": contextual_attention,
         }
         self.cnum = cnum
         self.multiple = 4 * attention_kwargs["rate"]
         self.coarse = CoarseGenerator(cnum, dilations, padding, align_corners)
         self.refine = RefineGenerator(
-            cnum, dilations, ContextualAttention(**attention_kwargs), padding, align_corners
+            cnum,
+            dilations,
+            ContextualAttention(**attention_kwargs),
+            padding,
+            align_corners,
+            contextual_attention,
         )
         initialize_(self, init)
 
