@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from conftest import GOLDENS, REPO, run_cli
@@ -59,10 +58,24 @@ def test_inpaint_notebook_with_official_weights(monkeypatch, tmp_path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["completed.png", "flow.png"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS[1:3], ids=lambda p: p.name)
-def test_masks_and_attention_notebooks(path, monkeypatch) -> None:
-    notebook = execute(path, monkeypatch)
+def test_masks_notebook(monkeypatch) -> None:
+    notebook = execute(NOTEBOOKS[1], monkeypatch)
     assert images(notebook) >= 1
+
+
+def test_attention_notebook_on_a_real_ablation_sweep(monkeypatch, tmp_path) -> None:
+    from test_sweep import JOB
+
+    args = ["-m", "experiment=ca_ablation", "+sweep=ca_ablation", f"paths.log_dir={tmp_path}"]
+    phases = ["model.pretrain_coarse_steps=1", "model.reconstruction_steps=1"]
+    result = run_cli("deepfill-train", *args, *JOB, *phases, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweep = tmp_path / "sweeps" / "ca_ablation"
+    notebook = execute(NOTEBOOKS[2], monkeypatch, DEEPFILL_NB_ABLATION=str(sweep))
+    text = text_output(notebook)
+    for method in ("with CA", "without CA", "biharmonic", "mean_fill"):
+        assert f"\n{method:12s} " in text, text[-2000:]
+    assert images(notebook) == 2  # the untrained layer on pixels, then the two trained models
 
 
 def test_sweep_analysis_notebook_on_a_real_sweep(monkeypatch, tmp_path) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "begin_job",
     "collect_results",
     "end_job",
+    "finished_jobs",
     "higher_is_better",
     "main",
     "parse_override",
@@ -68,6 +69,18 @@ def read_record(folder: str | os.PathLike) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not a job record ({error})") from None
+
+
+def finished_jobs(sweep: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
+    """Every finished job of a sweep folder with its resolved config, in job order."""
+    from omegaconf import OmegaConf
+
+    jobs = []
+    for record_path in sorted(Path(sweep).glob(f"*/{RECORD_NAME}"), key=lambda p: _job_order(p.parent.name)):
+        folder = record_path.parent
+        if (read_record(folder) or {}).get("status") == "finished":
+            jobs.append((folder, OmegaConf.load(folder / ".hydra" / "config.yaml")))
+    return jobs
 
 
 def begin_job(folder: str | os.PathLike, overrides: Sequence[str], resume: bool) -> dict | None:

@@ -11,7 +11,7 @@ from PIL import Image
 from .models.contextual_attention import flow_to_image
 from .models.layers import resize_nearest
 
-__all__ = ["COLUMNS", "inpainting_grid", "log_grid"]
+__all__ = ["COLUMNS", "comparison_grid", "inpainting_grid", "log_grid"]
 
 COLUMNS = ("input", "coarse", "refined", "composite", "ground truth", "attention flow")
 
@@ -34,6 +34,25 @@ def inpainting_grid(
     columns = [holed, x1, x2, composite, image, flow.to(image.device)]
     rows = torch.cat([torch.cat(list(col), dim=-1) for col in zip(*columns, strict=True)], dim=-2)
     return ((rows.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def comparison_grid(
+    image: torch.Tensor, mask: torch.Tensor, outputs: dict[str, torch.Tensor], offsets: torch.Tensor
+) -> tuple[np.ndarray, list[str]]:
+    """One row per sample: the input with its hole (white), each method's completed image, the
+    attention flow (``offsets`` of one of them) and the ground truth.
+
+    image: (N,3,H,W) in [-1,1]; mask: (N or 1,1,H,W), 1 = hole; outputs: name -> (N,3,H,W)
+    raw outputs (composited here). Returns the (H', W', 3) uint8 grid and its column titles.
+    """
+    image, mask = image.float(), mask.float().expand(image.shape[0], 1, *image.shape[-2:])
+    flow = resize_nearest(flow_to_image(offsets), tuple(image.shape[-2:]), align_corners=False)
+    columns = [image * (1 - mask) + mask]
+    columns += [out.float() * mask + image * (1 - mask) for out in outputs.values()]
+    columns += [flow.to(image.device), image]
+    rows = torch.cat([torch.cat(list(col), dim=-1) for col in zip(*columns, strict=True)], dim=-2)
+    grid = ((rows.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return grid, ["input", *outputs, "attention flow", "ground truth"]
 
 
 def log_grid(trainer, key: str, grid: np.ndarray, caption: str, step: int) -> None:
