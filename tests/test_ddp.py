@@ -24,6 +24,7 @@ def test_ddp_cpu_trains_and_syncs_validation_metrics(tmp_path) -> None:
     run = tmp_path / "run"
     args = [
         "experiment=quickstart",
+        "mask=free_form_v2",
         "trainer=ddp_cpu",
         "logger=csv",
         "data.image_size=64",
@@ -37,6 +38,8 @@ def test_ddp_cpu_trains_and_syncs_validation_metrics(tmp_path) -> None:
         "model.local_critic.cnum=8",
         "model.lpips_pretrained=false",
         "model.n_critic=1",
+        "model.pretrain_coarse_steps=0",
+        "model.reconstruction_steps=0",
         "trainer.max_epochs=1",
         "trainer.check_val_every_n_epoch=1",
         "+trainer.num_sanity_val_steps=0",
