@@ -121,7 +121,7 @@ def test_critic_steps_leave_the_generator_alone_and_vice_versa(tmp_path) -> None
     seen = []
     original = module._generator_step
 
-    def watched(image, mask, opt_g):
+    def watched(image, mask, opt_g, phase="adversarial"):
         before = _params(module.global_critic) + _params(module.local_critic)
         gen_before = _params(module.generator)
         step = opt_g.step
@@ -136,7 +136,7 @@ def test_critic_steps_leave_the_generator_alone_and_vice_versa(tmp_path) -> None
 
         opt_g.step = checked_step
         try:
-            result = original(image, mask, opt_g)
+            result = original(image, mask, opt_g, phase)
         finally:
             opt_g.step = step
         seen.append(
@@ -205,24 +205,27 @@ def test_coarse_pretraining_trains_stage_one_alone_on_reconstruction(tmp_path) -
     assert not _same(critics_before, _params(module.global_critic) + _params(module.local_critic))
 
 
-def test_pretraining_loss_is_the_reconstruction_of_the_coarse_output() -> None:
+def test_pretraining_loss_is_the_reconstruction_of_the_coarse_output(tmp_path) -> None:
     module = make_module(pretrain_coarse_steps=1, discount="box")
     data = make_data()
     data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
+    batch = next(iter(data.train_dataloader()))  # the batch the first step will get
     image, mask = batch["image"], batch["mask"]
-    logged = {}
-    module.log_dict = lambda values, **kwargs: logged.update(values)
-    opt_g, _ = module.configure_optimizers()
-    module.manual_backward = lambda loss: loss.backward()
     with torch.no_grad():
         x1 = module.generator.coarse(image * (1 - mask), mask)
     w = module.weights
     l1, ae = reconstruction_losses(image, mask, x1, None, local_patches(mask, SIZE // 2), SIZE // 2, w.coarse)
-    module._reconstruction_step(image, mask, opt_g, coarse_only=True)
-    assert logged["train/reconstruction_loss"].item() == pytest.approx(
-        (w.l1 * l1 + w.ae * ae).item(), rel=1e-5
-    )
+    logged = {}
+    log_dict = module.log_dict
+
+    def recording(values, **kwargs):
+        logged.update(values)
+        log_dict(values, **kwargs)
+
+    module.log_dict = recording
+    make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(module, make_data())
+    assert logged["train/g_loss"].item() == pytest.approx((w.l1 * l1 + w.ae * ae).item(), rel=1e-5)
+    assert logged["train/g_adv"].item() == 0.0
 
 
 def test_reconstruction_phase_trains_both_stages_without_critics_then_the_schedule_starts(tmp_path) -> None:
@@ -230,18 +233,25 @@ def test_reconstruction_phase_trains_both_stages_without_critics_then_the_schedu
     seen = _record_schedule(module)
     refine = []
     critics_before = _params(module.global_critic) + _params(module.local_critic)
-    step = module._reconstruction_step
+    step = module._generator_step
 
-    def watched(image, mask, opt_g, coarse_only):
+    def watched(image, mask, opt_g, phase="adversarial"):
         before = _params(module.generator.refine)
-        step(image, mask, opt_g, coarse_only)
-        refine.append((coarse_only, _same(before, _params(module.generator.refine))))
+        result = step(image, mask, opt_g, phase)
+        refine.append((phase, _same(before, _params(module.generator.refine))))
+        return result
 
-    module._reconstruction_step = watched
+    module._generator_step = watched
     make_trainer(tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=0).fit(module, make_data())
     assert [kind for kind, _ in seen] == ["g", "g", "g", "g", "d", "g"]
     # Stage 2 is left alone during coarse pre-training and trained in the reconstruction phase.
-    assert refine == [(True, True), (True, True), (False, False), (False, False)]
+    assert refine == [
+        ("coarse", True),
+        ("coarse", True),
+        ("reconstruction", False),
+        ("reconstruction", False),
+        ("adversarial", False),
+    ]
     assert (int(module.generator_steps), int(module.critic_steps)) == (5, 1)
     assert not _same(critics_before, _params(module.global_critic) + _params(module.local_critic))
 

@@ -195,9 +195,9 @@ class DeepFillModule(pl.LightningModule):
                 for group in optimizer.param_groups:
                     group["lr"] = self.learning_rate(steps)
         if steps < self.pretrain_coarse_steps:
-            self._reconstruction_step(image, mask, opt_g, coarse_only=True)
+            self._generator_step(image, mask, opt_g, phase="coarse")
         elif steps < self.pretrain_coarse_steps + self.reconstruction_steps:
-            self._reconstruction_step(image, mask, opt_g, coarse_only=False)
+            self._generator_step(image, mask, opt_g, phase="reconstruction")
         elif int(self.critic_since_generator) < self.n_critic:
             # A skipped (non-finite) critic update does not count towards the n_critic.
             if self._critic_step(image, mask, opt_d):
@@ -247,11 +247,20 @@ class DeepFillModule(pl.LightningModule):
         )
         return True
 
-    def _generator_step(self, image, mask, opt_g) -> bool:
+    def _generator_step(self, image, mask, opt_g, phase: str = "adversarial") -> bool:
+        """One generator update; False when it was skipped (non-finite loss).
+
+        ``phase``: ``"coarse"`` (official PRETRAIN_COARSE_NETWORK: stage 1 alone on the
+        reconstruction losses), ``"reconstruction"`` (both stages, reconstruction losses) or
+        ``"adversarial"`` (the full loss).
+        """
         self.toggle_optimizer(opt_g)  # critics frozen: their weights get no gradient
         try:
             with record_function("deepfill/generator_step/forward"):
-                x1, x2, offsets = self.generator(image, mask)
+                if phase == "coarse":
+                    x1, x2, offsets = self.generator.coarse(image * (1 - mask), mask), None, None
+                else:
+                    x1, x2, offsets = self.generator(image, mask)
             loss = generator_loss(
                 image,
                 mask,
@@ -262,10 +271,10 @@ class DeepFillModule(pl.LightningModule):
                 self.weights,
                 self.discount,
                 self.gamma,
-                critics=(self.global_critic, self.local_critic),
+                critics=(self.global_critic, self.local_critic) if phase == "adversarial" else None,
             )
             opt_g.zero_grad(set_to_none=True)
-            if not self._finite(loss.total.detach(), "generator loss"):
+            if not self._finite(loss.total.detach(), f"{phase} generator loss"):
                 return False
             with record_function("deepfill/generator_step/backward"):
                 self.manual_backward(loss.total)
@@ -286,45 +295,9 @@ class DeepFillModule(pl.LightningModule):
             on_step=True,
             prog_bar=True,
         )
-        self._maybe_log_images("train/samples", image, mask, x1, x2, offsets)
-        return True
-
-    def _reconstruction_step(self, image, mask, opt_g, coarse_only: bool) -> None:
-        """One generator update on the reconstruction losses alone: stage 1 by itself (official
-        PRETRAIN_COARSE_NETWORK) or both stages."""
-        if coarse_only:
-            x1, x2, offsets = self.generator.coarse(image * (1 - mask), mask), None, None
-        else:
-            x1, x2, offsets = self.generator(image, mask)
-        loss = generator_loss(
-            image,
-            mask,
-            x1,
-            x2,
-            local_patches(mask, self.local_size),
-            self.local_size,
-            self.weights,
-            self.discount,
-            self.gamma,
-        )
-        opt_g.zero_grad(set_to_none=True)
-        if not self._finite(loss.total.detach(), "reconstruction loss"):
-            return
-        self.manual_backward(loss.total)
-        opt_g.step()
-        self.generator_steps += 1
-        self.log_dict(
-            {
-                "train/reconstruction_loss": loss.total.detach(),
-                "train/l1": loss.l1.detach(),
-                "train/ae": loss.ae.detach(),
-                "train/generator_steps": self.generator_steps.float(),
-            },
-            on_step=True,
-            prog_bar=True,
-        )
         if x2 is not None:
             self._maybe_log_images("train/samples", image, mask, x1, x2, offsets)
+        return True
 
     def _maybe_log_images(self, key, image, mask, x1, x2, offsets, force: bool = False) -> None:
         every = self.log_images_every_n_steps
