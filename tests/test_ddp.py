@@ -42,6 +42,7 @@ def test_ddp_cpu_trains_and_syncs_validation_metrics(tmp_path) -> None:
         "model.reconstruction_steps=0",
         "trainer.max_epochs=1",
         "trainer.check_val_every_n_epoch=1",
+        "trainer.val_check_interval=1.0",
         "+trainer.num_sanity_val_steps=0",
         f"hydra.run.dir={run}",
         f"paths.log_dir={tmp_path}",

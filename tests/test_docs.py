@@ -93,6 +93,9 @@ def workspace(tmp_path_factory) -> dict:
         mask = np.zeros((96, 128), np.uint8)
         mask[20 + 5 * i : 60, 30:90] = 255
         Image.fromarray(mask).save(ws / "masks" / f"p{i}.png")
+    for split in ("train", "val"):
+        for i in range(3):
+            photo(ws / "my_photos" / split / f"{i}.jpg")
     photo(ws / "photo.jpg", (120, 150))
     mask = np.zeros((120, 150), np.uint8)
     mask[30:80, 40:100] = 255
@@ -151,6 +154,8 @@ def tiny(tokens: list[str], ws: dict) -> list[str]:
     logs = f"paths.log_dir={ws['dir'] / 'outputs'}"
     if program == "deepfill-train":
         extra = [*TINY_TRAIN, logs]
+        if any(t.startswith("data=") and t != "data=sample" for t in tokens):
+            extra.remove("data.val.length=2")  # a key of the embedded sample data only
         for token in tokens:
             if token.startswith("+sweep="):
                 extra += TINY_SWEEPS.get(token.split("=", 1)[1], [])

@@ -44,6 +44,7 @@ def ensure_dir(path: str) -> str:
 
 _RESOLVERS = {
     "half": lambda x: int(x) // 2,
+    "scale": lambda x, factor: round(int(x) * float(factor)),
     "mul": lambda a, b: int(a) * int(b),
     "device_count": device_count,
     "direction": optimization_direction,
@@ -52,7 +53,8 @@ _RESOLVERS = {
 
 
 def register_resolvers() -> None:
-    """``${half:x}`` (integer half, e.g. the local critic's crop), ``${mul:a,b}``,
+    """``${half:x}`` (integer half, e.g. the local critic's crop), ``${scale:x,f}`` (``x * f``
+    rounded), ``${mul:a,b}``,
     ``${device_count:pool}``, ``${direction:metric}`` and ``${ensure_dir:path}``."""
     for name, function in _RESOLVERS.items():
         if not OmegaConf.has_resolver(name):

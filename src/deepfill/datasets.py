@@ -101,7 +101,9 @@ def _fit(
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    """(H,W,3) uint8 -> (3,H,W) float32 in [-1,1]. The float copy is made by NumPy, so read-only
+    inputs (decoded images, flipped views) need no extra copy and raise no warning."""
+    return torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1).div_(127.5).sub_(1.0)
 
 
 class ImageSource(torch.utils.data.Dataset):
@@ -217,8 +219,16 @@ def _check_dir(path: Path, what: str) -> None:
         raise FileNotFoundError(f"{what} not found: {path}")
 
 
-def image_folder(root: str | os.PathLike, image_size: int = 256, **kwargs) -> FileImages:
-    """Every image under ``root`` (recursive, common extensions), sorted."""
+def image_folder(
+    root: str | os.PathLike,
+    image_size: int = 256,
+    small: str = "upscale",
+    max_bad_fraction: float = 0.01,
+    scan: bool = True,
+    crop: str = "random",
+) -> FileImages:
+    """Every image under ``root`` (recursive, common extensions), sorted; the other arguments
+    are :class:`FileImages`'."""
     root = Path(root).expanduser()
     _check_dir(root, "image folder")
     if not root.is_dir():
@@ -226,12 +236,20 @@ def image_folder(root: str | os.PathLike, image_size: int = 256, **kwargs) -> Fi
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return FileImages(files, image_size, name=str(root), **kwargs)
+    return FileImages(files, image_size, small, max_bad_fraction, scan, str(root), crop)
 
 
-def flist(path: str | os.PathLike, image_size: int = 256, **kwargs) -> FileImages:
+def flist(
+    path: str | os.PathLike,
+    image_size: int = 256,
+    small: str = "upscale",
+    max_bad_fraction: float = 0.01,
+    scan: bool = True,
+    crop: str = "random",
+) -> FileImages:
     """The official flist format: one image path per line; relative paths are resolved against
-    the flist's folder; blank lines and ``#`` comments are ignored."""
+    the flist's folder; blank lines and ``#`` comments are ignored. The other arguments are
+    :class:`FileImages`'."""
     path = Path(path).expanduser()
     _check_dir(path, "flist")
     base = path.parent
@@ -244,7 +262,7 @@ def flist(path: str | os.PathLike, image_size: int = 256, **kwargs) -> FileImage
         files.append(entry if entry.is_absolute() else base / entry)
     if not files:
         raise ValueError(f"flist {path} lists no images")
-    return FileImages(files, image_size, name=str(path), **kwargs)
+    return FileImages(files, image_size, small, max_bad_fraction, scan, str(path), crop)
 
 
 # ---------------------------------------------------------------------- embedded data

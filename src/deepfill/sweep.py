@@ -72,9 +72,13 @@ def read_record(folder: str | os.PathLike) -> dict | None:
 
 
 def finished_jobs(sweep: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
-    """Every finished job of a sweep folder with its resolved config, in job order."""
+    """Every finished job of a sweep folder with its config (the project's resolvers registered,
+    so its interpolations resolve), in job order."""
     from omegaconf import OmegaConf
 
+    from .config import register_resolvers
+
+    register_resolvers()
     jobs = []
     for record_path in sorted(Path(sweep).glob(f"*/{RECORD_NAME}"), key=lambda p: _job_order(p.parent.name)):
         folder = record_path.parent
