@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from deepfill import masks as M
-from deepfill.datasets import _fit, _sample_photo, _to_tensor
+from deepfill.datasets import _fit, _sample_photo, to_tensor
 from deepfill.module import DeepFillModule
 from deepfill.visuals import comparison_grid, inpainting_grid
 
@@ -34,7 +34,7 @@ def heldout_photos(size: int = 256) -> torch.Tensor:
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
         hopper = np.asarray(Image.open(f).convert("RGB"))
     photos = [_sample_photo("coffee"), _sample_photo("rocket"), hopper]
-    return torch.stack([_to_tensor(_fit(p, size, None, "upscale")) for p in photos])
+    return torch.stack([to_tensor(_fit(p, size, None, "upscale")) for p in photos])
 
 
 def quickstart(args: argparse.Namespace) -> Path:

@@ -20,6 +20,7 @@ from deepfill.datasets import (
     image_folder,
     load_image,
 )
+from deepfill.errors import UserError
 
 
 @pytest.fixture
@@ -82,13 +83,17 @@ def test_folder_skips_and_counts_unreadable_files(messy_folder) -> None:
     assert all(img.shape == (3, 64, 64) for img in images)
     assert all(img.min() >= -1 and img.max() <= 1 for img in images)
     assert sorted(p.rsplit("/", 1)[-1] for p in source.bad) == ["empty.jpg", "notes.png", "truncated.jpg"]
-    skipped = [str(w.message) for w in caught if "skipping unreadable image" in str(w.message)]
-    assert len(skipped) == 3
+    # One warning for what the header scan dropped, one per file found bad when decoded.
+    skipped = [str(w.message) for w in caught if "unreadable" in str(w.message)]
+    assert len(skipped) == 2
+    assert "skipping 2 unreadable file(s)" in skipped[0]
+    assert "empty.jpg (empty file)" in skipped[0] and "notes.png" in skipped[0]
+    assert "skipping unreadable image" in skipped[1] and "truncated.jpg" in skipped[1]
 
 
 @pytest.mark.filterwarnings("ignore:skipping unreadable image")
 def test_too_many_unreadable_files_stop_the_run(messy_folder) -> None:
-    with pytest.raises(RuntimeError, match=r"unreadable, more than max_bad_fraction=0.1.*(empty|notes)"):
+    with pytest.raises(UserError, match=r"unreadable, more than max_bad_fraction=0.1.*(empty|notes)"):
         image_folder(messy_folder, image_size=64, max_bad_fraction=0.1)
 
 

@@ -120,5 +120,5 @@ def test_cli_missing_weights_is_one_line(tmp_path) -> None:
     assert result.returncode == 2
     assert (
         result.stderr.strip().splitlines()[-1]
-        == "deepfill-eval: error: weights: no such checkpoint: /nowhere/model.ckpt"
+        == "deepfill-eval: error: weights: no such file or folder: /nowhere/model.ckpt"
     )

@@ -285,7 +285,9 @@ def test_convert_cli_writes_loadable_rgb_weights(goldens, golden, tmp_path, caps
     assert convert_main([str(goldens), str(out)]) == 0
     assert "3,601,542 parameters" in capsys.readouterr().out
     _check_parity(load_official_v1(out), golden)
-    assert convert_main([str(tmp_path / "nope"), str(tmp_path / "x.pt")]) == 2
+    with pytest.raises(SystemExit) as info:
+        convert_main([str(tmp_path / "nope"), str(tmp_path / "x.pt")])
+    assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("deepfill-convert: error:")
     assert "\n" not in err

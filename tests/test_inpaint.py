@@ -10,7 +10,6 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import run_cli
 from deepfill.inpaint import run
 from deepfill.models import InpaintGenerator
 
@@ -98,15 +97,3 @@ def test_folders_and_bad_input(weights, tmp_path) -> None:
         )
     with pytest.raises(ValueError, match="no alpha channel"):
         run(cfg(weights, input=tmp_path / "imgs" / "a.jpg", output=tmp_path / "o3"))
-
-
-def test_cli_errors_are_one_line(tmp_path) -> None:
-    result = run_cli(
-        "deepfill-inpaint",
-        "weights=/nowhere/w.ckpt",
-        f"input={tmp_path}",
-        f"paths.log_dir={tmp_path}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("deepfill-inpaint: error: input folder")

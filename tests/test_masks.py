@@ -122,9 +122,9 @@ def test_eval_mask_depends_only_on_seed_and_index() -> None:
 def test_folder_masks_resize_binarise_and_augment(tmp_path) -> None:
     array = np.zeros((60, 100), np.uint8)
     array[10:30, 20:50] = 200
-    array[40:45, 0:5] = 90  # below the threshold: not a hole
+    array[40:45, 0:5] = 90  # below the threshold (128): not a hole
     Image.fromarray(array).save(tmp_path / "a.png")
-    masks = M.FolderMasks(tmp_path, threshold=0.5, flip=False, rotate=False)
+    masks = M.FolderMasks(tmp_path, flip=False, rotate=False)
     mask = masks(30, 50, np.random.default_rng(0))
     assert mask.shape == (1, 30, 50)
     assert set(mask.unique().tolist()) == {0.0, 1.0}
@@ -155,4 +155,9 @@ def test_make_masks_cli_writes_a_reusable_fixed_set(tmp_path, capsys) -> None:
         assert set(np.unique(a)) <= {0, 255}
         assert np.array_equal(a > 0, M.eval_mask(M.medium, 0, i, 64, 96)[0].numpy() > 0)
     assert "wrote 4 medium masks" in capsys.readouterr().out
-    assert M.main([str(tmp_path / "c"), "--count", "0"]) == 2
+    for bad in (["--count", "0"], ["--size", "0", "64"]):
+        with pytest.raises(SystemExit) as info:
+            M.main([str(tmp_path / "c"), *bad])
+        assert info.value.code == 2
+        assert capsys.readouterr().err.startswith("deepfill-make-masks: error:")
+    assert not (tmp_path / "c").exists()  # checked before the folder is made

@@ -254,7 +254,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path) -> None:
         "debug=fast_dev_run", "ckpt_path=/nowhere/last.ckpt", f"paths.log_dir={tmp_path}", cwd=tmp_path
     )
     assert missing.returncode == 2
-    assert "deepfill-train: error: ckpt_path: no such checkpoint: /nowhere/last.ckpt" in missing.stderr
+    assert "deepfill-train: error: ckpt_path: no such file: /nowhere/last.ckpt" in missing.stderr
     typo = _cli("model.lrr=1", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert typo.returncode != 0 and "model.lrr" in typo.stderr
 

@@ -11,6 +11,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from .files import atomic_path
+
 __all__ = ["AtomicModelCheckpoint", "BestCheckpoint", "CheckpointOnSignal", "atomic_save_checkpoint"]
 
 
@@ -19,11 +21,12 @@ def atomic_save_checkpoint(
 ) -> None:
     """Write a checkpoint to a temporary file, then rename: a crash never leaves half a file."""
     path = Path(filepath)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(tmp, weights_only)
-    if trainer.is_global_zero:
-        os.replace(tmp, path)
+    if not trainer.is_global_zero:
+        # Only rank zero writes; the others still join save_checkpoint's barrier.
+        trainer.save_checkpoint(path, weights_only)
+        return
+    with atomic_path(path) as tmp:
+        trainer.save_checkpoint(tmp, weights_only)
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):

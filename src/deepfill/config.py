@@ -61,13 +61,92 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, function)
 
 
+def _flat_keys(node, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig
+
+    keys = []
+    for key in node.keys() if isinstance(node, DictConfig) else []:
+        path = f"{prefix}{key}"
+        keys.append(path)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            keys += _flat_keys(child, f"{path}.")
+    return keys
+
+
+def _composition_message(error: Exception, config_name: str, overrides: list[str]) -> str:
+    import difflib
+    import re
+
+    from hydra import compose
+
+    text = str(error).strip()
+    lines = text.splitlines()
+    unknown = re.match(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        rest = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(key)]
+        try:
+            known = _flat_keys(compose(config_name, overrides=rest))
+        except Exception:
+            known = []
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"to add a new key write +{key}=..."
+        return f"{key}: unknown key ({hint})"
+    options = [line.strip() for line in lines if line.startswith("\t") and "provider=" not in line]
+    if "Could not find" in lines[0] and options:
+        return f"{lines[0]}; available: {', '.join(options)}"
+    return lines[0]
+
+
+def check_overrides(config_name: str, prog: str, argv: list[str] | None = None) -> None:
+    """Compose ``config_name`` with the command line's overrides before Hydra runs, so that an
+    unknown option (``trainer=gpux``), a misspelt key (``mask_pth=x``) or bad syntax ends in one
+    line and exit status 2, as every other user error does. Command lines with flags (``-m``,
+    ``--cfg``, ``--help``) are left to Hydra."""
+    import sys
+
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        try:
+            from hydra import compose
+
+            compose(config_name, overrides=overrides)
+        except (HydraException, OmegaConfBaseException) as error:
+            message = _composition_message(error, config_name, overrides)
+            print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+
 def resolve_device(name: str) -> str:
-    """``"auto"``: the GPU when there is one, else the CPU; any other name is returned as is."""
-    if name != "auto":
-        return name
+    """``"auto"``: the GPU when there is one, else the CPU; ``"gpu"`` means ``"cuda"``. Raises
+    :class:`~deepfill.errors.UserError` for an unknown device or a GPU this machine lacks."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from .errors import UserError
+
+    name = str(name)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "gpu" or name.startswith("gpu:"):
+        name = "cuda" + name[3:]
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device={name}: no CUDA GPU is available here; use device=cpu or device=auto")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"device={name}: this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})")
+    return str(device)
 
 
 def wandb_has_credentials() -> bool:

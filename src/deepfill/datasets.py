@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import UnreadableImageError, UserError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "FileImages",
@@ -32,13 +34,10 @@ __all__ = [
     "flist",
     "image_folder",
     "load_image",
+    "to_tensor",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-
-
-class UnreadableImageError(OSError):
-    """A file that cannot be decoded as an image."""
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -47,7 +46,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             return _to_rgb8(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(f"{path}: {type(error).__name__}: {error}") from error
 
 
@@ -100,7 +99,7 @@ def _fit(
     return array
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
+def to_tensor(array: np.ndarray) -> torch.Tensor:
     """(H,W,3) uint8 -> (3,H,W) float32 in [-1,1]. The float copy is made by NumPy, so read-only
     inputs (decoded images, flipped views) need no extra copy and raise no warning."""
     return torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1).div_(127.5).sub_(1.0)
@@ -158,14 +157,18 @@ class FileImages(ImageSource):
         self.bad: dict[str, str] = {}
         paths = [Path(f) for f in files]
         if scan:
-            good = []
-            for path in paths:
-                reason = self._header_problem(path)
-                if reason is None:
-                    good.append(path)
-                else:
-                    self._record_bad(path, reason)
-            paths = good
+            problems = {str(p): self._header_problem(p) for p in paths}
+            self.bad = {p: reason for p, reason in problems.items() if reason is not None}
+            self._check_bad_fraction()
+            if self.bad:
+                listed = ", ".join(f"{p} ({r})" for p, r in list(self.bad.items())[:3])
+                more = f" and {len(self.bad) - 3} more" if len(self.bad) > 3 else ""
+                warnings.warn(
+                    f"{self.name}: skipping {len(self.bad)} unreadable file(s): {listed}{more}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            paths = [p for p in paths if problems[str(p)] is None]
         if not paths:
             raise ValueError(f"{self.name}: no readable images")
         self.files = paths
@@ -186,11 +189,14 @@ class FileImages(ImageSource):
             return
         self.bad[str(path)] = reason
         warnings.warn(f"skipping unreadable image {path} ({reason})", RuntimeWarning, stacklevel=3)
+        self._check_bad_fraction()
+
+    def _check_bad_fraction(self) -> None:
         if len(self.bad) > self.max_bad_fraction * max(self.total, 1):
-            listed = ", ".join(list(self.bad)[:5])
-            raise RuntimeError(
+            path, reason = next(iter(self.bad.items()))
+            raise UserError(
                 f"{self.name}: {len(self.bad)} of {self.total} images are unreadable, more than "
-                f"max_bad_fraction={self.max_bad_fraction}; first ones: {listed}"
+                f"max_bad_fraction={self.max_bad_fraction}; e.g. {path}: {reason}"
             )
 
     def __len__(self) -> int:
@@ -210,8 +216,8 @@ class FileImages(ImageSource):
             if fitted is None:
                 self._record_bad(path, f"smaller than {self.image_size}px")
                 continue
-            return _to_tensor(fitted)
-        raise RuntimeError(f"{self.name}: no readable images left")
+            return to_tensor(fitted)
+        raise UserError(f"{self.name}: no readable images left")
 
 
 def _check_dir(path: Path, what: str) -> None:
@@ -358,11 +364,11 @@ class SampleImages(ImageSource):
                 size = (round(photo.shape[1] * scale), round(photo.shape[0] * scale))
                 photo = np.asarray(Image.fromarray(photo).resize(size, Image.BICUBIC))
             crop = _fit(photo, self.image_size, rng, "upscale")
-            return _to_tensor(_jitter_colour(crop, rng) if self.color_jitter else crop)
+            return to_tensor(_jitter_colour(crop, rng) if self.color_jitter else crop)
         # Deterministic crops: item k of a photo takes the k-th cell of a grid over the photo.
         k = index // len(self.photos)
         if k % 2 == 0:
-            return _to_tensor(_fit(photo, self.image_size, None, "upscale"))
+            return to_tensor(_fit(photo, self.image_size, None, "upscale"))
         short = min(photo.shape[:2])
         if short < self.image_size:
             photo = _fit(photo, self.image_size, None, "upscale")
@@ -372,7 +378,7 @@ class SampleImages(ImageSource):
         cell = (k // 2) % (cells_y * cells_x)
         top = min((cell // cells_x) * self.image_size, height - self.image_size)
         left = min((cell % cells_x) * self.image_size, width - self.image_size)
-        return _to_tensor(photo[top : top + self.image_size, left : left + self.image_size])
+        return to_tensor(photo[top : top + self.image_size, left : left + self.image_size])
 
 
 class TextureImages(ImageSource):
@@ -419,4 +425,4 @@ class TextureImages(ImageSource):
         dy = int(rng.integers(0, ph)) if rng is not None else 0
         dx = int(rng.integers(0, pw)) if rng is not None else 0
         crop = canvas[dy : dy + self.image_size, dx : dx + self.image_size]
-        return _to_tensor(np.clip(crop, 0, 255).astype(np.uint8))
+        return to_tensor(np.clip(crop, 0, 255).astype(np.uint8))

@@ -22,10 +22,13 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from .config import CONFIG_DIR, register_resolvers, resolve_device, wandb_has_credentials
+from .checkpoints import check_weights_path
+from .config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device, wandb_has_credentials
+from .errors import UserError, report_errors
+from .files import writable_dir
+from .masks import FolderMasks, read_mask, resize_mask
 from .metrics import hole_l1, hole_l2, to_unit
 from .tables import write_table
 
@@ -141,12 +144,27 @@ def _write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
 
 
 def _mask_files(folder: Path) -> list[Path]:
-    from .masks import FolderMasks
-
+    if not folder.is_dir():
+        raise UserError(f"masks_dir: no such folder: {folder}")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in FolderMasks.EXTENSIONS)
     if not files:
         raise ValueError(f"masks_dir {folder} holds no mask images")
     return files
+
+
+def _item_count(dataset, limit: int | None) -> int:
+    if limit is None:
+        return len(dataset)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise UserError(f"limit: must be a positive number of images or null for all, got {limit!r}")
+    return min(limit, len(dataset))
+
+
+def _file_mask(path: Path, height: int, width: int) -> np.ndarray:
+    mask = resize_mask(read_mask(path), height, width)
+    if not mask.any():
+        raise UserError(f"masks_dir: {path} marks no hole at {width}x{height}; every mask needs a hole")
+    return mask
 
 
 def dataset_batches(
@@ -157,9 +175,25 @@ def dataset_batches(
     mask_files: list[Path] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(image, mask)`` batches of the first ``limit`` items of an evaluation dataset (all when
-    None): each item's fixed mask, or with ``mask_files`` item i gets file i."""
-    limit = len(dataset) if limit is None else min(int(limit), len(dataset))
-    size = batch_size
+    None): each item's fixed mask, or with ``mask_files`` item i gets file i.
+
+    The limit and the mask files (enough of them, readable, each with a hole) are checked when
+    this is called, before the first batch is made."""
+    limit = _item_count(dataset, limit)
+    if mask_files is not None:
+        if len(mask_files) < limit:
+            raise UserError(
+                f"masks_dir: {len(mask_files)} mask file(s) for {limit} images (item i gets file i); "
+                f"write at least {limit} (deepfill-make-masks --count {limit}) or set "
+                f"limit={len(mask_files)}"
+            )
+        for path in mask_files[:limit]:
+            if not read_mask(path).any():
+                raise UserError(f"masks_dir: {path} marks no hole; every mask needs a hole")
+    return _batches_of(dataset, limit, batch_size, device, mask_files)
+
+
+def _batches_of(dataset, limit: int, size: int, device, mask_files) -> Iterator:
     for start in range(0, limit, size):
         items = [dataset[i] for i in range(start, min(start + size, limit))]
         image = torch.stack([it["image"] for it in items])
@@ -167,11 +201,8 @@ def dataset_batches(
             mask = torch.stack([it["mask"] for it in items])
         else:  # item i gets mask file i: a fixed set shared across methods and papers
             h, w = image.shape[-2:]
-            arrays = []
-            for i in range(start, start + len(items)):
-                with Image.open(mask_files[i % len(mask_files)]) as m:
-                    arrays.append(np.asarray(m.convert("L").resize((w, h), Image.NEAREST)) > 127)
-            mask = torch.from_numpy(np.stack(arrays)).float().unsqueeze(1)
+            arrays = [_file_mask(mask_files[i], h, w) for i in range(start, start + len(items))]
+            mask = torch.from_numpy(np.stack(arrays)).unsqueeze(1)
         yield image.to(device), mask.to(device)
 
 
@@ -180,8 +211,10 @@ def _batches(cfg: DictConfig, device: str) -> Iterator[tuple[torch.Tensor, torch
     datamodule.setup("validate")
     dataset = datamodule.datasets.get("val")
     if dataset is None:
-        raise ValueError("data: the evaluation needs a val source (data.val)")
+        raise UserError("data: the evaluation needs a val source (data.val)")
     mask_files = _mask_files(Path(cfg.masks_dir)) if cfg.get("masks_dir") else None
+    if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise UserError(f"batch_size: must be a positive integer, got {cfg.batch_size!r}")
     return dataset_batches(dataset, cfg.limit, cfg.batch_size, device, mask_files)
 
 
@@ -189,7 +222,7 @@ def _methods(generator: torch.nn.Module, baselines) -> dict[str, Method]:
     methods: dict[str, Method] = {"deepfill": lambda image, mask: generator(image, mask)[1]}
     for name in baselines or []:
         if name not in BASELINES:
-            raise ValueError(f"baselines: unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+            raise UserError(f"baselines: unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
         methods[name] = BASELINES[name]
     return methods
 
@@ -229,11 +262,16 @@ def run(cfg: DictConfig) -> list[dict]:
     from .metrics import InpaintingMetrics
 
     device = resolve_device(cfg.device)
+    # Everything a user can get wrong is checked before the model loads.
+    check_weights_path(cfg.weights)
+    writable_dir(cfg.output, "output")
+    _methods(torch.nn.Identity(), cfg.baselines)
+    batches = _batches(cfg, device)
     generator = load_generator(cfg.weights, device)
     methods = _methods(generator, cfg.baselines)
     metrics = InpaintingMetrics(lpips=cfg.lpips, lpips_required=cfg.lpips_required)
     lpips_net = metrics.lpips.net.to(device) if metrics.lpips is not None else None
-    records = evaluate(_batches(cfg, device), methods, lpips_net)
+    records = evaluate(batches, methods, lpips_net)
     rows = summarise(records)
     csv_path, md_path = _write_tables(rows, Path(cfg.output))
     if cfg.wandb:
@@ -253,14 +291,13 @@ def run(cfg: DictConfig) -> list[dict]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
-    from .train import run_reporting_errors
-
-    run_reporting_errors(run, cfg, "deepfill-eval")
+    report_errors("deepfill-eval", run, cfg)
 
 
 def main() -> None:
     """Console entry point."""
     register_resolvers()
+    check_overrides("eval", "deepfill-eval")
     _hydra_main()
 
 

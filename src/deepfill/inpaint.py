@@ -1,18 +1,23 @@
 """``deepfill-inpaint``: fill the holes of your own images with a trained or official generator.
 
     deepfill-inpaint weights=places2_v1.pt input=photo.jpg mask_path=photo_mask.png
+    deepfill-inpaint weights=places2_v1.pt input=photo.jpg mask_path=photo_mask.png output=filled.png
     deepfill-inpaint weights=outputs/.../checkpoints/last.ckpt input=photos/ mask_path=masks/ output=filled/
     deepfill-inpaint weights=release_places2_256/ input=cutout.png          # holes = transparent pixels
 
-Images of any size (padded to a multiple of 8 and cropped back; known pixels are kept exactly).
-A mask file marks holes with nonzero pixels (or, for a mask with an alpha channel, with its
-painted, non-transparent pixels); without a mask the input's own transparent pixels are the hole.
-Inputs are never overwritten.
+Images of any size (padded to a multiple of the model's and cropped back; known pixels are kept
+exactly). Masks follow :func:`deepfill.masks.read_mask`: hole where the value is >= 128 of 255
+(or, for a mask with transparent pixels, where its alpha is >= 128); without a mask the input's
+own transparent pixels (alpha < 128) are the hole. Inputs are never overwritten, and nothing is
+overwritten twice: two inputs that would give the same output name stop the run before it starts.
+In folder mode an unreadable image is skipped with a warning, and the run ends with an error
+naming the skipped files once the others are written.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -21,10 +26,15 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from .config import CONFIG_DIR, register_resolvers, resolve_device
-from .datasets import IMAGE_EXTENSIONS, load_image
+from .checkpoints import check_weights_path
+from .config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device
+from .datasets import IMAGE_EXTENSIONS, load_image, to_tensor
+from .errors import UnreadableImageError, UserError, report_errors
+from .files import atomic_path, writable_dir
+from .masks import HOLE_THRESHOLD, read_mask
 from .models import InpaintGenerator, flow_to_image, inpaint_padded
 from .models.layers import resize_nearest
+from .visuals import to_uint8
 
 __all__ = ["load_generator", "load_mask", "main", "pairs", "run"]
 
@@ -37,8 +47,6 @@ def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> I
 
     path = Path(weights)
     if path.suffix == ".ckpt":
-        if not path.is_file():
-            raise FileNotFoundError(f"weights: no such checkpoint: {path}")
         generator = DeepFillModule.generator_from_checkpoint(str(path))
     else:
         generator = load_official_v1(path)
@@ -50,28 +58,21 @@ def load_mask(path: Path | None, image_path: Path, size: tuple[int, int]) -> np.
     if path is None:
         with Image.open(image_path) as image:
             if "A" not in image.getbands() and not (image.mode == "P" and "transparency" in image.info):
-                raise ValueError(f"{image_path}: no mask given and the image has no alpha channel")
+                raise UserError(
+                    f"{image_path}: no mask given (mask_path=) and the image has no alpha channel"
+                )
             alpha = np.asarray(image.convert("RGBA"))[..., 3]
-        mask = (alpha < 128).astype(np.float32)
+        mask = alpha < HOLE_THRESHOLD
     else:
-        with Image.open(path) as image:
-            if "A" in image.getbands():
-                alpha = np.asarray(image.convert("RGBA"))[..., 3]
-                painted = alpha > 0
-                # A painted layer (transparent background) marks holes with its paint;
-                # an opaque mask marks them with nonzero pixels.
-                mask = painted if not painted.all() else np.asarray(image.convert("L")) > 0
-            else:
-                mask = np.asarray(image.convert("L")) > 0
-        mask = mask.astype(np.float32)
+        mask = read_mask(path)
     if mask.shape != size:
-        raise ValueError(
+        raise UserError(
             f"mask {path or image_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
             f"is {size[1]}x{size[0]} (width x height)"
         )
     if not mask.any():
-        raise ValueError(f"mask {path or image_path} marks no hole")
-    return mask
+        raise UserError(f"mask {path or image_path} marks no hole")
+    return mask.astype(np.float32)
 
 
 def _images(root: Path) -> list[Path]:
@@ -81,89 +82,126 @@ def _images(root: Path) -> list[Path]:
 def pairs(input_path: Path, mask_path: Path | None) -> list[tuple[Path, Path | None, Path]]:
     """(image, mask or None, relative output path) for a file or a folder of images."""
     if not input_path.exists():
-        raise FileNotFoundError(f"input: no such file or folder: {input_path}")
+        raise UserError(f"input: no such file or folder: {input_path}")
     if input_path.is_file():
         if mask_path is not None and not mask_path.is_file():
-            raise FileNotFoundError(f"mask_path: no such file: {mask_path}")
+            raise UserError(f"mask_path: no such file: {mask_path}")
         return [(input_path, mask_path, Path(input_path.stem + ".png"))]
     images = _images(input_path)
     if not images:
-        raise ValueError(f"input folder {input_path} holds no images")
+        raise UserError(f"input: folder {input_path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     if mask_path is not None and not mask_path.is_dir():
-        raise NotADirectoryError(
-            f"mask_path: with an input folder, mask_path must be a folder too: {mask_path}"
-        )
+        raise UserError(f"mask_path: with an input folder, mask_path must be a folder too: {mask_path}")
+    sources: dict[Path, Path] = {}
+    for image in images:
+        target = image.relative_to(input_path).with_suffix(".png")
+        if target in sources:
+            raise UserError(
+                f"input: {sources[target]} and {image} would both be written as {target}; rename one"
+            )
+        sources[target] = image
     out = []
     for image in images:
         relative = image.relative_to(input_path)
+        target = relative.with_suffix(".png")
         mask = None
         if mask_path is not None:
             candidates = [mask_path / relative.with_suffix(ext) for ext in (".png", relative.suffix)]
             mask = next((c for c in candidates if c.is_file()), None)
             if mask is None:
-                raise FileNotFoundError(f"mask_path: no mask for {image} (looked for {candidates[0]})")
-        out.append((image, mask, relative.with_suffix(".png")))
+                raise UserError(f"mask_path: no mask for {image} (looked for {candidates[0]})")
+        out.append((image, mask, target))
     return out
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(array).permute(2, 0, 1).float().div(127.5).sub(1).unsqueeze(0)
-
-
 def _save(tensor: torch.Tensor, path: Path) -> None:
-    array = ((tensor[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(tensor[0])).save(tmp, format="PNG")
+
+
+def _targets(cfg: DictConfig, jobs: list) -> tuple[Path, list[Path]]:
+    """The output folder (checked writable) and each job's output file."""
+    output = Path(cfg.output)
+    single_file = len(jobs) == 1 and Path(cfg.input).is_file()
+    if output.suffix.lower() in IMAGE_EXTENSIONS and not output.is_dir():
+        if not single_file:
+            raise UserError(f"output: {output} looks like a file name; with an input folder give a folder")
+        if output.suffix.lower() != ".png":
+            raise UserError(
+                f"output: results are PNG (lossless, known pixels stay exact); use {output.stem}.png"
+            )
+        writable_dir(output.parent, "output")
+        return output.parent, [output]
+    writable_dir(output, "output")
+    return output, [output / relative for _, _, relative in jobs]
+
+
+def _inpaint_one(generator, image_path, mask_path, target, cfg, device) -> list[Path]:
+    array = load_image(image_path)
+    mask = load_mask(mask_path, image_path, array.shape[:2])
+    image = to_tensor(array).unsqueeze(0).to(device)
+    hole = torch.from_numpy(mask)[None, None].to(device)
+    x1, _, completed, offsets = inpaint_padded(generator, image, hole)
+    _save(completed, target)
+    written = [target]
+    if cfg.save_coarse:
+        coarse = target.with_name(target.stem + "_coarse.png")
+        _save(x1 * hole + image * (1 - hole), coarse)
+        written.append(coarse)
+    if cfg.save_flow:
+        flow = resize_nearest(flow_to_image(offsets), tuple(image.shape[-2:]), align_corners=False)
+        flow_path = target.with_name(target.stem + "_flow.png")
+        _save(flow, flow_path)
+        written.append(flow_path)
+    return written
 
 
 def run(cfg: DictConfig) -> list[Path]:
     """Inpaint every image of ``cfg.input``; returns the written files."""
     device = resolve_device(cfg.device)
+    check_weights_path(cfg.weights)
     jobs = pairs(Path(cfg.input), Path(cfg.mask_path) if cfg.get("mask_path") else None)
-    output = Path(cfg.output)
+    output, targets = _targets(cfg, jobs)
     inputs = {p.resolve() for image, mask, _ in jobs for p in (image, mask) if p is not None}
-    targets = [output / rel for _, _, rel in jobs]
     clash = [t for t in targets if t.resolve() in inputs]
     if clash:
-        raise ValueError(f"output {clash[0]} would overwrite an input; choose another output folder")
+        raise UserError(f"output: {clash[0]} would overwrite an input; choose another output folder")
     generator = load_generator(cfg.weights, device)
-    written = []
+    written, skipped = [], []
     from rich.progress import track
 
-    for image_path, mask_path, relative in track(jobs, description="inpainting", disable=len(jobs) < 2):
-        array = load_image(image_path)
-        mask = load_mask(mask_path, image_path, array.shape[:2])
-        image = _to_tensor(array).to(device)
-        hole = torch.from_numpy(mask)[None, None].to(device)
-        x1, _, completed, offsets = inpaint_padded(generator, image, hole)
-        target = output / relative
-        _save(completed, target)
-        written.append(target)
-        if cfg.save_coarse:
-            coarse = target.with_name(target.stem + "_coarse.png")
-            _save(x1 * hole + image * (1 - hole), coarse)
-            written.append(coarse)
-        if cfg.save_flow:
-            flow = resize_nearest(flow_to_image(offsets), tuple(image.shape[-2:]), align_corners=False)
-            flow_path = target.with_name(target.stem + "_flow.png")
-            _save(flow, flow_path)
-            written.append(flow_path)
-    print(f"wrote {len(jobs)} inpainted image(s) to {output}", flush=True)
+    folder_mode = len(jobs) > 1 or Path(cfg.input).is_dir()
+    for (image_path, mask_path, _), target in track(
+        list(zip(jobs, targets, strict=True)), description="inpainting", disable=len(jobs) < 2
+    ):
+        try:
+            written += _inpaint_one(generator, image_path, mask_path, target, cfg, device)
+        except (UnreadableImageError, UserError) as error:
+            if not folder_mode:
+                raise
+            # One bad file does not stop the others; the run still ends with an error below.
+            reason = str(error) if str(image_path) in str(error) else f"{image_path}: {error}"
+            warnings.warn(f"skipped {reason}", RuntimeWarning, stacklevel=1)
+            skipped.append(image_path)
+    done = len(jobs) - len(skipped)
+    print(f"wrote {done} inpainted image(s) to {output}", flush=True)
+    if skipped:
+        names = ", ".join(str(p) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        raise UserError(
+            f"skipped {len(skipped)} of {len(jobs)} image(s) that could not be inpainted: {names}"
+        )
     return written
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="inpaint")
 def _hydra_main(cfg: DictConfig) -> None:
-    from .train import run_reporting_errors
-
-    run_reporting_errors(run, cfg, "deepfill-inpaint")
+    report_errors("deepfill-inpaint", run, cfg)
 
 
 def main() -> None:
     """Console entry point."""
     register_resolvers()
+    check_overrides("inpaint", "deepfill-inpaint")
     _hydra_main()
 
 

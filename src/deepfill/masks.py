@@ -11,6 +11,9 @@ function of ``(height, width, rng)``.
 * :func:`thin`, :func:`medium`, :func:`thick` — LaMa's evaluation presets, at any size.
 * :func:`mixed` — a weighted choice among generators, or their union (v2: box OR strokes).
 * :class:`FolderMasks` — mask images from a folder (e.g. the NVIDIA irregular mask set).
+* :func:`read_mask` — a mask image file as a hole map, by the one convention every command
+  uses: a pixel is hole when its value is >= 128 of 255 (:data:`HOLE_THRESHOLD`); for an image
+  with transparent pixels (a painted layer), when its alpha is >= 128.
 * :func:`bounded` — resample until the hole ratio is within bounds; never an empty mask.
 * :func:`eval_mask` — the deterministic mask of item ``i``: a function of ``(seed, i)`` only.
 """
@@ -18,6 +21,7 @@ function of ``(height, width, rng)``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,7 +29,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .errors import UnreadableImageError, UserError, report_errors
+from .files import atomic_path, writable_dir
+
 __all__ = [
+    "HOLE_THRESHOLD",
     "PRESETS",
     "FolderMasks",
     "MaskGenerator",
@@ -37,7 +45,9 @@ __all__ = [
     "irregular",
     "medium",
     "mixed",
+    "read_mask",
     "rectangle",
+    "resize_mask",
     "thick",
     "thin",
     "write_eval_set",
@@ -281,10 +291,61 @@ def bounded(
     return centered_rectangle(height, width, box=box)
 
 
+# Smallest side the mask generators are made for (stroke widths, box margins).
+MIN_MASK_SIDE = 16
+
+# One convention for every mask file (inpaint, eval's masks_dir, training folders): hole where
+# the 8-bit value is >= 128, so a mask saved as JPEG or with anti-aliased edges means the same
+# hole everywhere.
+HOLE_THRESHOLD = 128
+# Share of the pixels in the middle grey band past which a mask is reported as not binary.
+_GREY_BAND = (64, 191)
+_MAX_GREY_SHARE = 0.05
+
+
+def _binarise(values: np.ndarray, source: str) -> np.ndarray:
+    grey = float(np.mean((values >= _GREY_BAND[0]) & (values <= _GREY_BAND[1])))
+    if grey > _MAX_GREY_SHARE:
+        warnings.warn(
+            f"mask {source} is not binary: {grey:.0%} of its pixels are grey ({_GREY_BAND[0]}-"
+            f"{_GREY_BAND[1]}); pixels >= {HOLE_THRESHOLD} are taken as hole",
+            UserWarning,
+            stacklevel=3,
+        )
+    return values >= HOLE_THRESHOLD
+
+
+def read_mask(path: str | Path, invert: bool = False) -> np.ndarray:
+    """(H, W) bool hole map of a mask image file (True = hole).
+
+    A pixel is hole when its grey value is >= 128 (:data:`HOLE_THRESHOLD`); for a mask with
+    transparent pixels (a layer painted over a transparent background) when its alpha is >= 128.
+    ``invert`` swaps hole and known (for mask sets that mark the hole black). Warns when the
+    mask is not (nearly) binary; raises :class:`~deepfill.errors.UnreadableImageError` for a file
+    that is not an image."""
+    try:
+        with Image.open(path) as image:
+            has_alpha = "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
+            alpha = np.asarray(image.convert("RGBA"))[..., 3] if has_alpha else None
+            values = alpha if alpha is not None and (alpha < 255).any() else np.asarray(image.convert("L"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise UnreadableImageError(f"{path}: not a readable mask image ({error})") from error
+    hole = _binarise(values, str(path))
+    return ~hole if invert else hole
+
+
+def resize_mask(hole: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W) bool hole map -> (height, width) float32, nearest neighbour (stays binary)."""
+    if hole.shape == (height, width):
+        return hole.astype(np.float32)
+    resized = Image.fromarray(hole.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
+    return (np.asarray(resized) >= HOLE_THRESHOLD).astype(np.float32)
+
+
 class FolderMasks:
-    """Masks from image files (any size): resized with nearest, binarised by ``threshold``
-    (nonzero-ish = hole; ``invert`` for sets where black marks the hole), optionally flipped and
-    rotated by multiples of 90 degrees. ``__call__(height, width, rng)`` picks a file with ``rng``.
+    """Masks from image files (any size), read by :func:`read_mask` (``invert`` for sets where
+    black marks the hole), resized with nearest, optionally flipped and rotated by multiples of 90
+    degrees. ``__call__(height, width, rng)`` picks a file with ``rng``.
     """
 
     EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -292,7 +353,6 @@ class FolderMasks:
     def __init__(
         self,
         folder: str | Path,
-        threshold: float = 0.5,
         invert: bool = False,
         flip: bool = True,
         rotate: bool = True,
@@ -303,18 +363,13 @@ class FolderMasks:
         self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in self.EXTENSIONS)
         if not self.files:
             raise ValueError(f"mask folder {self.folder} holds no mask images ({', '.join(self.EXTENSIONS)})")
-        self.threshold, self.invert, self.flip, self.rotate = threshold, invert, flip, rotate
+        self.invert, self.flip, self.rotate = invert, flip, rotate
 
     def __len__(self) -> int:
         return len(self.files)
 
     def load(self, index: int, height: int, width: int) -> np.ndarray:
-        path = self.files[index]
-        with Image.open(path) as image:
-            gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-        mask = (gray > self.threshold) if not self.invert else (gray <= self.threshold)
-        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
-        return (np.asarray(resized) > 127).astype(np.float32)
+        return resize_mask(read_mask(self.files[index], self.invert), height, width)
 
     def __call__(self, height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
         index = int(rng.integers(0, len(self.files)))
@@ -352,18 +407,18 @@ def write_eval_set(
     import json
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown mask preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown mask preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if count < 1:
-        raise ValueError(f"count must be >= 1, got {count!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+        raise UserError(f"count must be >= 1, got {count!r}")
+    if min(height, width) < MIN_MASK_SIDE:
+        raise UserError(f"size must be at least {MIN_MASK_SIDE}x{MIN_MASK_SIDE}, got {height}x{width}")
+    out = writable_dir(out_dir, "out")
     paths = []
     for index in range(count):
         mask = eval_mask(PRESETS[preset], seed, index, height, width)[0].numpy()
         path = out / f"{index:06d}.png"
-        tmp = out / f".{index:06d}.png.tmp"
-        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
         paths.append(path)
     manifest = {"preset": preset, "seed": seed, "count": count, "height": height, "width": width}
     (out / "masks.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -373,7 +428,6 @@ def write_eval_set(
 def main(argv: list[str] | None = None) -> int:
     """``deepfill-make-masks``: write a fixed evaluation mask set as PNG files."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(
         prog="deepfill-make-masks",
@@ -385,11 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
-        paths = write_eval_set(args.out, args.preset, args.count, args.size[0], args.size[1], args.seed)
-    except (OSError, ValueError) as error:
-        print(f"deepfill-make-masks: error: {error}", file=sys.stderr)
-        return 2
+    paths = report_errors(
+        "deepfill-make-masks", write_eval_set, args.out, args.preset, args.count, *args.size, args.seed
+    )
     height, width = args.size
     print(f"wrote {len(paths)} {args.preset} masks ({height}x{width}, seed {args.seed}) to {args.out}")
     return 0

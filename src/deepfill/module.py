@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch.profiler import record_function
 
+from .errors import UserError
 from .losses import LossWeights, critic_loss, generator_loss, local_patches
 from .metrics import InpaintingMetrics, to_unit
 from .models import GlobalCritic, InpaintGenerator, LocalCritic
@@ -148,15 +149,18 @@ class DeepFillModule(pl.LightningModule):
     @staticmethod
     def generator_from_checkpoint(path: str, map_location: str | torch.device = "cpu") -> InpaintGenerator:
         """Rebuild the trained generator from a Lightning checkpoint of this module."""
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        config = checkpoint.get("hyper_parameters", {}).get("generator")
-        if config is None:
-            raise ValueError(f"{path}: not a DeepFillModule checkpoint (no generator hyper-parameters)")
+        from .checkpoints import check_state_dict, read_checkpoint
+
+        checkpoint = read_checkpoint(path, "weights", weights_only=False)
+        config = (checkpoint.get("hyper_parameters") or {}).get("generator")
+        if config is None or not isinstance(checkpoint.get("state_dict"), dict):
+            raise UserError(f"weights: {path} is not a training checkpoint of this project (no generator)")
         generator = InpaintGenerator(**config)
         prefix = "generator."
         state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        check_state_dict(generator, state, "weights", path)
         generator.load_state_dict(state)
-        return generator.eval()
+        return generator.to(map_location).eval()
 
     # ------------------------------------------------------------------ helpers
     @property

@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .checkpoints import check_state_dict, read_checkpoint
+from .errors import UserError, report_errors
+from .files import atomic_path, writable_file
 from .models.critics import Critic, GlobalCritic, LocalCritic
 from .models.generator import InpaintGenerator
 from .tf_checkpoint import read_tf_checkpoint
@@ -145,11 +148,32 @@ def _read_variables(path: Path, wanted, backend: str) -> dict[str, np.ndarray]:
     if path.suffix == ".npz":
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such .npz file")
-        with np.load(path) as data:
-            return _normalise_npz_names({k: data[k] for k in data.files})
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return _normalise_npz_names({k: data[k] for k in data.files})
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise UserError(
+                f"{path}: not a readable .npz of official variables (truncated or another format?): "
+                f"{str(error).splitlines()[0][:120] if str(error) else type(error).__name__}"
+            ) from None
     if not path.exists() and not Path(f"{path}.index").exists():
         raise FileNotFoundError(f"{path}: no such checkpoint folder or prefix")
     return read_tf_checkpoint(path, names=wanted, backend=backend)
+
+
+def _converted_generator(path: Path, generator_kwargs: dict) -> InpaintGenerator:
+    """A generator from a ``.pt`` of ``deepfill-convert`` (or any ``{"state_dict": ...}``): its
+    stored constructor arguments, or for older files the width read off the first kernel."""
+    payload = read_checkpoint(path, "weights")
+    state = payload.get("state_dict", payload)
+    config = dict(payload.get("config") or {})
+    first = state.get("coarse.conv1.weight")
+    if not config and isinstance(first, torch.Tensor) and first.ndim == 4:
+        config["cnum"] = int(first.shape[0])
+    generator = InpaintGenerator(**(config | generator_kwargs))
+    check_state_dict(generator, state, "weights", path)
+    generator.load_state_dict(state)
+    return generator
 
 
 def load_official_v1(
@@ -159,23 +183,19 @@ def load_official_v1(
 
     Args:
         path: a TF checkpoint folder or prefix (``.../snap-0``), an ``.npz`` of
-            ``{tf_variable_name: array}``, or a ``.pt`` written by ``deepfill-convert``.
+            ``{tf_variable_name: array}``, or a ``.pt`` written by ``deepfill-convert`` (its
+            generator settings, e.g. ``cnum``, come from the file).
         bgr_to_rgb: permute colour channels so the model takes RGB, as every other part of
             this project does. ``False`` keeps the official BGR convention.
         backend: TF checkpoint reader (see :func:`deepfill.tf_checkpoint.read_tf_checkpoint`).
         generator_kwargs: passed to :class:`InpaintGenerator` (e.g. ``attention={"chunk_size": ...}``).
     """
     p = Path(path)
-    generator = InpaintGenerator(**generator_kwargs)
     if p.suffix == ".pt":
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such converted weights file")
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-        state = payload.get("state_dict", payload)
-    else:
-        variables = _read_variables(p, tf_variable_names(generator).values(), backend)
-        state = official_state_dict(variables, generator, bgr_to_rgb=bgr_to_rgb)
-    generator.load_state_dict(state)
+        return _converted_generator(p, generator_kwargs).eval()
+    generator = InpaintGenerator(**generator_kwargs)
+    variables = _read_variables(p, tf_variable_names(generator).values(), backend)
+    generator.load_state_dict(official_state_dict(variables, generator, bgr_to_rgb=bgr_to_rgb))
     return generator.eval()
 
 
@@ -209,21 +229,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-bgr", action="store_true", help="keep the official BGR channel order")
     parser.add_argument("--backend", choices=("auto", "python", "tensorflow"), default="auto")
     args = parser.parse_args(argv)
-    try:
-        generator = load_official_v1(args.checkpoint, bgr_to_rgb=not args.keep_bgr, backend=args.backend)
-    except (OSError, ValueError) as error:
-        print(f"deepfill-convert: error: {error}", file=sys.stderr)
-        return 2
+    return report_errors("deepfill-convert", _convert, args)
+
+
+def _convert(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    writable_file(out, "output")  # before the (slow) read of the checkpoint
+    generator = load_official_v1(args.checkpoint, bgr_to_rgb=not args.keep_bgr, backend=args.backend)
     payload = {
         "state_dict": generator.state_dict(),
+        "config": generator.config,
         "source": str(args.checkpoint),
         "channel_order": "bgr" if args.keep_bgr else "rgb",
     }
-    torch.save(payload, tmp)
-    os.replace(tmp, out)  # atomic: a crash never leaves a half-written file behind
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
     count = sum(p.numel() for p in generator.parameters())
     print(f"wrote {out} ({count:,} parameters, {payload['channel_order'].upper()} input)")
     return 0

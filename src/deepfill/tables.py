@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .files import atomic_path
 
 __all__ = ["write_table"]
 
 
 def _replace_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_table(
@@ -29,13 +29,10 @@ def write_table(
 
     ``title`` (markdown, optional) goes above the markdown table; floats there use ``float_format``.
     """
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, csv_path)
 
     def cell(value: Any) -> str:
         return format(value, float_format) if isinstance(value, float) else str(value)

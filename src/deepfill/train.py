@@ -9,7 +9,6 @@ deepfill-train -m +sweep=attention launcher=local_gpus         # a sweep, one GP
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -19,7 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
-from .config import CONFIG_DIR, register_resolvers, wandb_has_credentials
+from .config import CONFIG_DIR, check_overrides, register_resolvers, wandb_has_credentials
+from .errors import ConfigError, report_errors
 
 __all__ = ["main", "train"]
 
@@ -29,10 +29,17 @@ def _set_matmul_precision(cfg: DictConfig) -> None:
     if value is None:
         return
     if value not in ("highest", "high", "medium"):
-        from .validation import ConfigError
-
         raise ConfigError(f"float32_matmul_precision: must be 'highest', 'high' or 'medium', got {value!r}")
     torch.set_float32_matmul_precision(value)
+
+
+def _check_accelerator(cfg: DictConfig) -> None:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}: no CUDA GPU is available here; "
+            "use trainer=cpu (or trainer=auto, which takes a GPU when there is one)"
+        )
 
 
 def _resolve_precision(cfg: DictConfig) -> None:
@@ -80,8 +87,6 @@ def _check_optimized_metric(cfg: DictConfig, model: pl.LightningModule) -> None:
     hint = " (LPIPS is off or its weights are missing)" if "lpips" in key else ""
     message = f"optimized_metric: {key!r} is not computed by this run{hint}"
     if _optuna_sweep():
-        from .validation import ConfigError
-
         raise ConfigError(f"{message}; computed: {computed}")
     print(f"warning: {message}; the sweep table ranks runs by val/psnr instead", flush=True)
 
@@ -105,6 +110,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from .validation import validate_config
 
     validate_config(cfg)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path: no such file: {cfg.ckpt_path}")
     out = Path(cfg.paths.output_dir)
     is_rank_zero = rank_zero_only.rank == 0
     resume = bool(cfg.get("resume"))
@@ -141,6 +148,7 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
     # measurable in the results. Only CPU arithmetic is affected.
     torch.set_flush_denormal(True)
     _set_matmul_precision(cfg)
+    _check_accelerator(cfg)
     _resolve_precision(cfg)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
@@ -150,8 +158,10 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path: no such checkpoint: {cfg.ckpt_path}")
+    if cfg.get("ckpt_path"):
+        from .checkpoints import check_resume_checkpoint
+
+        check_resume_checkpoint(model, cfg.ckpt_path)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if not trainer.fast_dev_run and not any(k.startswith("val/") for k in metrics):
@@ -214,19 +224,6 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, loggers: list) -> None:
     print("\n".join(lines), flush=True)
 
 
-def run_reporting_errors(task, cfg: DictConfig, prog: str):
-    """Run ``task(cfg)``; a configuration or input error ends with one line and exit status 2."""
-    from .validation import is_user_error, user_error_message
-
-    try:
-        return task(cfg)
-    except Exception as error:
-        if not is_user_error(error):
-            raise
-        print(f"{prog}: error: {user_error_message(error)}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-
-
 def claim_job_devices(cfg: DictConfig) -> list[str]:
     """With ``launcher=local_gpus``: give this job process its own GPU before CUDA starts."""
     spec = cfg.get("job_devices")
@@ -245,7 +242,7 @@ def _train_job(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    metrics = run_reporting_errors(_train_job, cfg, "deepfill-train")
+    metrics = report_errors("deepfill-train", _train_job, cfg)
     # Sweepers (Optuna) optimise the value returned here.
     key = cfg.get("optimized_metric")
     return metrics.get(key) if key else None
@@ -254,6 +251,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry point."""
     register_resolvers()
+    check_overrides("train", "deepfill-train")
     _hydra_main()
 
 

@@ -10,17 +10,53 @@ from __future__ import annotations
 import difflib
 import inspect
 
-from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .devices import DeviceClaimError
+from .errors import ConfigError, is_user_error, user_error_message
 
-__all__ = ["ConfigError", "is_user_error", "validate_config"]
+__all__ = ["ConfigError", "is_user_error", "user_error_message", "validate_config"]
 
 
-class ConfigError(ValueError):
-    """An invalid configuration value or key."""
+def _unknown_key(path: str, key: str, params, owner: str) -> ConfigError:
+    close = difflib.get_close_matches(str(key), list(params), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{path}.{key}: unknown key for {owner}{hint}")
+
+
+_KINDS = {"bool": "true or false", "int": "an integer", "float": "a number"}
+
+
+def _check_type(node: DictConfig, key: str, parameter: inspect.Parameter, path: str) -> None:
+    """A value of another kind than a parameter annotated plainly ``int``, ``float`` or ``bool``
+    (``cnum=abc``) is named here, not left to fail deep inside the constructor."""
+    annotation = parameter.annotation
+    kind = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    if kind not in _KINDS or OmegaConf.is_missing(node, key):
+        return
+    value = node._get_node(key)._value()
+    if value is None or (isinstance(value, str) and "${" in value):
+        return  # null (the constructor decides) or an interpolation, resolved later
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok:
+        raise ConfigError(f"{path}: expected {_KINDS[kind]}, got {value!r}")
+
+
+def _check_nested(node: DictConfig, path: str, obj) -> None:
+    """Keys of dict arguments that a target forwards to another class (``nested_arguments``)."""
+    for name, inner in getattr(obj, "nested_arguments", {}).items():
+        child = node.get(name) if name in node else None
+        if not isinstance(child, DictConfig):
+            continue
+        params = inspect.signature(inner).parameters
+        for key in child:
+            if key not in params:
+                raise _unknown_key(f"{path}.{name}", key, params, inner.__name__)
 
 
 def _check_targets(node, path: str) -> None:
@@ -43,11 +79,12 @@ def _check_targets(node, path: str) -> None:
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if params and not takes_any:
             for key in node:
-                if str(key).startswith("_") or key in params:
+                if str(key).startswith("_"):
                     continue
-                close = difflib.get_close_matches(str(key), list(params), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"{path}.{key}: unknown key for {target}{hint}")
+                if key not in params:
+                    raise _unknown_key(path, key, params, target)
+                _check_type(node, key, params[key], f"{path}.{key}")
+        _check_nested(node, path, obj)
     for key in node:
         if str(key).startswith("_"):
             continue
@@ -124,20 +161,3 @@ def validate_config(cfg: DictConfig) -> None:
     _require(
         isinstance(n_critic, int) and n_critic >= 1, "model.n_critic", "must be an integer >= 1", n_critic
     )
-
-
-_USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, KeyError, DeviceClaimError)
-
-
-def is_user_error(error: BaseException) -> bool:
-    """Errors caused by configuration or input (reported in one line, not as a traceback)."""
-    if isinstance(error, InstantiationException):
-        return error.__cause__ is not None and is_user_error(error.__cause__)
-    return isinstance(error, _USER_ERRORS)
-
-
-def user_error_message(error: BaseException) -> str:
-    """The one line to print for a user error (the innermost cause of an instantiation error)."""
-    if isinstance(error, InstantiationException) and error.__cause__ is not None:
-        return user_error_message(error.__cause__)
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -11,9 +11,14 @@ from PIL import Image
 from .models.contextual_attention import flow_to_image
 from .models.layers import resize_nearest
 
-__all__ = ["COLUMNS", "comparison_grid", "inpainting_grid", "log_grid"]
+__all__ = ["COLUMNS", "comparison_grid", "inpainting_grid", "log_grid", "to_uint8"]
 
 COLUMNS = ("input", "coarse", "refined", "composite", "ground truth", "attention flow")
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3,H,W) in [-1,1] -> (H,W,3) uint8, rounded (the inverse of the data's conversion)."""
+    return ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 def inpainting_grid(
@@ -33,7 +38,7 @@ def inpainting_grid(
     flow = resize_nearest(flow_to_image(offsets[:n]), tuple(image.shape[-2:]), align_corners=False)
     columns = [holed, x1, x2, composite, image, flow.to(image.device)]
     rows = torch.cat([torch.cat(list(col), dim=-1) for col in zip(*columns, strict=True)], dim=-2)
-    return ((rows.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return to_uint8(rows)
 
 
 def comparison_grid(
@@ -51,7 +56,7 @@ def comparison_grid(
     columns += [out.float() * mask + image * (1 - mask) for out in outputs.values()]
     columns += [flow.to(image.device), image]
     rows = torch.cat([torch.cat(list(col), dim=-1) for col in zip(*columns, strict=True)], dim=-2)
-    grid = ((rows.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    grid = to_uint8(rows)
     return grid, ["input", *outputs, "attention flow", "ground truth"]
 
 

@@ -9,6 +9,7 @@ stage), so the TF variable ``inpaint_net/<layer>/kernel`` maps to ``<stage>.<lay
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -231,6 +232,9 @@ class InpaintGenerator(nn.Module):
         is ignored). mask: (1 or N,1,H,W), 1 = hole. x_stage1, x_stage2: (N,3,H,W) in [-1,1].
         offsets: (N,2,H/4/rate,W/4/rate) attention offsets (see :func:`deepfill.flow_to_image`).
     """
+
+    # Dict arguments forwarded as keyword arguments: config validation checks their keys.
+    nested_arguments: ClassVar[dict[str, type]] = {"attention": ContextualAttention}
 
     def __init__(
         self,

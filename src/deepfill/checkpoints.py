@@ -1,0 +1,111 @@
+"""Read PyTorch checkpoint files and fit them to a model, with one-line errors for files that are
+missing, truncated, of another format or of another model size."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+__all__ = [
+    "check_resume_checkpoint",
+    "check_state_dict",
+    "check_weights_path",
+    "describe_differences",
+    "read_checkpoint",
+]
+
+
+def read_checkpoint(path: str | os.PathLike, key: str, weights_only: bool = True) -> dict[str, Any]:
+    """The dict stored in a ``.pt``/``.ckpt`` file; ``key`` names the setting in messages.
+
+    Raises :class:`UserError` (one line) for a missing file, a folder, or a file ``torch.load``
+    cannot read (truncated, another format)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{key}: no such file: {path}")
+    if path.is_dir():
+        raise UserError(f"{key}: {path} is a folder, expected a checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=False)
+    except Exception as error:  # torch raises many types for a bad file; all mean the same here
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        # torch's own messages run to paragraphs of advice that does not apply here.
+        reason = f" ({first})" if first and len(first) <= 80 else ""
+        raise UserError(
+            f"{key}: {path} is not a readable PyTorch checkpoint: truncated, or another format{reason}"
+        ) from None
+    if not isinstance(payload, dict):
+        raise UserError(f"{key}: {path} holds a {type(payload).__name__}, expected a checkpoint dict")
+    return payload
+
+
+def check_weights_path(path: str | os.PathLike, key: str = "weights") -> Path:
+    """A weights path exists: a file, a checkpoint folder, or a TF prefix (``snap-0`` with its
+    ``snap-0.index``). Cheap, so commands check it before any other work."""
+    path = Path(path)
+    if not (path.exists() or Path(f"{path}.index").exists()):
+        raise UserError(f"{key}: no such file or folder: {path}")
+    return path
+
+
+def _flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for name, value in config.items():
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, f"{prefix}{name}.")
+        else:
+            flat[f"{prefix}{name}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def describe_differences(stored: Mapping, current: Mapping, limit: int = 3) -> str:
+    """``"generator.cnum: 32 in the file, 16 here; ..."`` for the keys both configs hold."""
+    a, b = _flatten(stored), _flatten(current)
+    diffs = [f"{k}: {a[k]!r} in the file, {b[k]!r} here" for k in a if k in b and a[k] != b[k]]
+    more = f" (and {len(diffs) - limit} more)" if len(diffs) > limit else ""
+    return "; ".join(diffs[:limit]) + more
+
+
+def check_state_dict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], key: str, path: str | os.PathLike, hint: str = ""
+) -> None:
+    """Raise :class:`UserError` (one line) unless ``state`` has exactly ``module``'s tensors and
+    shapes; ``hint`` (e.g. the differing hyper-parameters) is appended to the message."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    if mismatched:
+        k = mismatched[0]
+        parts.append(
+            f"{len(mismatched)} tensor(s) of another shape (e.g. {k}: {tuple(state[k].shape)} in the "
+            f"file, {tuple(own[k].shape)} here)"
+        )
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    why = f"; {hint}" if hint else ""
+    raise UserError(f"{key}: {path} does not fit this model: {', '.join(parts)}{why}")
+
+
+def check_resume_checkpoint(model: nn.Module, path: str | os.PathLike, key: str = "ckpt_path") -> None:
+    """Before ``trainer.fit(ckpt_path=...)``: the file is a readable training checkpoint whose
+    tensors fit ``model`` (a LightningModule); otherwise one line naming the hyper-parameters
+    that differ (``generator.cnum: 32 in the file, 16 here``)."""
+    checkpoint = read_checkpoint(path, key, weights_only=False)
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or "hyper_parameters" not in checkpoint:
+        raise UserError(f"{key}: {path} is not a training checkpoint (no state_dict/hyper_parameters)")
+    hint = describe_differences(checkpoint["hyper_parameters"], dict(getattr(model, "hparams", {})))
+    check_state_dict(model, state, key, path, hint=f"trained with {hint}" if hint else "")

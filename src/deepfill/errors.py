@@ -1,0 +1,133 @@
+"""One error path for every command: a user's mistake ends in one line and exit status 2, an
+interruption in one line and exit status 130, and a bug in our own code keeps its traceback.
+
+User errors are the ones a user can fix by changing a key, a value or a file: :class:`UserError`
+(and :class:`ConfigError`), missing or unwritable paths, and what Lightning calls a
+misconfiguration. Everything else (a ``KeyError``, ``IndexError``, ``TypeError`` raised by our own
+code) is a bug and is shown with its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
+
+__all__ = [
+    "ConfigError",
+    "UnreadableImageError",
+    "UserError",
+    "is_user_error",
+    "report_errors",
+    "user_error_message",
+]
+
+T = TypeVar("T")
+
+# Exit statuses: argparse's for usage errors, the shell's for SIGINT.
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(ValueError):
+    """Bad input from the user (a file, a key, a value): reported as one line."""
+
+
+class ConfigError(UserError):
+    """An invalid configuration value or key."""
+
+
+class UnreadableImageError(OSError):
+    """A file that cannot be decoded as an image (an OSError, as PIL's own errors are)."""
+
+
+def _is_misconfiguration(error: BaseException) -> bool:
+    try:
+        from lightning_fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:  # pragma: no cover - Lightning is a dependency
+        return False
+    return isinstance(error, MisconfigurationException)
+
+
+def _is_config_type_error(error: BaseException) -> bool:
+    # Hydra instantiating a _target_ with a key its signature lacks (a misspelt nested key).
+    text = str(error)
+    return isinstance(error, TypeError) and (
+        "unexpected keyword argument" in text or "missing 1 required positional argument" in text
+    )
+
+
+def is_user_error(error: BaseException) -> bool:
+    """True for errors caused by the configuration or the input, reported in one line."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(error, InstantiationException):
+        cause = error.__cause__
+        return cause is not None and (is_user_error(cause) or _is_config_type_error(cause))
+    if isinstance(error, UserError | UnreadableImageError):
+        return True
+    if isinstance(error, FileNotFoundError | NotADirectoryError | IsADirectoryError):
+        return True
+    if isinstance(error, PermissionError | FileExistsError):
+        return True
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(error, MissingMandatoryValue):
+        return True
+    from .devices import DeviceClaimError
+
+    if isinstance(error, DeviceClaimError):
+        return True
+    # Constructors check their own arguments with ValueError ("image_size must be ...").
+    if type(error) is ValueError:
+        return True
+    return _is_misconfiguration(error)
+
+
+def user_error_message(error: BaseException) -> str:
+    """The one line to print for a user error (the innermost cause of an instantiation error)."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(error, InstantiationException) and error.__cause__ is not None:
+        cause = error.__cause__
+        if _is_config_type_error(cause):
+            return f"{_instantiation_target(error)}{str(cause).strip().splitlines()[0]}"
+        return user_error_message(cause)
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(error, MissingMandatoryValue):
+        key = getattr(error, "full_key", None) or "a key"
+        return f"{key}: required, give it on the command line ({key}=...)"
+    if isinstance(error, OSError) and error.filename is not None and error.strerror is not None:
+        return f"{error.filename}: {error.strerror}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _instantiation_target(error: BaseException) -> str:
+    # Hydra's message reads "Error in call to target 'pkg.Class':\n..." or names the full key.
+    for line in str(error).splitlines():
+        if "full_key:" in line:
+            return line.split("full_key:", 1)[1].strip() + ": "
+    return ""
+
+
+def report_errors(prog: str, task: Callable[..., T], *args, **kwargs) -> T:
+    """Run ``task``; a user error ends with ``<prog>: error: <one line>`` and exit status 2,
+    Ctrl-C with ``<prog>: interrupted`` and 130. Other errors propagate with their traceback."""
+    formatwarning = warnings.formatwarning
+    # Warnings as one line each, in the same voice as the errors.
+    warnings.formatwarning = lambda message, category, *_, **__: f"{prog}: warning: {message}\n"
+    try:
+        return task(*args, **kwargs)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except Exception as error:
+        if not is_user_error(error):
+            raise
+        print(f"{prog}: error: {user_error_message(error)}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    finally:
+        warnings.formatwarning = formatwarning

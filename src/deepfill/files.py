@@ -1,0 +1,71 @@
+"""Writing files safely: outputs checked before any work starts, and written atomically (a
+temporary file in the same folder, renamed over the target), so an interrupted or failed write
+never leaves a half-written file or a stray temporary behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import UserError
+
+__all__ = ["atomic_path", "writable_dir", "writable_file"]
+
+
+def _first_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def writable_dir(path: str | os.PathLike, key: str) -> Path:
+    """Create folder ``path`` (with parents) and make sure files can be written into it.
+
+    Raises :class:`UserError` naming ``key`` when it is a file, lies under a file, or cannot be
+    written to."""
+    path = Path(path)
+    existing = _first_existing(path)
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {existing}"
+        raise UserError(f"{key}: {path} {where}; expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UserError(f"{key}: cannot write into {path} ({error.strerror or error})") from None
+    return path
+
+
+def writable_file(path: str | os.PathLike, key: str) -> Path:
+    """Check that file ``path`` can be (over)written: not a folder, its folder writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{key}: {path} is a folder; expected a file name")
+    writable_dir(path.parent, key)
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename,
+    on any error (or Ctrl-C) it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

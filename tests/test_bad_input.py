@@ -1,0 +1,348 @@
+"""Bad input to every command, as a user would give it: each case must end with exit status 2 and
+one line ``<command>: error: ...`` naming the file, key or value, never a traceback; and what was
+already written must stay whole."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from conftest import run_cli
+from deepfill.models import InpaintGenerator
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the case asks for")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A workspace of good and bad files: weights, images, masks, checkpoints."""
+    root = tmp_path_factory.mktemp("bad")
+    torch.manual_seed(0)
+    torch.save({"state_dict": InpaintGenerator(cnum=8).state_dict()}, root / "w.pt")
+    (root / "garbage.pt").write_bytes(b"not a checkpoint " * 64)
+    (root / "garbage.npz").write_bytes(b"PK\x03\x04 not a zip")
+    (root / "trunc.ckpt").write_bytes(b"PK\x03\x04" + bytes(60))
+    (root / "afile").write_text("a file, not a folder")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    for folder in ("imgs", "trunc", "dup", "fake", "masks_one", "masks_empty", "masks_trunc"):
+        (root / folder).mkdir()
+    Image.fromarray(image).save(root / "imgs" / "a.png")
+    Image.fromarray(image).save(root / "imgs" / "b.jpg")
+    data = (root / "imgs" / "a.png").read_bytes()
+    (root / "trunc" / "b.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(image).save(root / "dup" / "x.jpg")
+    Image.fromarray(image).save(root / "dup" / "x.jpeg")
+    for i in range(4):
+        (root / "fake" / f"{i}.jpg").write_text("not an image")
+    hole = np.zeros((64, 80), np.uint8)
+    hole[20:40, 20:50] = 255
+    Image.fromarray(hole).save(root / "mask.png")
+    Image.fromarray(hole).save(root / "masks_one" / "000000.png")
+    Image.fromarray(hole).save(root / "masks_trunc" / "000000.png")
+    (root / "masks_trunc" / "000001.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(hole).save(root / "masks_empty" / "000000.png")
+    Image.fromarray(np.zeros_like(hole)).save(root / "masks_empty" / "000001.png")
+    Image.fromarray(np.full_like(hole, 100)).save(root / "grey_mask.png")
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(root / "small_mask.png")
+    return root
+
+
+def _resume_checkpoint(ws: Path) -> Path:
+    """A training checkpoint of a cnum-16 model: state_dict and hyper-parameters as saved."""
+    from test_train import compose_cfg
+
+    path = ws / "cnum16.ckpt"
+    if not path.exists():
+        cfg = compose_cfg(["debug=fast_dev_run", "model.generator.cnum=16"], ws / "compose")
+        module = instantiate(cfg.model)
+        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+INPAINT = "deepfill-inpaint"
+EVAL = "deepfill-eval"
+TRAIN = "deepfill-train"
+TRAIN_FAST = ("debug=fast_dev_run", "logger=csv", "data.batch_size=1")
+
+# (command, arguments, what the error line must contain); {ws} is the workspace.
+CASES = [
+    (INPAINT, ["input={ws}/imgs/a.png"], "weights: required"),
+    (INPAINT, ["weights={ws}/nowhere.pt", "input={ws}/imgs"], "weights: no such file or folder"),
+    (INPAINT, ["weights={ws}/garbage.pt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "garbage.pt is not a readable PyTorch checkpoint"),
+    (INPAINT, ["weights={ws}/trunc.ckpt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "trunc.ckpt is not a readable PyTorch checkpoint"),
+    (INPAINT, ["weights={ws}/garbage.npz", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "garbage.npz: not a readable .npz"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/dup", "mask_path={ws}/imgs"], "would both be written as x.png"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/trunc/b.png", "mask_path={ws}/mask.png"], "b.png: OSError: image file is truncated"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png", "output={ws}/afile"], "output: {ws}/afile is a file"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png", "output={ws}/afile/sub"], "lies under the file {ws}/afile"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs", "mask_path={ws}/imgs", "output={ws}/result.png"], "output: {ws}/result.png looks like a file name"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png", "output={ws}/r.jpg"], "use r.png"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png", "mask_path={ws}/grey_mask.png"], "grey_mask.png marks no hole"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png", "mask_path={ws}/small_mask.png"], "is 10x10 but image"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png"], "a.png: no mask given"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png", "mask_pth={ws}/mask.png"], "mask_pth: unknown key (did you mean 'mask_path'?)"),
+    pytest.param(INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png", "device=gpu"], "device=cuda: no CUDA GPU", marks=NO_GPU),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png", "device=tpu9"], "device: unknown device 'tpu9'"),
+    (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/fake", "lpips=false"], "4 of 4 images are unreadable"),
+    (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "limit=0"], "limit: must be a positive number"),
+    (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "limit=-1"], "limit: must be a positive number"),
+    (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "masks_dir={ws}/masks_one"], "masks_dir: 1 mask file(s) for 2 images"),
+    (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "masks_dir={ws}/masks_empty"], "masks_empty/000001.png marks no hole"),
+    (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "masks_dir={ws}/masks_trunc"], "000001.png: not a readable mask image"),
+    (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "baselines=[telea]"], "baselines: unknown baseline 'telea'"),
+    (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/nowhere", "lpips=false"], "image folder not found: {ws}/nowhere"),
+    (TRAIN, ["trainer=gpux"], "Could not find 'trainer/gpux'; available: auto, cpu"),
+    (TRAIN, ["data.batch_sze=3"], "data.batch_sze: unknown key (did you mean 'data.batch_size'?)"),
+    (TRAIN, ["+model.generator.attention.kszie=5"], "model.generator.attention.kszie: unknown key for ContextualAttention (did you mean 'ksize'?)"),
+    (TRAIN, ["model.generator.cnum=abc"], "model.generator.cnum: expected an integer, got 'abc'"),
+    pytest.param(TRAIN, ["trainer=gpu"], "trainer.accelerator=gpu: no CUDA GPU", marks=NO_GPU),
+    (TRAIN, ["ckpt_path={ws}/trunc.ckpt"], "trunc.ckpt is not a readable PyTorch checkpoint"),
+    (TRAIN, ["ckpt_path={ws}/cnum16.ckpt", "model.generator.cnum=8"], "trained with generator.cnum: 16 in the file, 8 here"),
+    (TRAIN, ["data=folder", "data.train.root={ws}/fake", "data.val.root={ws}/imgs"], "4 of 4 images are unreadable"),
+    (TRAIN, ["experiment=quickstart", "data=folder", "data.train.root={ws}/fake", "data.val.root={ws}/imgs"], "4 of 4 images are unreadable"),
+    ("deepfill-convert", ["{ws}/garbage.pt", "{ws}/out.pt"], "garbage.pt is not a readable PyTorch checkpoint"),
+    ("deepfill-convert", ["{ws}/garbage.npz", "{ws}/imgs"], "output: {ws}/imgs is a folder"),
+    ("deepfill-make-masks", ["{ws}/masks_new", "--size", "0", "64"], "size must be at least 16x16, got 0x64"),
+    ("deepfill-make-masks", ["{ws}/masks_new", "--count", "0"], "count must be >= 1, got 0"),
+    ("deepfill-make-masks", ["{ws}/afile/masks"], "out: {ws}/afile/masks lies under the file"),
+]  # fmt: skip
+
+
+def _id(param) -> str:
+    values = param.values if hasattr(param, "values") else param
+    return f"{values[0].removeprefix('deepfill-')}:{values[2][:40]}"
+
+
+def _assert_one_line_error(result, command: str, expected: str) -> None:
+    err = result.stderr
+    assert "Traceback" not in err and "Traceback" not in result.stdout, err[-3000:]
+    assert result.returncode == 2, err[-3000:]
+    ours = [line for line in err.splitlines() if line.startswith(f"{command}: error:")]
+    assert len(ours) == 1, err[-3000:]
+    assert err.strip().splitlines()[-1] == ours[0]
+    assert expected in ours[0], ours[0]
+
+
+@pytest.mark.parametrize(("command", "args", "expected"), CASES, ids=[_id(c) for c in CASES])
+def test_bad_input_ends_in_one_line(ws, tmp_path, command, args, expected) -> None:
+    args = [a.format(ws=ws) for a in args]
+    if command == TRAIN:
+        if any("cnum16" in a for a in args):
+            _resume_checkpoint(ws)
+        args = [*TRAIN_FAST, *args]
+    if command in (INPAINT, EVAL, TRAIN):
+        args = [*args, f"hydra.run.dir={tmp_path}/run"]
+    before = sorted(p.relative_to(ws).as_posix() for p in ws.rglob("*"))
+    result = run_cli(command, *args, cwd=tmp_path)
+    _assert_one_line_error(result, command, expected.format(ws=ws))
+    after = sorted(p.relative_to(ws).as_posix() for p in ws.rglob("*"))
+    # Nothing was written into the workspace: no half files, no temporaries, no empty folders.
+    assert after == before
+
+
+def test_a_bad_image_in_a_folder_is_skipped_and_reported_after_the_others(ws, tmp_path) -> None:
+    photos = tmp_path / "photos"
+    shutil.copytree(ws / "imgs", photos)
+    shutil.copy(ws / "trunc" / "b.png", photos / "c.png")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(ws / "mask.png", masks / f"{name}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.png").write_bytes(b"written by an earlier run")
+    result = run_cli(
+        INPAINT,
+        f"weights={ws}/w.pt",
+        f"input={photos}",
+        f"mask_path={masks}",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    _assert_one_line_error(
+        result, INPAINT, f"skipped 1 of 3 image(s) that could not be inpainted: {photos}/c.png"
+    )
+    assert f"{INPAINT}: warning: skipped {photos}/c.png" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "earlier.png"]
+    for name in ("a.png", "b.png"):  # complete PNGs of the right size
+        with Image.open(out / name) as image:
+            assert image.size == (80, 64)
+            image.load()
+    assert (out / "earlier.png").read_bytes() == b"written by an earlier run"
+
+
+def test_single_output_file_is_written_where_asked(ws, tmp_path) -> None:
+    result = run_cli(
+        INPAINT,
+        f"weights={ws}/w.pt",
+        f"input={ws}/imgs/a.png",
+        f"mask_path={ws}/mask.png",
+        f"output={tmp_path}/filled.png",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "filled.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["filled.png", "run"]
+
+
+def test_convert_failure_keeps_an_existing_output_and_leaves_no_temporary(ws, tmp_path) -> None:
+    out = tmp_path / "v1.pt"
+    out.write_bytes(b"an earlier conversion")
+    result = run_cli("deepfill-convert", str(ws / "garbage.npz"), str(out), cwd=tmp_path)
+    _assert_one_line_error(result, "deepfill-convert", "garbage.npz: not a readable .npz")
+    assert out.read_bytes() == b"an earlier conversion"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1.pt"]
+
+
+def test_weights_of_another_width_load_with_their_own_width(ws, tmp_path) -> None:
+    # A converted .pt of a cnum-8 model: its width is read off the file, not assumed.
+    result = run_cli(
+        EVAL,
+        f"weights={ws}/w.pt",
+        "data=folder",
+        f"data.val.root={ws}/imgs",
+        "lpips=false",
+        f"output={tmp_path}/eval",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "eval" / "metrics.csv").is_file()
+
+
+# ----------------------------------------------------------------- the pieces behind the commands
+
+
+def test_one_mask_convention_in_every_command(tmp_path) -> None:
+    """The same file means the same hole to inpaint, eval's masks_dir and training's FolderMasks:
+    value >= 128 is hole, also after JPEG compression and anti-aliasing."""
+    from deepfill.eval import _file_mask
+    from deepfill.inpaint import load_mask
+    from deepfill.masks import HOLE_THRESHOLD, FolderMasks, read_mask
+
+    values = np.zeros((64, 80), np.uint8)
+    values[16:48, 20:60] = 255
+    values[16:48, 19] = HOLE_THRESHOLD - 1  # an anti-aliased edge: known
+    values[16:48, 60] = HOLE_THRESHOLD  # the other edge: hole
+    Image.fromarray(values).save(tmp_path / "m.png")
+    Image.fromarray(values).save(tmp_path / "m.jpg", quality=75)
+    expected = values >= HOLE_THRESHOLD
+    (tmp_path / "folder").mkdir()
+    Image.fromarray(values).save(tmp_path / "folder" / "m.png")
+    training = FolderMasks(tmp_path / "folder", flip=False, rotate=False)(64, 80, np.random.default_rng(0))
+    dummy = tmp_path / "image.png"
+    Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(dummy)
+    for hole in (
+        read_mask(tmp_path / "m.png"),
+        load_mask(tmp_path / "m.png", dummy, (64, 80)) > 0,
+        _file_mask(tmp_path / "m.png", 64, 80) > 0,
+        training[0].numpy() > 0,
+    ):
+        assert np.array_equal(hole, expected)
+    # JPEG rings around the edges, yet the hole is the same away from them.
+    jpeg = read_mask(tmp_path / "m.jpg")
+    assert np.mean(jpeg == expected) > 0.99
+
+
+def test_painted_layer_marks_holes_with_its_paint_and_grey_masks_warn(tmp_path) -> None:
+    from deepfill.masks import read_mask
+
+    layer = np.zeros((32, 32, 4), np.uint8)
+    layer[8:16, 8:16] = (255, 0, 0, 255)  # red paint on a transparent layer
+    layer[20:24, 20:24, 3] = 100  # faint paint (alpha < 128): not a hole
+    Image.fromarray(layer).save(tmp_path / "layer.png")
+    hole = read_mask(tmp_path / "layer.png")
+    assert hole.sum() == 64 and hole[8:16, 8:16].all()
+    Image.fromarray(np.full((32, 32), 100, np.uint8)).save(tmp_path / "grey.png")
+    with pytest.warns(UserWarning, match=r"grey\.png is not binary: 100% of its pixels are grey"):
+        assert not read_mask(tmp_path / "grey.png").any()
+    soft = np.zeros((32, 32), np.uint8)
+    soft[8:24, 8:24] = 255
+    soft[8:24, 7] = 128  # a one-pixel anti-aliased edge is no reason to warn
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_mask(tmp_path / "soft.png")
+
+
+def test_atomic_path_leaves_the_old_file_and_no_temporary_on_failure(tmp_path) -> None:
+    from deepfill.files import atomic_path
+
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+
+    def write_half_then_fail() -> None:
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_half_then_fail()
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys) -> None:
+    from deepfill.errors import UserError, is_user_error, report_errors
+
+    def fails(error):
+        raise error
+
+    with pytest.raises(SystemExit) as info:
+        report_errors("deepfill-x", fails, UserError("data.root: no such folder: /x\nmore detail"))
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "deepfill-x: error: data.root: no such folder: /x\n"
+    with pytest.raises(SystemExit) as info:
+        report_errors("deepfill-x", fails, KeyboardInterrupt())
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "deepfill-x: interrupted\n"
+    # Our own bugs are not the user's: they propagate with their traceback.
+    for bug in (KeyError("generator"), IndexError("list index out of range"), TypeError("bad operand")):
+        assert not is_user_error(bug)
+        with pytest.raises(type(bug)):
+            report_errors("deepfill-x", fails, bug)
+
+
+def test_a_checkpoint_of_another_width_names_what_differs(tmp_path) -> None:
+    from deepfill.checkpoints import check_state_dict, describe_differences
+    from deepfill.errors import UserError
+
+    small, large = InpaintGenerator(cnum=8), InpaintGenerator(cnum=16)
+    with pytest.raises(UserError) as info:
+        check_state_dict(large, small.state_dict(), "weights", "w.pt", hint="trained with cnum 8")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("weights: w.pt does not fit this model:")
+    assert "coarse.conv1.weight: (8, 5, 5, 5) in the file, (16, 5, 5, 5) here" in message
+    assert message.endswith("trained with cnum 8")
+    assert describe_differences(small.config, large.config) == "cnum: 8 in the file, 16 here"
+
+
+def test_an_output_folder_that_cannot_be_written_is_found_up_front(tmp_path) -> None:
+    from deepfill.errors import UserError
+    from deepfill.files import writable_dir, writable_file
+
+    # /proc refuses new folders even to root, as a read-only or foreign folder would.
+    with pytest.raises(UserError, match=r"^output: cannot write into /proc/deepfill-out \("):
+        writable_dir("/proc/deepfill-out", "output")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match=r"^out: .*/f/sub lies under the file .*/f; expected a folder$"):
+        writable_dir(tmp_path / "f" / "sub", "out")
+    with pytest.raises(UserError, match="is a folder; expected a file name"):
+        writable_file(tmp_path, "output")
+    assert writable_dir(tmp_path / "new" / "deep", "output").is_dir()
