@@ -346,3 +346,40 @@ def test_an_output_folder_that_cannot_be_written_is_found_up_front(tmp_path) -> 
     with pytest.raises(UserError, match="is a folder; expected a file name"):
         writable_file(tmp_path, "output")
     assert writable_dir(tmp_path / "new" / "deep", "output").is_dir()
+
+
+def test_ctrl_c_ends_in_one_line_and_leaves_only_complete_images(ws, tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        rgba = rng.integers(0, 255, (128, 128, 4), dtype=np.uint8)
+        rgba[..., 3] = 255
+        rgba[40:80, 40:80, 3] = 0  # the hole: transparent pixels
+        Image.fromarray(rgba).save(photos / f"{i:02d}.png")
+    out = tmp_path / "out"
+    script = Path(sys.executable).parent / INPAINT
+    args = [f"weights={ws}/w.pt", f"input={photos}", f"output={out}", f"hydra.run.dir={tmp_path}/run"]
+    process = subprocess.Popen(
+        [str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(out.glob("*.png"))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"{INPAINT}: interrupted"
+    written = sorted(out.iterdir())
+    assert 0 < len(written) < 40
+    for path in written:  # only complete PNGs, no temporaries
+        assert path.suffix == ".png" and not path.name.startswith(".")
+        with Image.open(path) as image:
+            image.load()
+            assert image.size == (128, 128)
