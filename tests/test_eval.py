@@ -122,3 +122,22 @@ def test_cli_missing_weights_is_one_line(tmp_path) -> None:
         result.stderr.strip().splitlines()[-1]
         == "deepfill-eval: error: weights: no such file or folder: /nowhere/model.ckpt"
     )
+
+
+def test_validation_and_deepfill_eval_report_the_same_numbers(tmp_path) -> None:
+    """One definition of every metric: the validation loop (Lightning, batch 4) and the
+    evaluation path of deepfill-eval (batch 3) agree on the same weights, images and masks."""
+    from deepfill.eval import dataset_batches, evaluate
+    from test_module import make_data, make_module, make_trainer
+
+    module, data = make_module(), make_data()
+    logged = make_trainer(tmp_path).validate(module, datamodule=data, verbose=False)[0]
+    data.setup("validate")
+    generator = module.generator.eval()
+    batches = dataset_batches(data.datasets["val"], None, 3, "cpu")
+    lpips_net = module.val_metrics.lpips.net
+    rows = summarise(evaluate(batches, {"deepfill": lambda i, m: generator(i, m)[1]}, lpips_net))
+    overall = rows[0]
+    assert overall["hole_ratio"] == "all" and overall["images"] == 4
+    for name in ("psnr", "ssim", "lpips", "l1_hole", "l2_hole"):
+        assert logged[f"val/{name}"] == pytest.approx(overall[name], rel=1e-5, abs=1e-6), name

@@ -8,7 +8,15 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from deepfill import metrics as metrics_module
-from deepfill.metrics import InpaintingMetrics, LPIPSMetric, hole_l1, hole_l2
+from deepfill.metrics import (
+    InpaintingMetrics,
+    LPIPSMetric,
+    hole_l1,
+    hole_l2,
+    image_metrics,
+    psnr,
+    to_unit,
+)
 
 
 def test_hole_errors_by_hand() -> None:
@@ -45,9 +53,11 @@ def test_inpainting_metrics_match_torchmetrics_functional() -> None:
     metrics.update(completed[:2], target[:2], mask[:2])
     metrics.update(completed[2:], target[2:], mask[2:])
     values = metrics.compute()
-    assert values["psnr"] == pytest.approx(
-        peak_signal_noise_ratio(completed, target, data_range=1.0).item(), rel=1e-5
-    )
+    # PSNR: the mean of per-image PSNRs (not the PSNR of the pooled MSE, which is lower here).
+    per_image = [peak_signal_noise_ratio(completed[i], target[i], data_range=1.0).item() for i in range(4)]
+    assert values["psnr"] == pytest.approx(sum(per_image) / 4, rel=1e-5)
+    pooled = peak_signal_noise_ratio(completed, target, data_range=1.0).item()
+    assert abs(values["psnr"] - pooled) > 1e-4
     assert values["ssim"] == pytest.approx(
         structural_similarity_index_measure(completed, target, data_range=1.0).item(), rel=1e-5
     )
@@ -69,3 +79,35 @@ def test_missing_alexnet_weights_warn_in_one_line_or_stop(monkeypatch, tmp_path)
     assert "hub/checkpoints" in str(record[0].message) or str(tmp_path) in str(record[0].message)
     with pytest.raises(FileNotFoundError, match="LPIPS needs the AlexNet weights"):
         InpaintingMetrics(lpips=True, lpips_required=True)
+
+
+def test_psnr_of_an_exact_restoration_is_capped_not_infinite() -> None:
+    image = torch.rand(2, 3, 16, 16)
+    values = psnr(image, image)
+    assert torch.isfinite(values).all()
+    assert values.tolist() == pytest.approx([100.0, 100.0])
+
+
+def test_metrics_inside_bf16_autocast_equal_float32() -> None:
+    """Validation runs inside Lightning's autocast (trainer=gpu_bf16): the metrics must still be
+    computed in float32. Emulated with the CPU's bf16 autocast."""
+    from deepfill.datasets import SampleImages
+    from deepfill.masks import centered_rectangle, eval_mask
+
+    photos = SampleImages("val", 64, length=4)
+    target = to_unit(torch.stack([photos[i] for i in range(4)]))
+    mask = torch.stack([eval_mask(centered_rectangle, 0, i, 64, 64) for i in range(4)])
+    completed = (target + 0.05 * torch.randn_like(target) * mask).clamp(0, 1)
+    torch.manual_seed(0)
+    net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+    reference = image_metrics(completed, target, mask, net)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = image_metrics(completed, target, mask, net)
+        accumulated = InpaintingMetrics(lpips=False)
+        accumulated.update(completed, target, mask)
+        totals = accumulated.compute()
+    for name, value in reference.items():
+        assert under_autocast[name].dtype == torch.float32
+        torch.testing.assert_close(under_autocast[name], value, rtol=1e-4, atol=1e-4)
+    for name in ("psnr", "ssim", "l1_hole", "l2_hole"):
+        assert totals[name] == pytest.approx(reference[name].mean().item(), rel=1e-4, abs=1e-4)

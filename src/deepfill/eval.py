@@ -22,14 +22,13 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from .checkpoints import check_weights_path
 from .config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device, wandb_has_credentials
 from .errors import UserError, report_errors
 from .files import writable_dir
 from .masks import FolderMasks, read_mask, resize_mask
-from .metrics import hole_l1, hole_l2, to_unit
+from .metrics import METRIC_NAMES, image_metrics, to_unit
 from .tables import write_table
 
 __all__ = [
@@ -46,7 +45,7 @@ __all__ = [
     "summarise",
 ]
 
-METRICS = ("psnr", "ssim", "lpips", "l1_hole", "l2_hole")
+METRICS = METRIC_NAMES
 BINS = np.linspace(0.0, 1.0, 11)
 
 Method = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -77,21 +76,10 @@ BASELINES: dict[str, Method] = {"biharmonic": biharmonic_fill, "mean_fill": mean
 def per_image_metrics(
     completed: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, lpips_net: torch.nn.Module | None
 ) -> dict[str, torch.Tensor]:
-    """Per-image metrics (N,) of composited images in [-1,1]."""
-    a, b = to_unit(completed).float(), to_unit(target).float()
-    n = a.shape[0]
-    values = {
-        "psnr": torch.stack(
-            [peak_signal_noise_ratio(a[i : i + 1], b[i : i + 1], data_range=1.0) for i in range(n)]
-        ),
-        "ssim": structural_similarity_index_measure(a, b, data_range=1.0, reduction="none"),
-        "l1_hole": hole_l1(a, b, mask),
-        "l2_hole": hole_l2(a, b, mask),
-    }
-    if lpips_net is not None:
-        with torch.no_grad():
-            values["lpips"] = lpips_net(a * 2 - 1, b * 2 - 1).flatten()
-    return {k: v.detach().cpu() for k, v in values.items()}
+    """Per-image metrics (N,) of composited images in [-1,1]: :func:`deepfill.metrics.image_metrics`,
+    the definition validation uses too."""
+    values = image_metrics(to_unit(completed), to_unit(target), mask, lpips_net)
+    return {k: v.cpu() for k, v in values.items()}
 
 
 def evaluate(

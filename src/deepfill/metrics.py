@@ -1,6 +1,11 @@
 """Evaluation metrics on composited outputs, in [0,1]: PSNR, SSIM, LPIPS, L1 and L2 in the hole.
 
-All are ``torchmetrics`` metrics, so they accumulate per batch and synchronise across DDP ranks.
+One definition of each, :func:`image_metrics`, per image; every report is the **mean over
+images** (the inpainting papers' convention: PSNR is the mean of per-image PSNRs, not the PSNR of
+a pooled MSE). Validation, test, ``deepfill-eval`` and the end-of-training comparison all call it.
+It always computes in float32, also inside a bf16 autocast region (SSIM's Gaussian filter and
+LPIPS lose their meaning in bf16). :class:`InpaintingMetrics` accumulates the per-image values
+in ``torchmetrics`` states, so the means are synchronised across DDP ranks.
 LPIPS uses the ``lpips`` package (AlexNet backbone). Its linear heads ship with the package;
 the AlexNet backbone weights are torchvision's and are downloaded to
 ``$TORCH_HOME/hub/checkpoints/`` on first use. Without network and without that file, LPIPS is
@@ -15,18 +20,25 @@ from pathlib import Path
 
 import torch
 import torchmetrics
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 __all__ = [
     "ALEXNET_URL",
-    "HoleError",
+    "METRIC_NAMES",
+    "ImageMean",
     "InpaintingMetrics",
     "LPIPSMetric",
     "alexnet_weights_path",
     "hole_l1",
     "hole_l2",
+    "image_metrics",
+    "psnr",
     "to_unit",
 ]
+
+METRIC_NAMES = ("psnr", "ssim", "lpips", "l1_hole", "l2_hole")
+# PSNR of an image restored exactly (MSE 0) would be infinite and swamp any mean: cap at 100 dB.
+_MIN_MSE = 1e-10
 
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 
@@ -48,21 +60,51 @@ def hole_l2(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return ((prediction - target).square() * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1)
 
 
-class HoleError(torchmetrics.Metric):
-    """Mean over images of a per-image hole error (``hole_l1`` or ``hole_l2``)."""
+def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB (N,), images in [0,1]; capped at 100 dB for an exact match."""
+    mse = (prediction - target).square().mean(dim=(1, 2, 3)).clamp_min(_MIN_MSE)
+    return -10.0 * torch.log10(mse)
+
+
+def _float32_region(device: torch.device):
+    # Metrics must not run in a surrounding bf16 autocast (Lightning's validation under bf16-mixed).
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def image_metrics(
+    completed: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    lpips_net: torch.nn.Module | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-image metrics, each (N,) float32: ``psnr``, ``ssim``, ``l1_hole``, ``l2_hole`` and, with
+    an ``lpips`` network, ``lpips``. completed, target: (N,3,H,W) in [0,1]; mask: (N,1,H,W), 1 = hole.
+    Computed in float32 whatever the autocast state."""
+    with torch.no_grad(), _float32_region(completed.device):
+        a, b, m = completed.detach().float(), target.detach().float(), mask.detach().float()
+        values = {
+            "psnr": psnr(a, b),
+            "ssim": structural_similarity_index_measure(a, b, data_range=1.0, reduction="none"),
+            "l1_hole": hole_l1(a, b, m),
+            "l2_hole": hole_l2(a, b, m),
+        }
+        if lpips_net is not None:
+            values["lpips"] = lpips_net(a * 2 - 1, b * 2 - 1).flatten().float()
+    return values
+
+
+class ImageMean(torchmetrics.Metric):
+    """Mean over images of a per-image value, accumulated in float64 and summed across ranks."""
 
     full_state_update = False
-    higher_is_better = False
 
-    def __init__(self, squared: bool = False, **kwargs) -> None:
+    def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.squared = squared
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
-        values = (hole_l2 if self.squared else hole_l1)(prediction, target, mask)
-        self.total += values.double().sum()
+    def update(self, values: torch.Tensor) -> None:
+        self.total += values.detach().double().sum()
         self.count += values.numel()
 
     def compute(self) -> torch.Tensor:
@@ -103,11 +145,16 @@ class LPIPSMetric(torchmetrics.Metric):
     def net(self) -> torch.nn.Module:
         return self._network[0]
 
-    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+    def network_on(self, device: torch.device) -> torch.nn.Module:
+        """The backbone, moved to ``device`` on first use there."""
         net = self.net
-        if next(net.parameters()).device != prediction.device:
-            net.to(prediction.device)
-        with torch.no_grad():
+        if next(net.parameters()).device != device:
+            net.to(device)
+        return net
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        net = self.network_on(prediction.device)
+        with torch.no_grad(), _float32_region(prediction.device):
             values = net(prediction.float() * 2 - 1, target.float() * 2 - 1).flatten()
         self.total += values.double().sum()
         self.count += values.numel()
@@ -138,7 +185,7 @@ def _lpips_available(required: bool) -> bool:
 
 
 class InpaintingMetrics(torch.nn.Module):
-    """PSNR, SSIM, LPIPS, L1/L2 in the hole on composited images in [0,1].
+    """Means over images of :func:`image_metrics`, synchronised across DDP ranks.
 
     Args:
         lpips: compute LPIPS (when its backbone weights are available).
@@ -152,19 +199,15 @@ class InpaintingMetrics(torch.nn.Module):
         self, lpips: bool = True, lpips_required: bool = False, lpips_pretrained: bool = True
     ) -> None:
         super().__init__()
-        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
-        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
-        self.l1_hole = HoleError(squared=False)
-        self.l2_hole = HoleError(squared=True)
+        self.psnr, self.ssim = ImageMean(), ImageMean()
+        self.l1_hole, self.l2_hole = ImageMean(), ImageMean()
         use_lpips = lpips and (not lpips_pretrained or _lpips_available(lpips_required))
         self.lpips = LPIPSMetric(pretrained_backbone=lpips_pretrained) if use_lpips else None
 
     def update(self, completed: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
-        completed, target = completed.float(), target.float()
-        self.psnr.update(completed, target)
-        self.ssim.update(completed, target)
-        self.l1_hole.update(completed, target, mask)
-        self.l2_hole.update(completed, target, mask)
+        values = image_metrics(completed, target, mask)
+        for name in ("psnr", "ssim", "l1_hole", "l2_hole"):
+            getattr(self, name).update(values[name])
         if self.lpips is not None:
             self.lpips.update(completed, target)
 
@@ -176,7 +219,3 @@ class InpaintingMetrics(torch.nn.Module):
 
     def compute(self) -> dict[str, float]:
         return {name: float(metric.compute()) for name, metric in self.metrics().items()}
-
-    def reset(self) -> None:
-        for metric in self.metrics().values():
-            metric.reset()

@@ -113,7 +113,10 @@ class DeepFillModule(pl.LightningModule):
         self.max_nonfinite = max_nonfinite
         self.seed = seed
         self.log_images_every_n_steps = log_images_every_n_steps
-        self.metrics = InpaintingMetrics(lpips, lpips_required, lpips_pretrained)
+        # Separate objects: a test run after validation must not mix in validation's images.
+        self.val_metrics = InpaintingMetrics(lpips, lpips_required, lpips_pretrained)
+        with_lpips = self.val_metrics.lpips is not None  # asked once: one warning, not two
+        self.test_metrics = InpaintingMetrics(with_lpips, lpips_required, lpips_pretrained)
         # Schedule state lives in buffers so checkpoints carry it and resume continues exactly.
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
@@ -317,8 +320,8 @@ class DeepFillModule(pl.LightningModule):
         image, mask = batch["image"], batch["mask"]
         x1, x2, offsets = self.generator(image, mask)
         completed = x2 * mask + image * (1 - mask)
-        self.metrics.update(to_unit(completed), to_unit(image), mask)
-        for name, metric in self.metrics.metrics().items():
+        self.val_metrics.update(to_unit(completed), to_unit(image), mask)
+        for name, metric in self.val_metrics.metrics().items():
             self.log(f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=name in ("psnr", "lpips"))
         if batch_idx == 0:
             self._maybe_log_images("val/samples", image, mask, x1, x2, offsets, force=True)
@@ -326,6 +329,6 @@ class DeepFillModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
         _, x2, _ = self.generator(image, mask)
-        self.metrics.update(to_unit(x2 * mask + image * (1 - mask)), to_unit(image), mask)
-        for name, metric in self.metrics.metrics().items():
+        self.test_metrics.update(to_unit(x2 * mask + image * (1 - mask)), to_unit(image), mask)
+        for name, metric in self.test_metrics.metrics().items():
             self.log(f"test/{name}", metric, on_step=False, on_epoch=True)

@@ -81,7 +81,7 @@ def _check_optimized_metric(cfg: DictConfig, model: pl.LightningModule) -> None:
     key = cfg.get("optimized_metric")
     if not key:
         return
-    computed = [f"{split}/{name}" for split in ("val", "test") for name in model.metrics.metrics()]
+    computed = [f"{split}/{name}" for split in ("val", "test") for name in model.val_metrics.metrics()]
     if key in computed:
         return
     hint = " (LPIPS is off or its weights are missing)" if "lpips" in key else ""
