@@ -190,3 +190,25 @@ def test_non_binary_mask_is_rejected() -> None:
 def test_bad_constructor_arguments(kwargs) -> None:
     with pytest.raises(ValueError, match="contextual attention"):
         ContextualAttention(**kwargs)
+
+
+def test_attention_runs_in_float32_inside_bf16_autocast() -> None:
+    """Under bf16 autocast (trainer=gpu_bf16, emulated on the CPU) the attention must still
+    choose and paste in float32: the same offsets and output as outside autocast."""
+    from deepfill.models import ContextualAttention
+
+    torch.manual_seed(0)
+    f, b = torch.randn(2, 16, 24, 24), torch.randn(2, 16, 24, 24)
+    mask = torch.zeros(2, 1, 24, 24)
+    mask[:, :, 6:18, 6:18] = 1
+    attention = ContextualAttention(rate=2)
+    y, offsets = attention(f, b, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_autocast, _ = attention(f.bfloat16(), b.bfloat16(), mask)
+        y_same_inputs, offsets_same_inputs = attention(f, b, mask)
+    assert y_same_inputs.dtype == torch.float32
+    torch.testing.assert_close(y_same_inputs, y, rtol=0, atol=0)
+    assert torch.equal(offsets_same_inputs, offsets)
+    # bf16 inputs are only rounded once, on the way in.
+    reference, _ = attention(f.bfloat16().float(), b.bfloat16().float(), mask)
+    torch.testing.assert_close(y_autocast, reference, rtol=0, atol=0)

@@ -424,3 +424,20 @@ def test_a_bf16_step_stays_finite_and_close_to_float32() -> None:
     cosine = torch.nn.functional.cosine_similarity
     assert cosine(grad_d16, grad_d32, dim=0) > 0.99
     assert cosine(grad_g16, grad_g32, dim=0) > 0.99
+
+
+def test_critic_scores_and_losses_stay_float32_under_bf16_autocast() -> None:
+    """The logged critic loss and gaps are computed from float32 scores under bf16 autocast."""
+    from deepfill.losses import critic_loss, local_patches
+
+    torch.manual_seed(0)
+    global_critic, local_critic = GlobalCritic(SIZE, cnum=8), LocalCritic(SIZE // 2, cnum=8)
+    real, fake = torch.rand(2, 3, SIZE, SIZE) * 2 - 1, torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    mask = torch.stack([M.centered_rectangle(SIZE, SIZE) for _ in range(2)])
+    origins = local_patches(mask, SIZE // 2)
+    alphas = torch.tensor([0.3, 0.7])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert global_critic(real).dtype == torch.float32
+        loss = critic_loss(global_critic, local_critic, real, fake, mask, origins, alphas, alphas)
+    for name in ("total", "wgan_global", "wgan_local", "gp", "gap_global", "gap_local"):
+        assert getattr(loss, name).dtype == torch.float32, name

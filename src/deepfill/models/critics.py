@@ -54,7 +54,11 @@ class Critic(nn.Module):
             )
         for conv in self.convs:
             x = F.leaky_relu(conv(x), 0.2)
-        return self.dense(x.flatten(1)).squeeze(1)
+        # The score in float32 also under bf16 autocast: WGAN scores grow large, and the logged
+        # critic loss and gaps would be rounded to bf16's 8 bits of mantissa.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            features = x.flatten(1)
+            return self.dense(features.to(self.dense.weight.dtype)).squeeze(1)
 
 
 class GlobalCritic(Critic):
