@@ -293,3 +293,34 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path) -> None:
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert int(checkpoint["state_dict"]["critic_steps"]) > 0
     assert checkpoint["epoch"] < 999  # it stopped long before the end
+
+
+@pytest.mark.parametrize(
+    ("asked", "native", "expected"),
+    [
+        ("auto", True, "bf16-mixed"),
+        ("auto", False, "32-true"),
+        ("bf16-mixed", True, "bf16-mixed"),
+        ("bf16-mixed", False, "32-true"),  # V100/T4: emulated bf16 is not taken
+        ("32-true", True, "32-true"),
+    ],
+)
+def test_bf16_only_on_gpus_that_have_it_natively(monkeypatch, capsys, asked, native, expected) -> None:
+    from omegaconf import OmegaConf
+
+    from deepfill import train as train_module
+
+    calls = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        calls.append(including_emulation)
+        return native or including_emulation  # emulation is always "supported"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    cfg = OmegaConf.create({"trainer": {"accelerator": "gpu", "precision": asked}})
+    train_module._resolve_precision(cfg)
+    assert cfg.trainer.precision == expected
+    assert calls and not any(calls)  # asked without emulation
+    if asked.startswith("bf16") and not native:
+        assert "no native bf16" in capsys.readouterr().out

@@ -171,8 +171,14 @@ class DeepFillModule(pl.LightningModule):
         return self.local_critic.input_size
 
     def _finite(self, loss: torch.Tensor, name: str) -> bool:
-        """Skip an update whose loss is NaN/Inf; stop after ``max_nonfinite`` in a row."""
-        if bool(torch.isfinite(loss)):
+        """Skip an update whose loss is NaN/Inf; stop after ``max_nonfinite`` in a row.
+
+        Under DDP the ranks decide together (skip when any rank's loss is not finite): a rank
+        that skipped alone would leave the others waiting in the gradient all-reduce."""
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
             self.nonfinite_streak.zero_()
             return True
         self.nonfinite_streak += 1

@@ -42,12 +42,35 @@ def _check_accelerator(cfg: DictConfig) -> None:
         )
 
 
+def native_bf16() -> bool:
+    """True on GPUs that compute bf16 in hardware (Ampere and newer). V100 and T4 only emulate it,
+    slowly, and ``torch.cuda.is_bf16_supported()`` counts emulation unless told not to."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # older torch without the argument
+        return torch.cuda.is_bf16_supported()
+
+
 def _resolve_precision(cfg: DictConfig) -> None:
-    if cfg.trainer.get("precision") == "auto":
-        gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda")
-        bf16 = gpu and torch.cuda.is_bf16_supported()
-        with open_dict(cfg):
-            cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
+    """``precision: auto`` -> bf16-mixed on GPUs with native bf16, else float32; an explicit bf16
+    on a GPU without it falls back to float32 with one line (16-mixed would not be safe: the
+    gradient penalty's autograd.grad is not loss-scaled)."""
+    precision = str(cfg.trainer.get("precision"))
+    gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda")
+    bf16 = gpu and native_bf16()
+    if precision == "auto":
+        precision = "bf16-mixed" if bf16 else "32-true"
+    elif precision.startswith("bf16") and gpu and not bf16:
+        print(
+            f"trainer.precision={precision}: this GPU has no native bf16 (e.g. V100, T4); "
+            "training in float32 instead",
+            flush=True,
+        )
+        precision = "32-true"
+    with open_dict(cfg):
+        cfg.trainer.precision = precision
 
 
 def _loggers(cfg: DictConfig) -> list:
