@@ -324,3 +324,35 @@ def test_bf16_only_on_gpus_that_have_it_natively(monkeypatch, capsys, asked, nat
     assert calls and not any(calls)  # asked without emulation
     if asked.startswith("bf16") and not native:
         assert "no native bf16" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        (["trainer=ddp_cpu"], True),
+        (["trainer=ddp"], True),
+        (["trainer=ddp_cpu", "launcher=submitit_local"], True),
+        (["launcher=slurm"], False),  # SLURM starts one task per rank itself
+        (["trainer=cpu"], False),
+    ],
+)
+def test_multirun_with_ddp_needs_slurm(overrides, refused, tmp_path) -> None:
+    from deepfill.train import _check_multirun_ddp
+
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(overrides, tmp_path)
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.mode = "MULTIRUN"
+    HydraConfig.instance().set_config(cfg)
+    if refused:
+        with pytest.raises(ConfigError, match=r"in a multirun \(-m\) needs launcher=slurm"):
+            _check_multirun_ddp(cfg)
+    else:
+        _check_multirun_ddp(cfg)
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.mode = "RUN"
+    HydraConfig.instance().set_config(cfg)
+    _check_multirun_ddp(cfg)  # a single run may use DDP with any launcher

@@ -114,6 +114,29 @@ def _check_optimized_metric(cfg: DictConfig, model: pl.LightningModule) -> None:
     print(f"warning: {message}; the sweep table ranks runs by val/psnr instead", flush=True)
 
 
+def _check_multirun_ddp(cfg: DictConfig) -> None:
+    """Lightning starts the extra DDP ranks of a job by running the command line again; in a
+    multirun (``-m``) that command line is the whole sweep, so every rank would start its own
+    sweep. Only SLURM starts ranks itself (one task per rank)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    strategy = cfg.trainer.get("strategy")
+    strategy = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy)
+    if "ddp" not in strategy.lower():
+        return
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if launcher.endswith("SlurmLauncher"):
+        return
+    raise ConfigError(
+        f"trainer.strategy={strategy} in a multirun (-m) needs launcher=slurm: without SLURM each DDP "
+        "rank would start the whole sweep again; use launcher=slurm, or one GPU per job "
+        "(launcher=local_gpus trainer=gpu)"
+    )
+
+
 def _optuna_sweep() -> bool:
     from hydra.core.hydra_config import HydraConfig
 
@@ -133,6 +156,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from .validation import validate_config
 
     validate_config(cfg)
+    _check_multirun_ddp(cfg)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path: no such file: {cfg.ckpt_path}")
     out = Path(cfg.paths.output_dir)
