@@ -32,3 +32,75 @@ def test_a_nan_on_one_rank_is_skipped_by_both_without_a_hang(tmp_path) -> None:
     assert [line[1] for line in lines] == ["0", "1"], out
     assert lines[0][3] == lines[1][3]  # the same number of critic steps
     assert lines[0][5] == lines[1][5]  # the same critic weights
+
+
+def test_sigterm_to_a_ddp_run_writes_one_checkpoint_and_both_ranks_exit(tmp_path) -> None:
+    import csv
+    import time
+
+    import torch
+
+    run = tmp_path / "run"
+    args = [
+        "experiment=quickstart",
+        "mask=free_form_v2",
+        "trainer=ddp_cpu",
+        "logger=csv",
+        "data.image_size=64",
+        "data.batch_size=1",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "data.train.length=400",
+        "data.val.length=2",
+        "model.generator.cnum=8",
+        "model.global_critic.cnum=8",
+        "model.local_critic.cnum=8",
+        "model.lpips=false",
+        "model.n_critic=1",
+        "model.pretrain_coarse_steps=0",
+        "model.reconstruction_steps=0",
+        "trainer.max_steps=-1",
+        "trainer.max_epochs=1000",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.val_check_interval=1.0",
+        "trainer.log_every_n_steps=1",
+        "+trainer.num_sanity_val_steps=0",
+        "baseline_comparison=null",
+        f"hydra.run.dir={run}",
+        f"paths.log_dir={tmp_path}",
+    ]
+    script = Path(sys.executable).parent / "deepfill-train"
+    process = subprocess.Popen(
+        [str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    metrics = run / "csv" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and len(list(csv.reader(metrics.open()))) > 3:
+            break  # both ranks are training
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)  # to rank 0, as a scheduler's preemption does
+    try:
+        output, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError("the ranks did not exit after SIGTERM") from None
+    assert output.count("stopping on signal: checkpoint saved to") == 1, output[-3000:]
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert int(checkpoint["state_dict"]["critic_steps"]) > 0
+    assert checkpoint["epoch"] < 999
+    # No rank is left behind (rank 1 may take a moment longer to exit than rank 0).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True, check=False)
+        if not left.stdout.strip():
+            break
+        time.sleep(0.5)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"rank processes still running after SIGTERM: {left.stdout.split()}")

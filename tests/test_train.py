@@ -337,9 +337,9 @@ def test_bf16_only_on_gpus_that_have_it_natively(monkeypatch, capsys, asked, nat
     ],
 )
 def test_multirun_with_ddp_needs_slurm(overrides, refused, tmp_path) -> None:
-    from deepfill.train import _check_multirun_ddp
-
     from omegaconf import OmegaConf
+
+    from deepfill.train import _check_multirun_ddp
 
     cfg = compose_cfg(overrides, tmp_path)
     OmegaConf.set_readonly(cfg.hydra, False)

@@ -57,7 +57,7 @@ class BestCheckpoint(AtomicModelCheckpoint):
         super().__init__(monitor="val/psnr", mode="max", save_top_k=1, **kwargs)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        metrics = getattr(pl_module, "metrics", None)
+        metrics = getattr(pl_module, "val_metrics", None)
         if metrics is not None and getattr(metrics, "lpips", None) is not None:
             self.monitor, self.mode = "val/lpips", "min"
             self.kth_value = torch.tensor(math.inf)
@@ -66,11 +66,14 @@ class BestCheckpoint(AtomicModelCheckpoint):
 
 
 class CheckpointOnSignal(pl.Callback):
-    """Save ``<dirpath>/last.ckpt`` and stop when the run gets SIGTERM (a preempted job) or
-    Ctrl-C, so that it resumes from where it stopped (``ckpt_path=<dirpath>/last.ckpt``).
+    """Save ``<dirpath>/last.ckpt`` when the run stops on SIGTERM (a preempted job) or Ctrl-C,
+    so that it resumes from where it stopped (``ckpt_path=<dirpath>/last.ckpt``).
 
-    Lightning notes SIGTERM at once but acts on it only at the end of an epoch, which can be
-    hours away; this callback acts after the current batch.
+    Lightning notes SIGTERM at once and raises ``SIGTERMException`` after the current batch;
+    under DDP it first broadcasts rank 0's flag, so every rank raises at the same batch. Saving
+    from that one decision (``on_exception``) keeps the ranks' collectives in step: a save
+    decided per rank (each rank's own flag) would put one rank in the checkpoint barrier while
+    another waits in the next batch's broadcast.
     """
 
     def __init__(self, dirpath: str | os.PathLike) -> None:
@@ -84,11 +87,6 @@ class CheckpointOnSignal(pl.Callback):
         self._saved_step = trainer.global_step
         if trainer.is_global_zero:
             print(f"stopping on signal: checkpoint saved to {self.dirpath / 'last.ckpt'}", flush=True)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
-        if trainer.received_sigterm:
-            self._save(trainer)
-            trainer.should_stop = True
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
