@@ -110,6 +110,32 @@ def test_processes_claim_distinct_devices_and_wait_for_a_free_one(tmp_path) -> N
             holder.wait()
 
 
+def test_a_lock_file_of_another_user_counts_as_busy(tmp_path, monkeypatch) -> None:
+    import os
+
+    from deepfill import devices
+
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    real_open = os.open
+
+    def refuse_device_0(path, *args, **kwargs):
+        if str(path).endswith("device-0.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(devices.os, "open", refuse_device_0)
+    monkeypatch.setattr(devices, "_HELD", {})
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert devices.claim_devices(["0", "1"], locks, timeout_s=0) == ["1"]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    assert os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # nvidia-smi's numbering
+    monkeypatch.setattr(devices, "_HELD", {})
+    with pytest.raises(devices.DeviceClaimError, match="no free device in pool"):
+        devices.claim_devices(["0"], locks, timeout_s=0)
+
+
 # --- job records and the results table -------------------------------------------------------
 
 

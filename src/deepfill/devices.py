@@ -68,7 +68,12 @@ def choose_free(pool: Sequence[str], busy: set[str], count: int = 1) -> list[str
 
 
 def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    """The open, locked file; None when another process holds the lock or the file is not ours
+    to open (a lock file left by another user: the device counts as busy)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -122,13 +127,17 @@ def claim_devices(
                 taken[choice[0]] = fd
         if len(taken) == count:
             _HELD.update(taken)
+            # nvidia-smi numbers GPUs by PCI bus; CUDA by speed unless told otherwise.
+            os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(taken)
             return list(taken)
         for fd in taken.values():
             os.close(fd)
         if time.monotonic() >= deadline:
+            foreign = [d for d in sorted(busy) if not os.access(lock_dir / f"device-{d}.lock", os.W_OK)]
+            hint = f"; lock files of device(s) {foreign} belong to another user" if foreign else ""
             raise DeviceClaimError(
                 f"no free device in pool {pool} after {timeout_s:g} s (locks in {lock_dir}): "
-                "more jobs run at once than there are devices; lower hydra.launcher.n_jobs"
+                f"more jobs run at once than there are devices; lower hydra.launcher.n_jobs{hint}"
             )
         time.sleep(poll_s)
