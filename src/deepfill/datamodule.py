@@ -133,7 +133,8 @@ class InpaintDataModule(pl.LightningDataModule):
         eval_masks: mask generator for val/test (deterministic per item).
         batch_size, eval_batch_size: loader batch sizes (``eval_batch_size`` defaults to
             ``batch_size``).
-        num_workers, pin_memory, persistent_workers: ``DataLoader`` options.
+        num_workers, pin_memory, persistent_workers: ``DataLoader`` options; ``pin_memory="auto"``
+            pins when a CUDA GPU is present (faster, non-blocking copies to it).
         seed: base seed of training draws; eval_seed: seed of the fixed evaluation items.
         image_size: expected side of every source's images (checked), or None.
     """
@@ -148,7 +149,7 @@ class InpaintDataModule(pl.LightningDataModule):
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | str = "auto",
         persistent_workers: bool = False,
         seed: int = 0,
         eval_seed: int = 0,
@@ -166,7 +167,11 @@ class InpaintDataModule(pl.LightningDataModule):
         self.train_masks, self.eval_masks = train_masks, eval_masks
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        if pin_memory not in (True, False, "auto"):
+            raise ValueError(f"data.pin_memory must be true, false or auto, got {pin_memory!r}")
+        if pin_memory == "auto":
+            pin_memory = torch.cuda.is_available()
+        self.num_workers, self.pin_memory = num_workers, bool(pin_memory)
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed, self.eval_seed = seed, eval_seed
         self.datasets: dict[str, InpaintDataset] = {}
