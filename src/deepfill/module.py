@@ -176,7 +176,8 @@ class DeepFillModule(pl.LightningModule):
         Under DDP the ranks decide together (skip when any rank's loss is not finite): a rank
         that skipped alone would leave the others waiting in the gradient all-reduce."""
         finite = bool(torch.isfinite(loss))
-        if self.trainer.world_size > 1:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and torch.distributed.get_world_size() > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             self.nonfinite_streak.zero_()
