@@ -14,9 +14,6 @@ SWEEP ?= attention
 EXPERIMENT ?= quickstart
 
 ARGS ?=
-# make sweep: which preset (conf/sweep/) on which experiment.
-SWEEP ?= attention
-EXPERIMENT ?= quickstart
 
 .PHONY: help install train sweep eval inpaint test test-all lint format bench clean
 

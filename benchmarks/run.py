@@ -1,4 +1,5 @@
-"""DeepFill benchmarks: generator inference, contextual attention, FLOPs and a profile.
+"""DeepFill benchmarks: generator inference, contextual attention, FLOPs, a profile, mask
+generators, the training data loader and training steps.
 
 Usage (``make bench`` runs the default set):
     python benchmarks/run.py                       # everything below, results in benchmarks/results/
@@ -6,6 +7,9 @@ Usage (``make bench`` runs the default set):
     python benchmarks/run.py attention --repeats 5
     python benchmarks/run.py flops
     python benchmarks/run.py profile --size 512
+    python benchmarks/run.py masks                 # masks/s per preset and hole-ratio histograms
+    python benchmarks/run.py loader                # training loader samples/s by worker count
+    python benchmarks/run.py training              # seconds per generator update, per part
 
 Every timing is the median of ``--repeats`` runs after one warm-up run, with ``--threads`` CPU
 threads (2 by default, the development machine). Each generator size runs in its own process so

@@ -213,7 +213,7 @@ def test_pretraining_loss_is_the_reconstruction_of_the_coarse_output(tmp_path) -
     image, mask = batch["image"], batch["mask"]
     with torch.no_grad():
         x1 = module.generator.coarse(image * (1 - mask), mask)
-    w = module.weights
+    w = module.loss_weights
     l1, ae = reconstruction_losses(image, mask, x1, None, local_patches(mask, SIZE // 2), SIZE // 2, w.coarse)
     logged = {}
     log_dict = module.log_dict
@@ -370,7 +370,7 @@ def test_generator_is_rebuilt_from_a_checkpoint(tmp_path) -> None:
     generator = DeepFillModule.generator_from_checkpoint(str(tmp_path / "m.ckpt"))
     for a, b in zip(generator.state_dict().values(), module.generator.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert generator.cnum == 8
+    assert generator.config["cnum"] == 8
 
 
 def _one_step_in(precision_bf16: bool, module, batch, alpha):
@@ -395,7 +395,7 @@ def _one_step_in(precision_bf16: bool, module, batch, alpha):
             x2,
             origins,
             SIZE // 2,
-            module.weights,
+            module.loss_weights,
             "box",
             0.9,
             critics=(module.global_critic, module.local_critic),

@@ -17,12 +17,12 @@ from omegaconf import OmegaConf
 from conftest import run_cli
 from deepfill.config import device_count, optimization_direction
 from deepfill.devices import choose_free, visible_gpus
+from deepfill.metrics import higher_is_better
 from deepfill.sweep import (
     JobConflictError,
     begin_job,
     collect_results,
     end_job,
-    higher_is_better,
     read_record,
     write_results_table,
 )

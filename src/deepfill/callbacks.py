@@ -12,6 +12,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from .files import atomic_path
+from .metrics import higher_is_better, selection_metric
 
 __all__ = ["AtomicModelCheckpoint", "BestCheckpoint", "CheckpointOnSignal", "atomic_save_checkpoint"]
 
@@ -54,13 +55,14 @@ class BestCheckpoint(AtomicModelCheckpoint):
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("filename", "best-{epoch:03d}-{step:07d}")
-        super().__init__(monitor="val/psnr", mode="max", save_top_k=1, **kwargs)
+        super().__init__(monitor=selection_metric(lpips=False), mode="max", save_top_k=1, **kwargs)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         metrics = getattr(pl_module, "val_metrics", None)
         if metrics is not None and getattr(metrics, "lpips", None) is not None:
-            self.monitor, self.mode = "val/lpips", "min"
-            self.kth_value = torch.tensor(math.inf)
+            self.monitor = selection_metric(lpips=True)
+            self.mode = "max" if higher_is_better(self.monitor) else "min"
+            self.kth_value = torch.tensor(-math.inf if self.mode == "max" else math.inf)
             self.best_model_score = None
         super().setup(trainer, pl_module, stage)
 

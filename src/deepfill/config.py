@@ -31,7 +31,7 @@ def optimization_direction(metric: str | None) -> str:
     """Optuna's direction for a metric: ``maximize`` for PSNR/SSIM, ``minimize`` for LPIPS and errors."""
     if not metric:
         raise ValueError("optimized_metric: a search needs a metric to optimise, e.g. val/lpips")
-    from .sweep import higher_is_better
+    from .metrics import higher_is_better
 
     return "maximize" if higher_is_better(metric) else "minimize"
 

@@ -103,16 +103,18 @@ class InpaintDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, key: int | tuple[int, int, int, int]) -> dict[str, torch.Tensor]:
-        if self.train:
-            # Keys come from EpochSampler; a bare index means epoch 0, position = index.
-            epoch, local, position, index = key if isinstance(key, tuple) else (0, key, key, key)
-            rng = np.random.default_rng([self.seed, epoch, position])
-            image = self.images.get(index, rng)
-        else:
+        """``{"image": (3,S,S) in [-1,1], "mask": (1,S,S) 1 = hole, "index": ()}``; training items
+        also carry ``"epoch"`` and ``"local"`` (this rank's position in the epoch), from which the
+        data module records how far training got (for an exact mid-epoch resume)."""
+        if not self.train:
             index = int(key)
-            epoch, local = 0, index
-            rng = np.random.default_rng([self.seed, index])
             image = self.images.get(index, None)
+            mask = self.masks(image.shape[-2], image.shape[-1], np.random.default_rng([self.seed, index]))
+            return {"image": image, "mask": mask, "index": torch.tensor(index)}
+        # Keys come from EpochSampler; a bare index means epoch 0, position = index.
+        epoch, local, position, index = key if isinstance(key, tuple) else (0, key, key, key)
+        rng = np.random.default_rng([self.seed, epoch, position])
+        image = self.images.get(index, rng)
         mask = self.masks(image.shape[-2], image.shape[-1], rng)
         return {
             "image": image,

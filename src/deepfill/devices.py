@@ -26,7 +26,6 @@ __all__ = [
     "DeviceClaimError",
     "choose_free",
     "claim_devices",
-    "held_devices",
     "visible_gpus",
 ]
 
@@ -82,11 +81,6 @@ def _try_lock(path: Path) -> int | None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
-
-
-def held_devices() -> list[str]:
-    """Devices this process has claimed (empty before :func:`claim_devices`)."""
-    return list(_HELD)
 
 
 def claim_devices(

@@ -29,6 +29,7 @@ from .errors import UserError, report_errors
 from .files import writable_dir
 from .masks import FolderMasks, read_mask, resize_mask
 from .metrics import METRIC_NAMES, image_metrics, to_unit
+from .models import composite
 from .tables import write_table
 
 __all__ = [
@@ -94,7 +95,7 @@ def evaluate(
         for name, method in methods.items():
             with torch.no_grad():
                 output = method(image, mask)
-            completed = output * mask + image * (1 - mask)
+            completed = composite(output, image, mask)
             values = per_image_metrics(completed, image, mask, lpips_net)
             for i in range(image.shape[0]):
                 record = {"method": name, "hole_ratio": float(ratios[i])}

@@ -32,7 +32,7 @@ from .datasets import IMAGE_EXTENSIONS, load_image, to_tensor
 from .errors import UnreadableImageError, UserError, report_errors
 from .files import atomic_path, writable_dir
 from .masks import HOLE_THRESHOLD, read_mask
-from .models import InpaintGenerator, flow_to_image, inpaint_padded
+from .models import InpaintGenerator, composite, flow_to_image, inpaint_padded
 from .models.layers import resize_nearest
 from .visuals import to_uint8
 
@@ -146,7 +146,7 @@ def _inpaint_one(generator, image_path, mask_path, target, cfg, device) -> list[
     written = [target]
     if cfg.save_coarse:
         coarse = target.with_name(target.stem + "_coarse.png")
-        _save(x1 * hole + image * (1 - hole), coarse)
+        _save(composite(x1, image, hole), coarse)
         written.append(coarse)
     if cfg.save_flow:
         flow = resize_nearest(flow_to_image(offsets), tuple(image.shape[-2:]), align_corners=False)

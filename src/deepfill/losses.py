@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .models.generator import composite
+
 __all__ = [
     "CriticLoss",
     "GeneratorLoss",
@@ -341,7 +343,7 @@ def generator_loss(
     adversarial = torch.zeros((), device=image.device, dtype=l1.dtype)
     if critics is not None and x2 is not None:
         global_critic, local_critic = critics
-        fake = x2 * mask + image * (1 - mask)
+        fake = composite(x2, image, mask)
         (fake_local,) = crop_patches(origins, local_size, fake)
         g_global = wgan_generator_loss(global_critic(fake))
         g_local = wgan_generator_loss(local_critic(fake_local))

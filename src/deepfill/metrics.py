@@ -29,10 +29,12 @@ __all__ = [
     "InpaintingMetrics",
     "LPIPSMetric",
     "alexnet_weights_path",
+    "higher_is_better",
     "hole_l1",
     "hole_l2",
     "image_metrics",
     "psnr",
+    "selection_metric",
     "to_unit",
 ]
 
@@ -58,6 +60,16 @@ def hole_l2(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     """Per-image mean squared error inside the hole: (N,)."""
     mask = mask.expand_as(prediction)
     return ((prediction - target).square() * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1)
+
+
+def higher_is_better(metric: str) -> bool:
+    """PSNR and SSIM grow with quality; LPIPS and the hole errors shrink (``val/psnr`` -> True)."""
+    return metric.rsplit("/", 1)[-1].split("_")[0] in ("psnr", "ssim")
+
+
+def selection_metric(lpips: bool, split: str = "val") -> str:
+    """The metric runs and checkpoints are ranked by: LPIPS when it is computed, else PSNR."""
+    return f"{split}/lpips" if lpips else f"{split}/psnr"
 
 
 def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

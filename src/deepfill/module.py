@@ -26,7 +26,7 @@ from torch.profiler import record_function
 from .errors import UserError
 from .losses import LossWeights, critic_loss, generator_loss, local_patches
 from .metrics import InpaintingMetrics, to_unit
-from .models import GlobalCritic, InpaintGenerator, LocalCritic
+from .models import GlobalCritic, InpaintGenerator, LocalCritic, composite
 from .visuals import COLUMNS, inpainting_grid, log_grid
 
 __all__ = ["DeepFillModule", "NonFiniteLossError"]
@@ -105,7 +105,7 @@ class DeepFillModule(pl.LightningModule):
         self.generator = generator
         self.global_critic = global_critic
         self.local_critic = local_critic
-        self.weights = loss if isinstance(loss, LossWeights) else LossWeights(**(loss or {}))
+        self.loss_weights = loss if isinstance(loss, LossWeights) else LossWeights(**(loss or {}))
         self.lr, self.betas = lr, tuple(betas)
         self.n_critic, self.pretrain_coarse_steps = n_critic, pretrain_coarse_steps
         self.reconstruction_steps, self.lr_decay_steps = reconstruction_steps, lr_decay_steps
@@ -127,7 +127,7 @@ class DeepFillModule(pl.LightningModule):
                 "generator": generator.config,
                 "global_critic_size": global_critic.input_size,
                 "local_critic_size": local_critic.input_size,
-                "loss": self.weights.__dict__,
+                "loss": self.loss_weights.__dict__,
                 "lr": lr,
                 "betas": list(self.betas),
                 "n_critic": n_critic,
@@ -145,9 +145,6 @@ class DeepFillModule(pl.LightningModule):
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas)
         opt_d = torch.optim.Adam(critics, lr=self.lr, betas=self.betas)
         return [opt_g, opt_d]
-
-    def forward(self, image: torch.Tensor, mask: torch.Tensor):
-        return self.generator(image, mask)
 
     @staticmethod
     def generator_from_checkpoint(path: str, map_location: str | torch.device = "cpu") -> InpaintGenerator:
@@ -170,7 +167,7 @@ class DeepFillModule(pl.LightningModule):
     def local_size(self) -> int:
         return self.local_critic.input_size
 
-    def _finite(self, loss: torch.Tensor, name: str) -> bool:
+    def _finite_or_skip(self, loss: torch.Tensor, name: str) -> bool:
         """Skip an update whose loss is NaN/Inf; stop after ``max_nonfinite`` in a row.
 
         Under DDP the ranks decide together (skip when any rank's loss is not finite): a rank
@@ -223,7 +220,7 @@ class DeepFillModule(pl.LightningModule):
         # record_function ranges name the parts of a step in profiles (free when not profiling).
         with torch.no_grad(), record_function("deepfill/critic_step/generator_forward"):
             _, x2, _ = self.generator(image, mask)
-            fake = x2 * mask + image * (1 - mask)
+            fake = composite(x2, image, mask)
         draw = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.critic_steps))
         alpha = torch.rand(2, image.shape[0], generator=draw).to(image.device, image.dtype)
         with record_function("deepfill/critic_step/critics"):
@@ -236,10 +233,10 @@ class DeepFillModule(pl.LightningModule):
                 local_patches(mask, self.local_size),
                 alpha_global=alpha[0],
                 alpha_local=alpha[1],
-                gp_weight=self.weights.gp,
+                gp_weight=self.loss_weights.gp,
             )
         opt_d.zero_grad(set_to_none=True)
-        if not self._finite(loss.total.detach(), "critic loss"):
+        if not self._finite_or_skip(loss.total.detach(), "critic loss"):
             return False
         with record_function("deepfill/critic_step/backward"):
             self.manual_backward(loss.total)
@@ -282,13 +279,13 @@ class DeepFillModule(pl.LightningModule):
                 x2,
                 local_patches(mask, self.local_size),
                 self.local_size,
-                self.weights,
+                self.loss_weights,
                 self.discount,
                 self.gamma,
                 critics=(self.global_critic, self.local_critic) if phase == "adversarial" else None,
             )
             opt_g.zero_grad(set_to_none=True)
-            if not self._finite(loss.total.detach(), f"{phase} generator loss"):
+            if not self._finite_or_skip(loss.total.detach(), f"{phase} generator loss"):
                 return False
             with record_function("deepfill/generator_step/backward"):
                 self.manual_backward(loss.total)
@@ -326,7 +323,7 @@ class DeepFillModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
         x1, x2, offsets = self.generator(image, mask)
-        completed = x2 * mask + image * (1 - mask)
+        completed = composite(x2, image, mask)
         self.val_metrics.update(to_unit(completed), to_unit(image), mask)
         for name, metric in self.val_metrics.metrics().items():
             self.log(f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=name in ("psnr", "lpips"))
@@ -336,6 +333,6 @@ class DeepFillModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
         _, x2, _ = self.generator(image, mask)
-        self.test_metrics.update(to_unit(x2 * mask + image * (1 - mask)), to_unit(image), mask)
+        self.test_metrics.update(to_unit(composite(x2, image, mask)), to_unit(image), mask)
         for name, metric in self.test_metrics.metrics().items():
             self.log(f"test/{name}", metric, on_step=False, on_epoch=True)

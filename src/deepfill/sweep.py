@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .files import atomic_path
+from .metrics import higher_is_better, selection_metric
 from .tables import write_table
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "collect_results",
     "end_job",
     "finished_jobs",
-    "higher_is_better",
     "main",
     "parse_override",
     "read_record",
@@ -48,7 +48,7 @@ RECORD_NAME = "job.json"
 # Metrics a sweep reports: validation and test scores, not the per-batch training losses.
 REPORTED_PREFIXES = ("val/", "test/")
 # Ranks a sweep whose optimized_metric no run computed.
-FALLBACK_METRIC = "val/psnr"
+FALLBACK_METRIC = selection_metric(lpips=False)
 
 
 class JobConflictError(ValueError):
@@ -145,11 +145,6 @@ def parse_override(override: str) -> tuple[str, str]:
     """``"+model.loss.gan=0.01"`` -> ``("model.loss.gan", "0.01")``."""
     key, _, value = override.partition("=")
     return key.lstrip("+~"), value
-
-
-def higher_is_better(metric: str) -> bool:
-    """PSNR and SSIM grow with quality; LPIPS and the hole errors shrink."""
-    return metric.rsplit("/", 1)[-1].split("_")[0] in ("psnr", "ssim")
 
 
 def collect_results(

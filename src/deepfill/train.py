@@ -188,6 +188,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
 def _fit(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     # Subnormal floats (e.g. the gradients of ELUs far below zero) make x86 CPUs run the
@@ -210,15 +214,15 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
 
         check_resume_checkpoint(model, cfg.ckpt_path)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = _scalar_metrics(trainer)
     if not trainer.fast_dev_run and not any(k.startswith("val/") for k in metrics):
         # E.g. resumed from a checkpoint written after the last epoch: score the final weights.
         trainer.validate(model, datamodule=datamodule)
-        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        metrics |= _scalar_metrics(trainer)
     if cfg.get("test") and not trainer.fast_dev_run:
         best = next((c.best_model_path for c in callbacks if getattr(c, "best_model_path", "")), None)
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        metrics |= _scalar_metrics(trainer)
     if trainer.is_global_zero:
         _report(cfg, trainer, loggers)
         if not trainer.fast_dev_run:

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from .models.contextual_attention import flow_to_image
+from .models.generator import composite
 from .models.layers import resize_nearest
 
 __all__ = ["COLUMNS", "comparison_grid", "inpainting_grid", "log_grid", "to_uint8"]
@@ -34,9 +35,9 @@ def inpainting_grid(
     image, mask = image[:n].float(), mask[:n].float().expand(n, 1, *image.shape[-2:])
     x1, x2 = x_stage1[:n].float(), x_stage2[:n].float()
     holed = image * (1 - mask) + mask  # hole shown white
-    composite = x2 * mask + image * (1 - mask)
+    completed = composite(x2, image, mask)
     flow = resize_nearest(flow_to_image(offsets[:n]), tuple(image.shape[-2:]), align_corners=False)
-    columns = [holed, x1, x2, composite, image, flow.to(image.device)]
+    columns = [holed, x1, x2, completed, image, flow.to(image.device)]
     rows = torch.cat([torch.cat(list(col), dim=-1) for col in zip(*columns, strict=True)], dim=-2)
     return to_uint8(rows)
 
@@ -53,7 +54,7 @@ def comparison_grid(
     image, mask = image.float(), mask.float().expand(image.shape[0], 1, *image.shape[-2:])
     flow = resize_nearest(flow_to_image(offsets), tuple(image.shape[-2:]), align_corners=False)
     columns = [image * (1 - mask) + mask]
-    columns += [out.float() * mask + image * (1 - mask) for out in outputs.values()]
+    columns += [composite(out.float(), image, mask) for out in outputs.values()]
     columns += [flow.to(image.device), image]
     rows = torch.cat([torch.cat(list(col), dim=-1) for col in zip(*columns, strict=True)], dim=-2)
     grid = to_uint8(rows)

@@ -1,8 +1,8 @@
 """DeepFill v1 networks: contextual attention, the two-stage generator and the WGAN critics."""
 
-from .contextual_attention import ContextualAttention, contextual_attention, flow_to_image
+from .contextual_attention import ContextualAttention, flow_to_image
 from .critics import GlobalCritic, LocalCritic
-from .generator import CoarseGenerator, InpaintGenerator, RefineGenerator, inpaint_padded
+from .generator import CoarseGenerator, InpaintGenerator, RefineGenerator, composite, inpaint_padded
 
 __all__ = [
     "CoarseGenerator",
@@ -11,7 +11,7 @@ __all__ = [
     "InpaintGenerator",
     "LocalCritic",
     "RefineGenerator",
-    "contextual_attention",
+    "composite",
     "flow_to_image",
     "inpaint_padded",
 ]

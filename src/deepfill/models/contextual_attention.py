@@ -28,7 +28,7 @@ from torch import nn
 
 from .layers import pad_same, resize_nearest, tf_same_padding
 
-__all__ = ["ContextualAttention", "contextual_attention", "flow_to_image", "validate_attention_inputs"]
+__all__ = ["ContextualAttention", "flow_to_image", "validate_attention_inputs"]
 
 # Bytes one chunk of the score matrix may take (about 5 such buffers are alive per chunk).
 # Measured on a 2-core CPU: 16 MiB chunks were fastest (1024^2: 10.2 s vs 14.5 s with 256 MiB),
@@ -429,22 +429,6 @@ class ContextualAttention(nn.Module):
         left, _ = tf_same_padding(width, 2 * r, r)
         y = canvas[:, :, top : top + height, left : left + width] / 4.0
         return y, offsets.view(n, 2, h, w)
-
-
-def contextual_attention(
-    f: torch.Tensor,
-    b: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    ksize: int = 3,
-    stride: int = 1,
-    rate: int = 1,
-    fuse_k: int = 3,
-    softmax_scale: float = 10.0,
-    fuse: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Functional form with the official signature and defaults (note ``rate=1`` here)."""
-    layer = ContextualAttention(ksize, stride, rate, fuse_k, softmax_scale, fuse)
-    return layer(f, b, mask)
 
 
 # ---------------------------------------------------------------------- flow colouring

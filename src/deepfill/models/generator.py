@@ -228,7 +228,8 @@ class InpaintGenerator(nn.Module):
             claim): the attention branch's features pass on unchanged; same parameters.
 
     ``forward(image, mask) -> (x_stage1, x_stage2, offsets)``:
-        image: (N,3,H,W) in [-1,1], RGB, H and W divisible by 8 (known pixels; the hole content
+        image: (N,3,H,W) in [-1,1], RGB, H and W divisible by :attr:`multiple` (``4 * rate``, 8
+        by default; known pixels; the hole content
         is ignored). mask: (1 or N,1,H,W), 1 = hole. x_stage1, x_stage2: (N,3,H,W) in [-1,1].
         offsets: (N,2,H/4/rate,W/4/rate) attention offsets (see :func:`deepfill.flow_to_image`).
     """
@@ -260,7 +261,6 @@ class InpaintGenerator(nn.Module):
             "init": init,
             "contextual_attention": contextual_attention,
         }
-        self.cnum = cnum
         self.multiple = 4 * attention_kwargs["rate"]
         self.coarse = CoarseGenerator(cnum, dilations, padding, align_corners)
         self.refine = RefineGenerator(
@@ -300,16 +300,24 @@ class InpaintGenerator(nn.Module):
         x_in = image * (1 - mask)
         x_stage1 = self.coarse(x_in, mask)
         # Gradients flow from stage 2 into stage 1 through the pasted coarse result.
-        x = x_stage1 * mask + x_in * (1 - mask)
+        x = composite(x_stage1, x_in, mask)
         x_stage2, offsets = self.refine(x, mask)
         return x_stage1, x_stage2, offsets
+
+
+def composite(output: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The completed image: ``output`` inside the hole, ``image`` outside.
+
+    output, image: (N,C,H,W); mask: (N or 1,1,H,W), 1 = hole (soft values blend)."""
+    return output * mask + image * (1 - mask)
 
 
 @torch.no_grad()
 def inpaint_padded(
     generator: InpaintGenerator, image: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the generator on any H, W: pad to a multiple of 8 (reflect), run, crop back.
+    """Run the generator on any H, W: pad to a multiple of ``generator.multiple`` (``4 * rate``,
+    reflect), run, crop back.
 
     image: (N,3,H,W) in [-1,1]; mask: (1 or N,1,H,W), 1 = hole. Returns (x_stage1, x_stage2,
     completed, offsets): images (N,3,H,W), ``completed`` keeping the known pixels of ``image``
@@ -327,5 +335,4 @@ def inpaint_padded(
     x1, x2, offsets = generator(image_p, mask_p)
     x1, x2 = x1[..., :height, :width], x2[..., :height, :width]
     mask = mask.to(image.dtype)
-    completed = x2 * mask + image * (1 - mask)
-    return x1, x2, completed, offsets
+    return x1, x2, composite(x2, image, mask), offsets

@@ -63,7 +63,7 @@ class SameConv2d(nn.Conv2d):
 
     When the padding is symmetric (every stride-1 layer) it is passed to the convolution itself,
     so no padded copy of the input is made; only the asymmetric case (stride 2 on even sizes)
-    pads explicitly. ``padding_mode="symmetric"`` gives the plain PyTorch layout instead
+    pads explicitly. ``same="symmetric"`` (the generator's ``padding``) gives the plain PyTorch layout instead
     (``(k-1)*d//2`` on both sides), which is what a model trained from scratch may prefer.
     """
 
