@@ -319,3 +319,24 @@ def test_bf16_autocast_path_stays_close_to_float32(grad) -> None:
     assert (x2.float() - reference).abs().mean() < 0.05
     if grad:
         assert all(torch.isfinite(p.grad).all() for p in generator.parameters() if p.grad is not None)
+
+
+def test_channels_last_layout_gives_the_nchw_results() -> None:
+    """The default NHWC layout (faster) computes the same function as plain NCHW."""
+    torch.manual_seed(0)
+    nchw = InpaintGenerator(cnum=8, channels_last=False)
+    nhwc = InpaintGenerator(cnum=8)
+    nhwc.load_state_dict(nchw.state_dict())
+    assert nhwc.coarse.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nchw.coarse.conv1.weight.is_contiguous()
+    image = torch.rand(2, 3, 64, 64) * 2 - 1
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[:, :, 16:48, 20:44] = 1
+    (a1, a2, a_off), (b1, b2, b_off) = nchw(image, mask), nhwc(image, mask)
+    torch.testing.assert_close(b1, a1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b2, a2, rtol=1e-5, atol=1e-5)
+    assert torch.equal(a_off, b_off)
+    (a2.square().mean()).backward()
+    (b2.square().mean()).backward()
+    grads = nhwc.refine.xconv1.weight.grad, nchw.refine.xconv1.weight.grad
+    torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-6)

@@ -226,6 +226,8 @@ class InpaintGenerator(nn.Module):
             ``"pytorch"`` (PyTorch's layer defaults); see :func:`deepfill.models.layers.initialize_`.
         contextual_attention: ``False`` removes the attention layer (the ablation of the paper's
             claim): the attention branch's features pass on unchanged; same parameters.
+        channels_last: keep the weights and activations in NHWC layout (the faster one for
+            these convolutions; ``False`` for the plain NCHW layout). Results are the same.
 
     ``forward(image, mask) -> (x_stage1, x_stage2, offsets)``:
         image: (N,3,H,W) in [-1,1], RGB, H and W divisible by :attr:`multiple` (``4 * rate``, 8
@@ -246,6 +248,7 @@ class InpaintGenerator(nn.Module):
         align_corners: bool = True,
         init: InitScheme = "glorot_uniform",
         contextual_attention: bool = True,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if cnum < 2 or cnum % 2:
@@ -260,7 +263,9 @@ class InpaintGenerator(nn.Module):
             "align_corners": align_corners,
             "init": init,
             "contextual_attention": contextual_attention,
+            "channels_last": channels_last,
         }
+        self.channels_last = channels_last
         self.multiple = 4 * attention_kwargs["rate"]
         self.coarse = CoarseGenerator(cnum, dilations, padding, align_corners)
         self.refine = RefineGenerator(
@@ -272,6 +277,10 @@ class InpaintGenerator(nn.Module):
             contextual_attention,
         )
         initialize_(self, init)
+        if channels_last:
+            # NHWC convolutions: about 1.2x faster inference and training steps on a 2-core
+            # CPU, measured side by side (BENCHMARKS.md); results equal NCHW to float rounding.
+            self.to(memory_format=torch.channels_last)
 
     def check_inputs(self, image: torch.Tensor, mask: torch.Tensor) -> None:
         """Raise one clear ``ValueError`` line for inputs the generator cannot take."""
@@ -296,6 +305,8 @@ class InpaintGenerator(nn.Module):
         self, image: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.check_inputs(image, mask)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         mask = mask.to(image.dtype)
         x_in = image * (1 - mask)
         x_stage1 = self.coarse(x_in, mask)
