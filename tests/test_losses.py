@@ -272,3 +272,20 @@ def test_critic_loss_has_no_global_weight_and_lambda_on_both_penalties() -> None
     holes = mask.sum(dim=(1, 2, 3))
     expected_gp_g = ((0.3 * (3 * holes).sqrt() - 1) ** 2).mean()
     assert gp_g.item() == pytest.approx(expected_gp_g.item(), rel=1e-5)
+
+
+def test_precomputed_hole_distance_gives_the_same_nearest_known_discount() -> None:
+    """The data module's distance transform (scipy, once per mask in the workers) and the
+    erosion loop agree on every kind of hole, border-touching and all-hole ones included."""
+    rng = np.random.default_rng(0)
+    masks = [M.free_form(96, 80, rng) for _ in range(6)] + [M.thick(96, 80, rng) for _ in range(6)]
+    border = torch.zeros(1, 96, 80)
+    border[:, :40, :30] = 1  # touches two borders: they are not known pixels
+    masks += [border, torch.ones(1, 96, 80), torch.zeros(1, 96, 80)]
+    mask = torch.stack(masks)
+    distance = torch.stack([M.hole_distance(m) for m in masks])
+    assert distance.shape == mask.shape
+    # The corner pixel is 30 columns from the known pixel (0, 30); the border does not count.
+    assert distance[-3, 0, 0, 0] == 30
+    expected = nearest_known_discount(mask, 0.9)
+    torch.testing.assert_close(nearest_known_discount(mask, 0.9, distance), expected, rtol=1e-6, atol=1e-7)

@@ -121,7 +121,7 @@ def test_critic_steps_leave_the_generator_alone_and_vice_versa(tmp_path) -> None
     seen = []
     original = module._generator_step
 
-    def watched(image, mask, opt_g, phase="adversarial"):
+    def watched(image, mask, opt_g, phase="adversarial", distance=None):
         before = _params(module.global_critic) + _params(module.local_critic)
         gen_before = _params(module.generator)
         step = opt_g.step
@@ -136,7 +136,7 @@ def test_critic_steps_leave_the_generator_alone_and_vice_versa(tmp_path) -> None
 
         opt_g.step = checked_step
         try:
-            result = original(image, mask, opt_g, phase)
+            result = original(image, mask, opt_g, phase, distance)
         finally:
             opt_g.step = step
         seen.append(
@@ -235,9 +235,9 @@ def test_reconstruction_phase_trains_both_stages_without_critics_then_the_schedu
     critics_before = _params(module.global_critic) + _params(module.local_critic)
     step = module._generator_step
 
-    def watched(image, mask, opt_g, phase="adversarial"):
+    def watched(image, mask, opt_g, phase="adversarial", distance=None):
         before = _params(module.generator.refine)
-        result = step(image, mask, opt_g, phase)
+        result = step(image, mask, opt_g, phase, distance)
         refine.append((phase, _same(before, _params(module.generator.refine))))
         return result
 

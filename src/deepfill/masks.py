@@ -41,6 +41,7 @@ __all__ = [
     "centered_rectangle",
     "eval_mask",
     "free_form",
+    "hole_distance",
     "hole_ratio",
     "irregular",
     "medium",
@@ -313,6 +314,21 @@ def _binarise(values: np.ndarray, source: str) -> np.ndarray:
             stacklevel=3,
         )
     return values >= HOLE_THRESHOLD
+
+
+def hole_distance(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(1,H,W) float32 chessboard distance of every hole pixel to the nearest known pixel (1 next
+    to the boundary; 0 on known pixels); the image border is not a known pixel. For a mask with
+    no known pixel, ``max(H, W) + 1`` everywhere (its discount weights then vanish).
+    mask: (1,H,W) or (H,W), 1 = hole."""
+    from scipy.ndimage import distance_transform_cdt
+
+    array = np.asarray(mask, dtype=np.float32).reshape(np.shape(mask)[-2:]) > 0.5
+    if array.all():
+        distance = np.full(array.shape, max(array.shape) + 1, dtype=np.float32)
+    else:
+        distance = distance_transform_cdt(array, metric="chessboard").astype(np.float32)
+    return torch.from_numpy(distance)[None]
 
 
 def read_mask(path: str | Path, invert: bool = False) -> np.ndarray:

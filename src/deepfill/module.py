@@ -198,6 +198,7 @@ class DeepFillModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
+        distance = batch.get("hole_distance")  # precomputed by the data module's workers
         opt_g, opt_d = self.optimizers()
         steps = int(self.generator_steps)
         if self.lr_decay_steps:
@@ -206,14 +207,14 @@ class DeepFillModule(pl.LightningModule):
                 for group in optimizer.param_groups:
                     group["lr"] = self.learning_rate(steps)
         if steps < self.pretrain_coarse_steps:
-            self._generator_step(image, mask, opt_g, phase="coarse")
+            self._generator_step(image, mask, opt_g, "coarse", distance)
         elif steps < self.pretrain_coarse_steps + self.reconstruction_steps:
-            self._generator_step(image, mask, opt_g, phase="reconstruction")
+            self._generator_step(image, mask, opt_g, "reconstruction", distance)
         elif int(self.critic_since_generator) < self.n_critic:
             # A skipped (non-finite) critic update does not count towards the n_critic.
             if self._critic_step(image, mask, opt_d):
                 self.critic_since_generator += 1
-        elif self._generator_step(image, mask, opt_g):
+        elif self._generator_step(image, mask, opt_g, "adversarial", distance):
             self.critic_since_generator.zero_()
 
     def _critic_step(self, image, mask, opt_d) -> bool:
@@ -258,8 +259,9 @@ class DeepFillModule(pl.LightningModule):
         )
         return True
 
-    def _generator_step(self, image, mask, opt_g, phase: str = "adversarial") -> bool:
-        """One generator update; False when it was skipped (non-finite loss).
+    def _generator_step(self, image, mask, opt_g, phase: str = "adversarial", distance=None) -> bool:
+        """One generator update; False when it was skipped (non-finite loss). ``distance``: the
+        batch's precomputed hole distance, for the ``nearest_known`` discount (or None).
 
         ``phase``: ``"coarse"`` (official PRETRAIN_COARSE_NETWORK: stage 1 alone on the
         reconstruction losses), ``"reconstruction"`` (both stages, reconstruction losses) or
@@ -283,6 +285,7 @@ class DeepFillModule(pl.LightningModule):
                 self.discount,
                 self.gamma,
                 critics=(self.global_critic, self.local_critic) if phase == "adversarial" else None,
+                distance=distance,
             )
             opt_g.zero_grad(set_to_none=True)
             if not self._finite_or_skip(loss.total.detach(), f"{phase} generator loss"):
