@@ -16,6 +16,7 @@ from deepfill.datamodule import InpaintDataModule
 from deepfill.datasets import SampleImages
 from deepfill.metrics import InpaintingMetrics, to_unit
 from deepfill.module import DeepFillModule
+from test_distributed import DDP_TINY
 
 pytestmark = pytest.mark.slow
 
@@ -23,27 +24,12 @@ pytestmark = pytest.mark.slow
 def test_ddp_cpu_trains_and_syncs_validation_metrics(tmp_path) -> None:
     run = tmp_path / "run"
     args = [
-        "experiment=quickstart",
-        "mask=free_form_v2",
-        "trainer=ddp_cpu",
-        "logger=csv",
-        "data.image_size=64",
+        *DDP_TINY,
         "data.batch_size=2",
-        "data.num_workers=0",
-        "data.persistent_workers=false",
         "data.train.length=16",
         "data.val.length=6",
-        "model.generator.cnum=8",
-        "model.global_critic.cnum=8",
-        "model.local_critic.cnum=8",
         "model.lpips_pretrained=false",
-        "model.n_critic=1",
-        "model.pretrain_coarse_steps=0",
-        "model.reconstruction_steps=0",
         "trainer.max_epochs=1",
-        "trainer.check_val_every_n_epoch=1",
-        "trainer.val_check_interval=1.0",
-        "+trainer.num_sanity_val_steps=0",
         f"hydra.run.dir={run}",
         f"paths.log_dir={tmp_path}",
     ]

@@ -10,6 +10,26 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("ddp_nonfinite.py")
 
+# The quickstart shrunk for 2 gloo processes on 2 cores (shared with the slow test_ddp.py).
+DDP_TINY = [
+    "experiment=quickstart",
+    "mask=free_form_v2",
+    "trainer=ddp_cpu",
+    "logger=csv",
+    "data.image_size=64",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "model.generator.cnum=8",
+    "model.global_critic.cnum=8",
+    "model.local_critic.cnum=8",
+    "model.n_critic=1",
+    "model.pretrain_coarse_steps=0",
+    "model.reconstruction_steps=0",
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.val_check_interval=1.0",
+    "+trainer.num_sanity_val_steps=0",
+]
+
 
 def test_a_nan_on_one_rank_is_skipped_by_both_without_a_hang(tmp_path) -> None:
     """Rank 1's first critic loss is NaN, rank 0's is finite: both ranks must skip that update
@@ -42,29 +62,14 @@ def test_sigterm_to_a_ddp_run_writes_one_checkpoint_and_both_ranks_exit(tmp_path
 
     run = tmp_path / "run"
     args = [
-        "experiment=quickstart",
-        "mask=free_form_v2",
-        "trainer=ddp_cpu",
-        "logger=csv",
-        "data.image_size=64",
+        *DDP_TINY,
         "data.batch_size=1",
-        "data.num_workers=0",
-        "data.persistent_workers=false",
         "data.train.length=400",
         "data.val.length=2",
-        "model.generator.cnum=8",
-        "model.global_critic.cnum=8",
-        "model.local_critic.cnum=8",
         "model.lpips=false",
-        "model.n_critic=1",
-        "model.pretrain_coarse_steps=0",
-        "model.reconstruction_steps=0",
         "trainer.max_steps=-1",
         "trainer.max_epochs=1000",
-        "trainer.check_val_every_n_epoch=1",
-        "trainer.val_check_interval=1.0",
         "trainer.log_every_n_steps=1",
-        "+trainer.num_sanity_val_steps=0",
         "baseline_comparison=null",
         f"hydra.run.dir={run}",
         f"paths.log_dir={tmp_path}",

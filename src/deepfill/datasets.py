@@ -33,6 +33,7 @@ __all__ = [
     "UnreadableImageError",
     "flist",
     "image_folder",
+    "list_images",
     "load_image",
     "to_tensor",
 ]
@@ -225,6 +226,11 @@ def _check_dir(path: Path, what: str) -> None:
         raise FileNotFoundError(f"{what} not found: {path}")
 
 
+def list_images(root: Path) -> list[Path]:
+    """Every file under ``root`` (recursive) with an image extension, sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def image_folder(
     root: str | os.PathLike,
     image_size: int = 256,
@@ -239,7 +245,7 @@ def image_folder(
     _check_dir(root, "image folder")
     if not root.is_dir():
         raise NotADirectoryError(f"image folder is not a directory: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = list_images(root)
     if not files:
         raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return FileImages(files, image_size, small, max_bad_fraction, scan, str(root), crop)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from .checkpoints import check_weights_path
 from .config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device
-from .datasets import IMAGE_EXTENSIONS, load_image, to_tensor
+from .datasets import IMAGE_EXTENSIONS, list_images, load_image, to_tensor
 from .errors import UnreadableImageError, UserError, report_errors
 from .files import atomic_path, writable_dir
 from .masks import HOLE_THRESHOLD, read_mask
@@ -75,10 +75,6 @@ def load_mask(path: Path | None, image_path: Path, size: tuple[int, int]) -> np.
     return mask.astype(np.float32)
 
 
-def _images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def pairs(input_path: Path, mask_path: Path | None) -> list[tuple[Path, Path | None, Path]]:
     """(image, mask or None, relative output path) for a file or a folder of images."""
     if not input_path.exists():
@@ -87,7 +83,7 @@ def pairs(input_path: Path, mask_path: Path | None) -> list[tuple[Path, Path | N
         if mask_path is not None and not mask_path.is_file():
             raise UserError(f"mask_path: no such file: {mask_path}")
         return [(input_path, mask_path, Path(input_path.stem + ".png"))]
-    images = _images(input_path)
+    images = list_images(input_path)
     if not images:
         raise UserError(f"input: folder {input_path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     if mask_path is not None and not mask_path.is_dir():
