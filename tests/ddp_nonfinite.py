@@ -1,12 +1,14 @@
 """Run by tests/test_ddp.py: 2 CPU ranks (gloo); rank 1's first critic loss is made NaN.
 
 Both ranks must skip that update together (no hang in the gradient all-reduce) and end with the
-same weights. Prints one line per rank: ``rank <r> critic_steps <n> checksum <float>``."""
+same weights. Each rank writes ``rank<r>.txt`` into the output folder: ``<critic_steps> <checksum>``
+(files, not stdout: the ranks' prints can interleave)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -66,7 +68,7 @@ def main(out_dir: str) -> None:
     trainer.fit(model, datamodule=data)
     checksum = sum(float(p.detach().double().sum()) for p in model.global_critic.parameters())
     steps = int(model.critic_steps)
-    print(f"rank {trainer.global_rank} critic_steps {steps} checksum {checksum:.10e}", flush=True)
+    Path(out_dir, f"rank{trainer.global_rank}.txt").write_text(f"{steps} {checksum:.10e}\n")
 
 
 if __name__ == "__main__":
