@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).with_name("ddp_nonfinite.py")
 
 # The quickstart shrunk for 2 gloo processes on 2 cores (shared with the slow test_ddp.py).
@@ -53,6 +55,10 @@ def test_a_nan_on_one_rank_is_skipped_by_both_without_a_hang(tmp_path) -> None:
     assert ranks[0][1] == ranks[1][1]  # the same critic weights
 
 
+# Slow, and known to fail now and then: Lightning's launcher forwards the SIGTERM to rank 1, and
+# its Timer callback's per-batch broadcast (the quickstart sets max_time) can meet a rank that is
+# already stopping (gloo "connection reset"). Seen once in five runs; `make test-all` runs it.
+@pytest.mark.slow
 def test_sigterm_to_a_ddp_run_writes_one_checkpoint_and_both_ranks_exit(tmp_path) -> None:
     import csv
     import time
