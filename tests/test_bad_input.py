@@ -102,6 +102,7 @@ CASES = [
     (TRAIN, ["data.batch_sze=3"], "data.batch_sze: unknown key (did you mean 'data.batch_size'?)"),
     (TRAIN, ["+model.generator.attention.kszie=5"], "model.generator.attention.kszie: unknown key for ContextualAttention (did you mean 'ksize'?)"),
     (TRAIN, ["model.generator.cnum=abc"], "model.generator.cnum: expected an integer, got 'abc'"),
+    (TRAIN, ["callbacks.signal.requeue_signal=FOO"], "callbacks.signal.requeue_signal: 'FOO' is not a signal of this system"),
     pytest.param(TRAIN, ["trainer=gpu"], "trainer.accelerator=gpu: no CUDA GPU", marks=NO_GPU),
     (TRAIN, ["ckpt_path={ws}/trunc.ckpt"], "trunc.ckpt is not a readable PyTorch checkpoint"),
     (TRAIN, ["ckpt_path={ws}/cnum16.ckpt", "model.generator.cnum=8"], "trained with generator.cnum: 16 in the file, 8 here"),

@@ -114,3 +114,34 @@ def test_sigterm_to_a_ddp_run_writes_one_checkpoint_and_both_ranks_exit(tmp_path
     else:
         os.killpg(process.pid, signal.SIGKILL)
         raise AssertionError(f"rank processes still running after SIGTERM: {left.stdout.split()}")
+
+
+def test_the_requeue_signal_on_one_rank_saves_once_then_hands_over_on_every_rank(tmp_path) -> None:
+    """SLURM's pre-time-limit signal reaches rank 1 only: both ranks must save one checkpoint at
+    the same step, then submitit's handler (installed before training, as in a submitit job)
+    requeues from rank 0, and both ranks stop instead of one waiting for a rank that left."""
+    import torch
+
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("ddp_requeue.py")), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError("the ranks hung after the requeue signal") from None
+    assert process.returncode == 144, err[-3000:]  # submitit's local "requeued" exit code
+    ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    handled, stopped, ended = zip(*ranks, strict=True)
+    assert ended == ("exit", "exit"), err[-3000:]
+    assert stopped[0] == stopped[1]
+    assert handled == (stopped[0], "-1")  # rank 0 checkpointed the submission and requeued
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == int(stopped[0])
+    assert 0 < int(stopped[0]) < 20  # stopped right after the signal, not at the end of the epoch
+    assert out.count("stopping on SIGUSR2: checkpoint saved") == 1, out[-3000:]

@@ -259,7 +259,17 @@ def test_cli_reports_bad_input_in_one_line(tmp_path) -> None:
     assert typo.returncode != 0 and "model.lrr" in typo.stderr
 
 
-def test_sigterm_saves_a_checkpoint_and_stops(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("signal_name", "extra", "saved"),
+    [
+        ("SIGTERM", [], "stopping on signal: checkpoint saved to"),
+        # The requeue signal SLURM sends before the time limit; no submitit handler here, so
+        # the signal's default action (terminate) follows the checkpoint.
+        ("SIGUSR2", ["callbacks.signal.requeue_signal=USR2"], "stopping on SIGUSR2: checkpoint saved to"),
+    ],
+)
+def test_a_stop_signal_saves_a_checkpoint_and_stops(signal_name, extra, saved, tmp_path) -> None:
+    import json
     import signal
     import time
 
@@ -275,6 +285,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path) -> None:
         "model.reconstruction_steps=0",
         "data.train.length=8",
         "data.val.length=2",
+        *extra,
         f"hydra.run.dir={run}",
         f"paths.log_dir={tmp_path}",
     ]
@@ -287,12 +298,15 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path) -> None:
         if metrics.is_file() and "train/d_loss" in metrics.read_text():
             break  # training is under way
         time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(getattr(signal, signal_name))
     output, _ = process.communicate(timeout=240)
-    assert "stopping on signal: checkpoint saved to" in output, output[-3000:]
+    assert saved in output, output[-3000:]
+    assert process.returncode != 0
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert int(checkpoint["state_dict"]["critic_steps"]) > 0
     assert checkpoint["epoch"] < 999  # it stopped long before the end
+    # Recorded as stopped (resumable), not failed.
+    assert json.loads((run / "job.json").read_text())["status"] == "stopped"
 
 
 @pytest.mark.parametrize(

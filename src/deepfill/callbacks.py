@@ -1,9 +1,12 @@
-"""Training callbacks: atomic checkpoints, best-by-LPIPS-or-PSNR, a checkpoint on SIGTERM."""
+"""Training callbacks: atomic checkpoints, best-by-LPIPS-or-PSNR, a checkpoint on SIGTERM, Ctrl-C
+and the scheduler's requeue signal."""
 
 from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import warnings
 from pathlib import Path
 
@@ -14,7 +17,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from .files import atomic_path
 from .metrics import higher_is_better, selection_metric
 
-__all__ = ["AtomicModelCheckpoint", "BestCheckpoint", "CheckpointOnSignal", "atomic_save_checkpoint"]
+__all__ = [
+    "AtomicModelCheckpoint",
+    "BestCheckpoint",
+    "CheckpointOnSignal",
+    "atomic_save_checkpoint",
+    "signal_number",
+]
 
 
 def atomic_save_checkpoint(
@@ -67,28 +76,56 @@ class BestCheckpoint(AtomicModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
 
-class CheckpointOnSignal(pl.Callback):
-    """Save ``<dirpath>/last.ckpt`` when the run stops on SIGTERM (a preempted job) or Ctrl-C,
-    so that it resumes from where it stopped (``ckpt_path=<dirpath>/last.ckpt``).
+def signal_number(name: str | int) -> signal.Signals:
+    """``"USR2"``, ``"SIGUSR2"`` or ``12`` -> ``signal.SIGUSR2``; one line naming the value otherwise."""
+    from .errors import ConfigError
 
-    Lightning notes SIGTERM at once and raises ``SIGTERMException`` after the current batch;
+    try:
+        if isinstance(name, int) and not isinstance(name, bool):
+            return signal.Signals(name)
+        text = str(name).upper()
+        return signal.Signals[text if text.startswith("SIG") else f"SIG{text}"]
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"callbacks.signal.requeue_signal: {name!r} is not a signal of this system (e.g. USR2, USR1)"
+        ) from None
+
+
+class CheckpointOnSignal(pl.Callback):
+    """Save ``<dirpath>/last.ckpt`` when the run stops on SIGTERM (a preempted job), Ctrl-C or the
+    scheduler's requeue signal, so that it resumes from where it stopped
+    (``ckpt_path=<dirpath>/last.ckpt``, or ``resume=true``).
+
+    SIGTERM: Lightning notes it at once and raises ``SIGTERMException`` after the current batch;
     under DDP it first broadcasts rank 0's flag, so every rank raises at the same batch. Saving
     from that one decision (``on_exception``) keeps the ranks' collectives in step: a save
     decided per rank (each rank's own flag) would put one rank in the checkpoint barrier while
     another waits in the next batch's broadcast.
+
+    ``requeue_signal`` (e.g. ``"USR2"``, what submitit asks SLURM to send before the time limit):
+    the handler only notes the signal; at the end of the batch the ranks decide together (any
+    rank that got it), every rank joins the save, then the handler that was installed before
+    (submitit's: requeue the job from rank 0 and exit) runs on every rank. When it ends the job
+    on any rank, all ranks stop; with no handler before, the signal's default action follows.
+    Without this, submitit's handler exits rank 0 mid-batch without a checkpoint and the other
+    ranks wait for it until the job is killed.
     """
 
-    def __init__(self, dirpath: str | os.PathLike) -> None:
+    def __init__(self, dirpath: str | os.PathLike, requeue_signal: str | int | None = None) -> None:
         self.dirpath = Path(dirpath)
+        self.requeue_signal = None if requeue_signal is None else signal_number(requeue_signal)
         self._saved_step: int | None = None
+        self._requested = False
+        self._previous_handler = None
+        self._installed = False
 
-    def _save(self, trainer: pl.Trainer) -> None:
+    def _save(self, trainer: pl.Trainer, why: str = "signal") -> None:
         if self._saved_step == trainer.global_step:
             return
         atomic_save_checkpoint(trainer, self.dirpath / "last.ckpt")
         self._saved_step = trainer.global_step
         if trainer.is_global_zero:
-            print(f"stopping on signal: checkpoint saved to {self.dirpath / 'last.ckpt'}", flush=True)
+            print(f"stopping on {why}: checkpoint saved to {self.dirpath / 'last.ckpt'}", flush=True)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -97,3 +134,55 @@ class CheckpointOnSignal(pl.Callback):
 
         if isinstance(exception, SIGTERMException | KeyboardInterrupt):
             self._save(trainer)
+
+    # ------------------------------------------------------------------ requeue signal
+    def _note_requeue(self, signum: int, frame) -> None:
+        # Only a flag: a signal can arrive inside a collective or a checkpoint write.
+        self._requested = True
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.requeue_signal is None or threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(self.requeue_signal)
+        if previous == signal.SIG_IGN:
+            return  # the job chose to ignore it
+        self._previous_handler = previous
+        signal.signal(self.requeue_signal, self._note_requeue)
+        self._installed = True
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._installed:
+            signal.signal(self.requeue_signal, self._previous_handler or signal.SIG_DFL)
+            self._installed = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args, **kwargs) -> None:
+        if not self._installed:
+            return
+        requested = self._requested
+        if trainer.world_size > 1:
+            # One decision for all ranks: the scheduler signals every task, not at the same batch.
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if not requested:
+            return
+        self._save(trainer, f"{self.requeue_signal.name}")
+        self._requested = False
+        self._hand_over(trainer)
+
+    def _hand_over(self, trainer: pl.Trainer) -> None:
+        """Run the handler that was there before ours; stop every rank when it stops any."""
+        previous = self._previous_handler
+        if previous in (None, signal.SIG_DFL):
+            stop: BaseException | None = SystemExit(128 + int(self.requeue_signal))
+        else:
+            stop = None
+            try:
+                previous(int(self.requeue_signal), None)
+            except BaseException as error:  # submitit requeues, then exits rank 0
+                stop = error
+        stopping = stop is not None
+        if trainer.world_size > 1:
+            stopping = trainer.strategy.reduce_boolean_decision(stopping, all=False)
+        if stop is not None:
+            raise stop
+        if stopping:
+            raise SystemExit(f"stopping: another rank ended the job on {self.requeue_signal.name}")

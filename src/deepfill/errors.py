@@ -28,6 +28,8 @@ T = TypeVar("T")
 # Exit statuses: argparse's for usage errors, the shell's for SIGINT.
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# Stopped by SIGTERM (128 + 15, the shell's convention): a scheduler must not read it as done.
+EXIT_TERMINATED = 143
 
 
 class UserError(ValueError):
@@ -115,7 +117,8 @@ def _instantiation_target(error: BaseException) -> str:
 
 def report_errors(prog: str, task: Callable[..., T], *args, **kwargs) -> T:
     """Run ``task``; a user error ends with ``<prog>: error: <one line>`` and exit status 2,
-    Ctrl-C with ``<prog>: interrupted`` and 130. Other errors propagate with their traceback."""
+    Ctrl-C with ``<prog>: interrupted`` and 130, Lightning's stop on SIGTERM with 143. Other
+    errors propagate with their traceback."""
     formatwarning = warnings.formatwarning
     # Warnings as one line each, in the same voice as the errors.
     warnings.formatwarning = lambda message, category, *_, **__: f"{prog}: warning: {message}\n"
@@ -124,6 +127,11 @@ def report_errors(prog: str, task: Callable[..., T], *args, **kwargs) -> T:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except SystemExit as stop:
+        if type(stop).__name__ == "SIGTERMException":  # Lightning's, which exits 0 by itself
+            print(f"{prog}: stopped on SIGTERM", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_TERMINATED) from None
+        raise
     except Exception as error:
         if not is_user_error(error):
             raise

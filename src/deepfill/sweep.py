@@ -1,7 +1,7 @@
 """Sweeps: one record per job, resumable multiruns, and the results table of a sweep.
 
 Every training run writes ``job.json`` into its folder: the command-line overrides it was
-started with, its status (running / finished / failed), the devices it ran on, its final
+started with, its status (running / finished / stopped / failed), the devices it ran on, its final
 metrics. With ``resume=true`` (the sweep presets set it) a job whose folder already holds a
 finished record returns the recorded metrics without training, and an interrupted job
 continues from its ``checkpoints/last.ckpt``; rerunning a sweep's command therefore only runs
@@ -16,11 +16,13 @@ rebuilds the table of any sweep folder, e.g. one still running.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ __all__ = [
     "collect_results",
     "end_job",
     "finished_jobs",
+    "job_record",
     "main",
     "parse_override",
     "read_record",
@@ -139,6 +142,51 @@ def end_job(
     if error:
         record["error"] = error
     _write_json(folder / RECORD_NAME, record)
+
+
+@dataclass
+class Job:
+    """What :func:`job_record` yields: ``finished`` holds the recorded metrics of a run that
+    already finished (skip it); set ``metrics`` to what this run computed."""
+
+    finished: dict | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _stopped(error: BaseException) -> bool:
+    """A stop asked for from outside (Ctrl-C, SIGTERM, the scheduler's requeue), not a failure."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    return isinstance(error, KeyboardInterrupt | SystemExit | SIGTERMException)
+
+
+@contextlib.contextmanager
+def job_record(
+    folder: str | os.PathLike, overrides: Sequence[str], resume: bool, write: bool = True
+) -> Iterator[Job]:
+    """The ``job.json`` of one run around its body: ``running`` on entry, then ``finished`` with
+    ``job.metrics``, ``stopped`` (Ctrl-C, SIGTERM, requeue: resumable) or ``failed``.
+
+    ``write=False`` (the other DDP ranks) only reads: with ``resume`` they skip a run rank zero
+    skips. A skipped run (``job.finished`` set) leaves the record as it was."""
+    job = Job()
+    if write:
+        job.finished = begin_job(folder, overrides, resume)
+    elif resume:
+        record = read_record(folder) or {}
+        job.finished = record.get("metrics") if record.get("status") == "finished" else None
+    if job.finished is not None:
+        yield job
+        return
+    try:
+        yield job
+    except BaseException as error:
+        if write:
+            status = "stopped" if _stopped(error) else "failed"
+            end_job(folder, {}, status=status, error=f"{type(error).__name__}: {error}")
+        raise
+    if write:
+        end_job(folder, job.metrics)
 
 
 def parse_override(override: str) -> tuple[str, str]:

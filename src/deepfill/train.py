@@ -152,7 +152,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     a finished run returns its recorded metrics and an interrupted one continues from
     ``checkpoints/last.ckpt``.
     """
-    from .sweep import begin_job, end_job
+    from .sweep import job_record
     from .validation import validate_config
 
     validate_config(cfg)
@@ -160,32 +160,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path: no such file: {cfg.ckpt_path}")
     out = Path(cfg.paths.output_dir)
-    is_rank_zero = rank_zero_only.rank == 0
     resume = bool(cfg.get("resume"))
-    if is_rank_zero or resume:
-        done = begin_job(out, _task_overrides(), resume) if is_rank_zero else None
-        if done is None and resume and not is_rank_zero:
-            from .sweep import read_record
-
-            record = read_record(out) or {}
-            done = record.get("metrics") if record.get("status") == "finished" else None
-        if done is not None:
-            print(f"{out}: finished earlier (resume=true), skipping; metrics: {done}", flush=True)
-            return done
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not cfg.get("ckpt_path") and last.is_file():
-        print(f"resuming from {last}", flush=True)
-        with open_dict(cfg):
-            cfg.ckpt_path = str(last)
-    try:
-        metrics = _fit(cfg)
-    except BaseException as error:
-        if is_rank_zero:
-            end_job(out, {}, status="failed", error=f"{type(error).__name__}: {error}")
-        raise
-    if is_rank_zero:
-        end_job(out, metrics)
-    return metrics
+    with job_record(out, _task_overrides(), resume, write=rank_zero_only.rank == 0) as job:
+        if job.finished is not None:
+            print(f"{out}: finished earlier (resume=true), skipping; metrics: {job.finished}", flush=True)
+            return job.finished
+        last = out / "checkpoints" / "last.ckpt"
+        if resume and not cfg.get("ckpt_path") and last.is_file():
+            print(f"resuming from {last}", flush=True)
+            with open_dict(cfg):
+                cfg.ckpt_path = str(last)
+        job.metrics = _fit(cfg)
+    return job.metrics
 
 
 def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
