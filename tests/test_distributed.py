@@ -100,7 +100,7 @@ def test_sigterm_to_a_ddp_run_writes_one_checkpoint_and_both_ranks_exit(tmp_path
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         raise AssertionError("the ranks did not exit after SIGTERM") from None
-    assert output.count("stopping on signal: checkpoint saved to") == 1, output[-3000:]
+    assert output.count("stopping on SIGTERM: checkpoint saved to") == 1, output[-3000:]
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert int(checkpoint["state_dict"]["critic_steps"]) > 0
     assert checkpoint["epoch"] < 999

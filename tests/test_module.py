@@ -441,3 +441,45 @@ def test_critic_scores_and_losses_stay_float32_under_bf16_autocast() -> None:
         loss = critic_loss(global_critic, local_critic, real, fake, mask, origins, alphas, alphas)
     for name in ("total", "wgan_global", "wgan_local", "gp", "gap_global", "gap_local"):
         assert getattr(loss, name).dtype == torch.float32, name
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts reads of tensor values back to Python (``bool()``, ``int()``, ``.item()``...) made
+    directly by this project's code. On a GPU each one waits for the queue to drain."""
+
+    READS = frozenset({"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            import inspect
+
+            caller = inspect.currentframe().f_back
+            if "/deepfill/" in caller.f_code.co_filename:
+                self.sites.append(f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("discount", ["box", "nearest_known"])
+def test_a_training_step_reads_one_value_back_to_the_host(discount, tmp_path) -> None:
+    """Only the non-finite decision reads a value back per step: the schedule counters, the
+    penalty's factors, the mask checks and the resize indices must not (each read stalls a GPU)."""
+    module = make_module(n_critic=2, discount=discount, pretrain_coarse_steps=1)
+    step, reads, calls = module.training_step, _HostReads(), []
+
+    def counted(batch, batch_idx=0):
+        calls.append(batch_idx)
+        with reads:
+            return step(batch, batch_idx)
+
+    module.training_step = counted
+    data = make_data(length=16, batch_size=2)
+    if discount == "nearest_known":
+        data.train_masks = M.free_form
+    make_trainer(tmp_path, max_epochs=1, limit_train_batches=7, limit_val_batches=0).fit(module, data)
+    assert (int(module.generator_steps), int(module.critic_steps)) == (3, 4)  # 1 coarse, 2 + 4
+    assert len(calls) == 7
+    assert len(reads.sites) == len(calls), sorted(set(reads.sites))

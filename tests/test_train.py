@@ -262,7 +262,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("signal_name", "extra", "saved"),
     [
-        ("SIGTERM", [], "stopping on signal: checkpoint saved to"),
+        ("SIGTERM", [], "stopping on SIGTERM: checkpoint saved to"),
         # The requeue signal SLURM sends before the time limit; no submitit handler here, so
         # the signal's default action (terminate) follows the checkpoint.
         ("SIGUSR2", ["callbacks.signal.requeue_signal=USR2"], "stopping on SIGUSR2: checkpoint saved to"),

@@ -96,30 +96,31 @@ class CheckpointOnSignal(pl.Callback):
     scheduler's requeue signal, so that it resumes from where it stopped
     (``ckpt_path=<dirpath>/last.ckpt``, or ``resume=true``).
 
-    SIGTERM: Lightning notes it at once and raises ``SIGTERMException`` after the current batch;
-    under DDP it first broadcasts rank 0's flag, so every rank raises at the same batch. Saving
-    from that one decision (``on_exception``) keeps the ranks' collectives in step: a save
-    decided per rank (each rank's own flag) would put one rank in the checkpoint barrier while
-    another waits in the next batch's broadcast.
+    The signal handlers only note the signal. At the end of the batch the ranks decide together
+    (any rank that got one; one all-reduce under DDP), every rank joins the save, then all stop
+    at the same point. Lightning's own SIGTERM handler is replaced while training: it broadcasts
+    from inside the handler, which can meet another rank in a different collective and hang
+    (seen with 2 processes); a save decided per rank would do the same.
 
-    ``requeue_signal`` (e.g. ``"USR2"``, what submitit asks SLURM to send before the time limit):
-    the handler only notes the signal; at the end of the batch the ranks decide together (any
-    rank that got it), every rank joins the save, then the handler that was installed before
-    (submitit's: requeue the job from rank 0 and exit) runs on every rank. When it ends the job
-    on any rank, all ranks stop; with no handler before, the signal's default action follows.
-    Without this, submitit's handler exits rank 0 mid-batch without a checkpoint and the other
-    ranks wait for it until the job is killed.
+    After SIGTERM every rank raises Lightning's ``SIGTERMException`` (the command exits 143).
+    ``requeue_signal`` (e.g. ``"USR2"``, what submitit asks SLURM to send before the time
+    limit): after the save, the handler that was installed before (submitit's: requeue the job
+    from rank 0 and exit) runs on every rank; when it ends the job on any rank, all ranks stop,
+    and when it returns on every rank, training goes on. With no handler before, the job ends
+    (exit status 128 + the signal's number, as its default action would). Without this, submitit's
+    handler exits rank 0 mid-batch without a checkpoint and the other ranks wait for it.
+    A signal that comes during validation is acted on after it. Ctrl-C is saved from
+    ``on_exception``.
     """
 
     def __init__(self, dirpath: str | os.PathLike, requeue_signal: str | int | None = None) -> None:
         self.dirpath = Path(dirpath)
         self.requeue_signal = None if requeue_signal is None else signal_number(requeue_signal)
         self._saved_step: int | None = None
-        self._requested = False
-        self._previous_handler = None
-        self._installed = False
+        self._received: set[int] = set()
+        self._previous: dict[signal.Signals, object] = {}
 
-    def _save(self, trainer: pl.Trainer, why: str = "signal") -> None:
+    def _save(self, trainer: pl.Trainer, why: str) -> None:
         if self._saved_step == trainer.global_step:
             return
         atomic_save_checkpoint(trainer, self.dirpath / "last.ckpt")
@@ -132,56 +133,70 @@ class CheckpointOnSignal(pl.Callback):
     ) -> None:
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-        if isinstance(exception, SIGTERMException | KeyboardInterrupt):
-            self._save(trainer)
+        if isinstance(exception, KeyboardInterrupt):
+            self._save(trainer, "Ctrl-C")
+        elif isinstance(exception, SIGTERMException):  # raised by Lightning, not by this callback
+            self._save(trainer, "SIGTERM")
 
-    # ------------------------------------------------------------------ requeue signal
-    def _note_requeue(self, signum: int, frame) -> None:
+    # ------------------------------------------------------------------ signal handlers
+    def _note(self, signum: int, frame) -> None:
         # Only a flag: a signal can arrive inside a collective or a checkpoint write.
-        self._requested = True
+        self._received.add(signum)
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.requeue_signal is None or threading.current_thread() is not threading.main_thread():
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, not in on_fit_start: Lightning installs its SIGTERM handler between the two.
+        if threading.current_thread() is not threading.main_thread():
             return
-        previous = signal.getsignal(self.requeue_signal)
-        if previous == signal.SIG_IGN:
-            return  # the job chose to ignore it
-        self._previous_handler = previous
-        signal.signal(self.requeue_signal, self._note_requeue)
-        self._installed = True
+        for signum in (signal.SIGTERM, self.requeue_signal):
+            if signum is None or signum in self._previous:
+                continue
+            previous = signal.getsignal(signum)
+            if previous == signal.SIG_IGN:
+                continue  # the job chose to ignore it
+            self._previous[signum] = previous
+            signal.signal(signum, self._note)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._installed:
-            signal.signal(self.requeue_signal, self._previous_handler or signal.SIG_DFL)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self._note:  # unless Lightning restored its own first
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args, **kwargs) -> None:
-        if not self._installed:
+        if not self._previous:
             return
-        requested = self._requested
+        term = int(signal.SIGTERM in self._received)
+        requeue = int(self.requeue_signal is not None and self.requeue_signal in self._received)
         if trainer.world_size > 1:
-            # One decision for all ranks: the scheduler signals every task, not at the same batch.
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        if not requested:
+            # One decision for all ranks: a scheduler signals the tasks at different batches.
+            flags = torch.tensor([term, requeue], device=trainer.strategy.root_device)
+            term, requeue = trainer.strategy.reduce(flags, reduce_op="sum").tolist()
+        if not (term or requeue):
             return
-        self._save(trainer, f"{self.requeue_signal.name}")
-        self._requested = False
-        self._hand_over(trainer)
+        self._received.clear()
+        self._save(trainer, "SIGTERM" if term else self.requeue_signal.name)
+        if requeue:
+            self._hand_over(trainer)  # returns when the handler let the job go on (on every rank)
+        if term:
+            from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException()
 
     def _hand_over(self, trainer: pl.Trainer) -> None:
-        """Run the handler that was there before ours; stop every rank when it stops any."""
-        previous = self._previous_handler
-        if previous in (None, signal.SIG_DFL):
-            stop: BaseException | None = SystemExit(128 + int(self.requeue_signal))
+        """Run the requeue signal's previous handler; stop every rank when it stops any."""
+        previous = self._previous.get(self.requeue_signal)
+        stop: BaseException | None = None
+        if not callable(previous):  # the signal's default action: the process ends
+            stop = SystemExit(128 + int(self.requeue_signal))
         else:
-            stop = None
             try:
                 previous(int(self.requeue_signal), None)
             except BaseException as error:  # submitit requeues, then exits rank 0
                 stop = error
-        stopping = stop is not None
+        stopping = int(stop is not None)
         if trainer.world_size > 1:
-            stopping = trainer.strategy.reduce_boolean_decision(stopping, all=False)
+            flag = torch.tensor([stopping], device=trainer.strategy.root_device)
+            stopping = trainer.strategy.reduce(flag, reduce_op="sum").item()
         if stop is not None:
             raise stop
         if stopping:

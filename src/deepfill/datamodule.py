@@ -253,8 +253,10 @@ class InpaintDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers,
         )
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        # Called once per batch as the model consumes it (after any prefetch): record position.
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Called once per batch as the model consumes it (the loader's workers run ahead, so
+        # the sampler's own state is not what was trained on): record the position here, from
+        # the CPU tensors, before the transfer (reading it back from a GPU would stall it).
         if self.trainer is not None and self.trainer.training and "local" in batch:
             self.position = {"epoch": int(batch["epoch"][0]), "done": int(batch["local"].max()) + 1}
         return batch

@@ -73,6 +73,14 @@ def hole_boxes(mask: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
+def _box_discount_on(
+    height: int, width: int, gamma: float, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    # Cached per device: copying it to a GPU at every step would stall the queue.
+    return _box_discount_cpu(height, width, gamma).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=16)
 def _box_discount_cpu(height: int, width: int, gamma: float) -> torch.Tensor:
     i = torch.arange(height, dtype=torch.float64)
     j = torch.arange(width, dtype=torch.float64)
@@ -98,7 +106,8 @@ def box_discount(
     """
     if not 0 < gamma <= 1:
         raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
-    return _box_discount_cpu(int(height), int(width), float(gamma)).to(device=device, dtype=dtype)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    return _box_discount_on(int(height), int(width), float(gamma), device, dtype)
 
 
 def nearest_known_discount(

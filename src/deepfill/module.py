@@ -36,6 +36,9 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive non-finite losses."""
 
 
+_COUNTERS = ("critic_steps", "generator_steps", "critic_since_generator", "nonfinite_streak")
+
+
 def _grad_norm(parameters) -> torch.Tensor:
     grads = [p.grad.detach().norm() for p in parameters if p.grad is not None]
     return torch.stack(grads).norm() if grads else torch.tensor(0.0)
@@ -118,10 +121,11 @@ class DeepFillModule(pl.LightningModule):
         with_lpips = self.val_metrics.lpips is not None  # asked once: one warning, not two
         self.test_metrics = InpaintingMetrics(with_lpips, lpips_required, lpips_pretrained)
         # Schedule state lives in buffers so checkpoints carry it and resume continues exactly.
-        self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("critic_since_generator", torch.zeros((), dtype=torch.long))
-        self.register_buffer("nonfinite_streak", torch.zeros((), dtype=torch.long))
+        # The steps read Python copies (`_counts`, read from the buffers once per fit): reading a
+        # buffer on a GPU would stall its queue at every batch.
+        for name in _COUNTERS:
+            self.register_buffer(name, torch.zeros((), dtype=torch.long))
+        self._counts = dict.fromkeys(_COUNTERS, 0)
         self.save_hyperparameters(
             {
                 "generator": generator.config,
@@ -167,23 +171,35 @@ class DeepFillModule(pl.LightningModule):
     def local_size(self) -> int:
         return self.local_critic.input_size
 
-    def _finite_or_skip(self, loss: torch.Tensor, name: str) -> bool:
-        """Skip an update whose loss is NaN/Inf; stop after ``max_nonfinite`` in a row.
+    def on_train_start(self) -> None:
+        # After any checkpoint restore: the one read of the counters per fit.
+        self._counts = {name: int(getattr(self, name)) for name in _COUNTERS}
+
+    def _set_count(self, name: str, value: int) -> None:
+        self._counts[name] = value
+        getattr(self, name).fill_(value)  # a write, queued like any kernel: no host sync
+
+    def _finite_or_skip(self, loss: torch.Tensor, name: str, optimizer) -> bool:
+        """Skip an update whose loss is NaN/Inf (after its backward: the decision is the step's
+        one read back to the host, made once the backward is queued); stop after
+        ``max_nonfinite`` in a row.
 
         Under DDP the ranks decide together (skip when any rank's loss is not finite): a rank
-        that skipped alone would leave the others waiting in the gradient all-reduce."""
+        that skipped alone would leave the others waiting in the next gradient all-reduce."""
         finite = bool(torch.isfinite(loss))
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if distributed and torch.distributed.get_world_size() > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        streak = 0 if finite else self._counts["nonfinite_streak"] + 1
+        if streak != self._counts["nonfinite_streak"]:
+            self._set_count("nonfinite_streak", streak)
         if finite:
-            self.nonfinite_streak.zero_()
             return True
-        self.nonfinite_streak += 1
-        self.log("train/nonfinite_skipped", self.nonfinite_streak.float(), on_step=True)
-        if int(self.nonfinite_streak) >= self.max_nonfinite:
+        optimizer.zero_grad(set_to_none=True)
+        self.log("train/nonfinite_skipped", float(streak), on_step=True)
+        if streak >= self.max_nonfinite:
             raise NonFiniteLossError(
-                f"{int(self.nonfinite_streak)} non-finite {name} values in a row (max_nonfinite="
+                f"{streak} non-finite {name} values in a row (max_nonfinite="
                 f"{self.max_nonfinite}); stopping, the last checkpoint written before them is kept"
             )
         return False
@@ -200,7 +216,7 @@ class DeepFillModule(pl.LightningModule):
         image, mask = batch["image"], batch["mask"]
         distance = batch.get("hole_distance")  # precomputed by the data module's workers
         opt_g, opt_d = self.optimizers()
-        steps = int(self.generator_steps)
+        steps = self._counts["generator_steps"]
         if self.lr_decay_steps:
             # A function of the step count (saved in checkpoints), so resume continues exactly.
             for optimizer in (opt_g, opt_d):
@@ -210,20 +226,23 @@ class DeepFillModule(pl.LightningModule):
             self._generator_step(image, mask, opt_g, "coarse", distance)
         elif steps < self.pretrain_coarse_steps + self.reconstruction_steps:
             self._generator_step(image, mask, opt_g, "reconstruction", distance)
-        elif int(self.critic_since_generator) < self.n_critic:
+        elif self._counts["critic_since_generator"] < self.n_critic:
             # A skipped (non-finite) critic update does not count towards the n_critic.
             if self._critic_step(image, mask, opt_d):
-                self.critic_since_generator += 1
+                self._set_count("critic_since_generator", self._counts["critic_since_generator"] + 1)
         elif self._generator_step(image, mask, opt_g, "adversarial", distance):
-            self.critic_since_generator.zero_()
+            self._set_count("critic_since_generator", 0)
 
     def _critic_step(self, image, mask, opt_d) -> bool:
         # record_function ranges name the parts of a step in profiles (free when not profiling).
         with torch.no_grad(), record_function("deepfill/critic_step/generator_forward"):
-            _, x2, _ = self.generator(image, mask)
+            # The data module's masks are binary by construction: no check (a host sync).
+            _, x2, _ = self.generator(image, mask, check_mask=False)
             fake = composite(x2, image, mask)
-        draw = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.critic_steps))
-        alpha = torch.rand(2, image.shape[0], generator=draw).to(image.device, image.dtype)
+        # Drawn where they are used (no copy to a GPU), seeded by the step.
+        draw = torch.Generator(device=image.device)
+        draw.manual_seed(self.seed * 1_000_003 + self._counts["critic_steps"])
+        alpha = torch.rand(2, image.shape[0], generator=draw, device=image.device).to(image.dtype)
         with record_function("deepfill/critic_step/critics"):
             loss = critic_loss(
                 self.global_critic,
@@ -237,13 +256,13 @@ class DeepFillModule(pl.LightningModule):
                 gp_weight=self.loss_weights.gp,
             )
         opt_d.zero_grad(set_to_none=True)
-        if not self._finite_or_skip(loss.total.detach(), "critic loss"):
-            return False
         with record_function("deepfill/critic_step/backward"):
             self.manual_backward(loss.total)
+        if not self._finite_or_skip(loss.total.detach(), "critic loss", opt_d):
+            return False
         grad_norm = _grad_norm(list(self.global_critic.parameters()) + list(self.local_critic.parameters()))
         opt_d.step()
-        self.critic_steps += 1
+        self._set_count("critic_steps", self._counts["critic_steps"] + 1)
         self.log_dict(
             {
                 "train/d_loss": loss.total.detach(),
@@ -273,7 +292,7 @@ class DeepFillModule(pl.LightningModule):
                 if phase == "coarse":
                     x1, x2, offsets = self.generator.coarse(image * (1 - mask), mask), None, None
                 else:
-                    x1, x2, offsets = self.generator(image, mask)
+                    x1, x2, offsets = self.generator(image, mask, check_mask=False)
             loss = generator_loss(
                 image,
                 mask,
@@ -288,15 +307,15 @@ class DeepFillModule(pl.LightningModule):
                 distance=distance,
             )
             opt_g.zero_grad(set_to_none=True)
-            if not self._finite_or_skip(loss.total.detach(), f"{phase} generator loss"):
-                return False
             with record_function("deepfill/generator_step/backward"):
                 self.manual_backward(loss.total)
+            if not self._finite_or_skip(loss.total.detach(), f"{phase} generator loss", opt_g):
+                return False
             grad_norm = _grad_norm(self.generator.parameters())
             opt_g.step()
         finally:
             self.untoggle_optimizer(opt_g)
-        self.generator_steps += 1
+        self._set_count("generator_steps", self._counts["generator_steps"] + 1)
         self.log_dict(
             {
                 "train/g_loss": loss.total.detach(),
@@ -315,7 +334,7 @@ class DeepFillModule(pl.LightningModule):
 
     def _maybe_log_images(self, key, image, mask, x1, x2, offsets, force: bool = False) -> None:
         every = self.log_images_every_n_steps
-        step = int(self.generator_steps)
+        step = self._counts["generator_steps"]
         if not self.trainer.is_global_zero or (not force and (every <= 0 or step % every != 0)):
             return
         with torch.no_grad():
@@ -325,7 +344,7 @@ class DeepFillModule(pl.LightningModule):
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
-        x1, x2, offsets = self.generator(image, mask)
+        x1, x2, offsets = self.generator(image, mask, check_mask=False)
         completed = composite(x2, image, mask)
         self.val_metrics.update(to_unit(completed), to_unit(image), mask)
         for name, metric in self.val_metrics.metrics().items():
@@ -335,7 +354,7 @@ class DeepFillModule(pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
-        _, x2, _ = self.generator(image, mask)
+        _, x2, _ = self.generator(image, mask, check_mask=False)
         self.test_metrics.update(to_unit(composite(x2, image, mask)), to_unit(image), mask)
         for name, metric in self.test_metrics.metrics().items():
             self.log(f"test/{name}", metric, on_step=False, on_epoch=True)

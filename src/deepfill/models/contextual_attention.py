@@ -33,10 +33,17 @@ __all__ = ["ContextualAttention", "flow_to_image", "validate_attention_inputs"]
 # Bytes one chunk of the score matrix may take (about 5 such buffers are alive per chunk).
 # Measured on a 2-core CPU: 16 MiB chunks were fastest (1024^2: 10.2 s vs 14.5 s with 256 MiB),
 # because large fresh buffers are mmap-ed and page-faulted on every chunk.
-DEFAULT_CHUNK_BYTES = 16 * 2**20
+# Score-matrix budget per chunk when none is given. CPU: 16 MiB, measured (BENCHMARKS.md; large
+# fresh buffers page-fault on every chunk). GPU: a GPU step is launch-bound at this model's size,
+# and a 16 MiB budget cuts a 256x256 batch of 16 into 64 chunks of a dozen kernels each; 256 MiB
+# makes 4. Training keeps every chunk's scores for the backward anyway, so on a GPU the budget
+# only bounds inference memory. Not yet measured on a GPU.
+DEFAULT_CHUNK_BYTES = {"cpu": 16 * 2**20, "cuda": 256 * 2**20}
 
 
-def validate_attention_inputs(f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, rate: int) -> None:
+def validate_attention_inputs(
+    f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, rate: int, check_mask: bool = True
+) -> None:
     """Raise one clear ``ValueError`` line for inputs the layer cannot take."""
     if f.dim() != 4 or b.dim() != 4:
         raise ValueError(
@@ -61,7 +68,7 @@ def validate_attention_inputs(f: torch.Tensor, b: torch.Tensor, mask: torch.Tens
             f"contextual attention: mask size {tuple(mask.shape[-2:])} does not match features "
             f"{tuple(f.shape[-2:])}"
         )
-    if not torch.all((mask == 0) | (mask == 1)):
+    if check_mask and not torch.all((mask == 0) | (mask == 1)):
         raise ValueError("contextual attention: mask must be binary (0 = known, 1 = hole)")
 
 
@@ -144,7 +151,8 @@ class ContextualAttention(nn.Module):
         fuse: enable attention propagation.
         chunk_size: foreground positions per chunk (rounded to whole rows); ``None`` picks it
             from ``chunk_bytes``. Smaller chunks bound memory, results do not change.
-        chunk_bytes: memory budget of one chunk's score matrix when ``chunk_size`` is None.
+        chunk_bytes: memory budget of one chunk's score matrix when ``chunk_size`` is None;
+            ``None``: by device, 16 MiB on a CPU, 256 MiB on a GPU (``DEFAULT_CHUNK_BYTES``).
 
     ``forward(f, b, mask) -> (y, offsets)``:
         f, b: (N,C,H,W) foreground and background features (the generator passes the same
@@ -163,7 +171,7 @@ class ContextualAttention(nn.Module):
         softmax_scale: float = 10.0,
         fuse: bool = True,
         chunk_size: int | None = None,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        chunk_bytes: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("ksize", ksize), ("rate", rate), ("fuse_k", fuse_k)):
@@ -177,6 +185,8 @@ class ContextualAttention(nn.Module):
             raise ValueError(f"contextual attention: softmax_scale must be > 0, got {softmax_scale!r}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"contextual attention: chunk_size must be >= 1 or None, got {chunk_size!r}")
+        if chunk_bytes is not None and chunk_bytes < 1:
+            raise ValueError(f"contextual attention: chunk_bytes must be >= 1 or None, got {chunk_bytes!r}")
         self.ksize = int(ksize)
         self.stride = 1
         self.rate = int(rate)
@@ -184,7 +194,7 @@ class ContextualAttention(nn.Module):
         self.softmax_scale = float(softmax_scale)
         self.fuse = bool(fuse)
         self.chunk_size = chunk_size
-        self.chunk_bytes = int(chunk_bytes)
+        self.chunk_bytes = None if chunk_bytes is None else int(chunk_bytes)
 
     def extra_repr(self) -> str:
         return (
@@ -263,11 +273,14 @@ class ContextualAttention(nn.Module):
         out = out.view(n, rows + 1, w + 1, c, r, r).permute(0, 3, 1, 4, 2, 5)
         return out.reshape(n, c, (rows + 1) * r, (w + 1) * r)
 
-    def _rows_per_chunk(self, n: int, h: int, w: int, itemsize: int) -> int:
+    def _rows_per_chunk(self, n: int, h: int, w: int, itemsize: int, device: torch.device) -> int:
         if self.chunk_size is not None:
             return max(1, min(h, math.ceil(self.chunk_size / w)))
+        budget = self.chunk_bytes
+        if budget is None:
+            budget = DEFAULT_CHUNK_BYTES.get(device.type, DEFAULT_CHUNK_BYTES["cuda"])
         row_bytes = n * w * (h * w) * itemsize
-        return max(1, min(h, self.chunk_bytes // max(row_bytes, 1)))
+        return max(1, min(h, budget // max(row_bytes, 1)))
 
     # ------------------------------------------------------------------ scores
     def _scores(self, p: _Prepared, start: int, stop: int) -> torch.Tensor:
@@ -377,9 +390,11 @@ class ContextualAttention(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None
+        self, f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, check_mask: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        validate_attention_inputs(f, b, mask, self.rate)
+        # check_mask=False skips reading the mask's values back (a host sync on GPUs) for masks
+        # that are binary by construction, as the generator's.
+        validate_attention_inputs(f, b, mask, self.rate, check_mask)
         # Always float32, also inside a bf16 autocast region: the Gram scores, the softmax and
         # the pasted sums accumulate over thousands of patches, and in bf16 about a fifth of the
         # chosen offsets in a hole change (measured with the official weights).
@@ -394,7 +409,7 @@ class ContextualAttention(nn.Module):
         r = self.rate
         p = self._prepare(f, b, mask)
         h, w = p.h, p.w
-        rows_per_chunk = self._rows_per_chunk(n, h, w, f.element_size())
+        rows_per_chunk = self._rows_per_chunk(n, h, w, f.element_size(), f.device)
         # Pasted patches are summed on a padded canvas, then cropped like TF's 'SAME' transpose.
         canvas = f.new_zeros(n, c, (h - 1) * r + 2 * r, (w - 1) * r + 2 * r)
         offsets = torch.empty(n, 2, h * w, dtype=torch.long, device=f.device)

@@ -194,7 +194,8 @@ class RefineGenerator(nn.Module):
         if self.contextual_attention:
             # The official code resizes the mask to the 1/4 feature size with align-corners nearest.
             mask_small = resize_nearest(mask, p.shape[-2:], self.align_corners)
-            p, offsets = self.attention(p, p, mask_small)
+            # Binary by construction (a nearest resize of the checked input mask).
+            p, offsets = self.attention(p, p, mask_small, check_mask=False)
         else:  # ablation: the branch's features go on unchanged, nothing is copied
             rate = self.attention.rate
             offsets = p.new_zeros(p.shape[0], 2, p.shape[-2] // rate, p.shape[-1] // rate, dtype=torch.long)
@@ -282,8 +283,11 @@ class InpaintGenerator(nn.Module):
             # CPU, measured side by side (BENCHMARKS.md); results equal NCHW to float rounding.
             self.to(memory_format=torch.channels_last)
 
-    def check_inputs(self, image: torch.Tensor, mask: torch.Tensor) -> None:
-        """Raise one clear ``ValueError`` line for inputs the generator cannot take."""
+    def check_inputs(self, image: torch.Tensor, mask: torch.Tensor, check_mask: bool = True) -> None:
+        """Raise one clear ``ValueError`` line for inputs the generator cannot take.
+
+        ``check_mask=False`` skips the test that the mask is binary: it reads the mask's values
+        back to the host, which stalls a GPU's queue; for masks binary by construction."""
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be (N,3,H,W), got {tuple(image.shape)}")
         if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, image.shape[0]):
@@ -298,13 +302,16 @@ class InpaintGenerator(nn.Module):
                 f"image height and width must be divisible by {self.multiple}, got {height}x{width}; "
                 "use deepfill.models.inpaint_padded for other sizes"
             )
-        if not torch.all((mask == 0) | (mask == 1)):
+        if check_mask and not torch.all((mask == 0) | (mask == 1)):
             raise ValueError("mask must be binary (0 = known, 1 = hole)")
 
     def forward(
-        self, image: torch.Tensor, mask: torch.Tensor
+        self, image: torch.Tensor, mask: torch.Tensor, check_mask: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        self.check_inputs(image, mask)
+        """image: (N,3,H,W) in [-1,1]; mask: (1 or N,1,H,W), 1 = hole (binary; ``check_mask=False``
+        skips that test, see :meth:`check_inputs`). Returns x_stage1, x_stage2 (N,3,H,W) and the
+        attention offsets (N,2,H/(4*rate),W/(4*rate))."""
+        self.check_inputs(image, mask, check_mask)
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         mask = mask.to(image.dtype)

@@ -8,6 +8,7 @@ outputs, so they live here once.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -122,6 +123,23 @@ def _is_plain_repeat(index: torch.Tensor, factor: int) -> bool:
     return torch.equal(index, torch.arange(index.numel(), device=index.device) // factor)
 
 
+@functools.lru_cache(maxsize=64)
+def _resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> tuple[int, int] | None:
+    """Integer factors when the align-corners resize is a plain repeat, else None (gathers).
+    Cached: the generator resizes the same few sizes every step."""
+    if out_h % in_h or out_w % in_w:
+        return None
+    fh, fw = out_h // in_h, out_w // in_w
+    rows, cols = align_corners_index(in_h, out_h), align_corners_index(in_w, out_w)
+    return (fh, fw) if _is_plain_repeat(rows, fh) and _is_plain_repeat(cols, fw) else None
+
+
+@functools.lru_cache(maxsize=64)
+def _device_index(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
+    # One host-to-device copy per size and device, not one per forward (a copy stalls a GPU).
+    return align_corners_index(in_size, out_size, device)
+
+
 def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
     """Nearest-neighbour resize of ``x: (N,C,H,W)`` to ``size = (h, w)``.
 
@@ -134,15 +152,14 @@ def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool =
         return x
     if not align_corners:
         return F.interpolate(x, size=(out_h, out_w), mode="nearest")
-    rows = align_corners_index(height, out_h)
-    cols = align_corners_index(width, out_w)
     # Integer upscales (the generator's x2) map dst -> dst // factor exactly, which is
     # PyTorch's nearest mode: use its kernel, several times faster than two gathers.
-    if out_h % height == 0 and out_w % width == 0:
-        fh, fw = out_h // height, out_w // width
-        if _is_plain_repeat(rows, fh) and _is_plain_repeat(cols, fw):
-            return F.interpolate(x, scale_factor=(fh, fw), mode="nearest")
-    return x.index_select(-2, rows.to(x.device)).index_select(-1, cols.to(x.device))
+    factors = _resize_plan(height, width, out_h, out_w)
+    if factors is not None:
+        return F.interpolate(x, scale_factor=factors, mode="nearest")
+    rows = _device_index(height, out_h, x.device)
+    cols = _device_index(width, out_w, x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
 
 
 _ELU_CHUNK = 1 << 18  # elements per piece: 1 MiB of float32 stays in the L2 cache
