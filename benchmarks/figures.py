@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepfill import masks as M
-from deepfill.datasets import _fit, _sample_photo, to_tensor
-from deepfill.module import DeepFillModule
-from deepfill.visuals import comparison_grid, inpainting_grid
+from deepfill.data import masks as M
+from deepfill.data.datasets import _fit, _sample_photo, to_tensor
+from deepfill.training.module import DeepFillModule
+from deepfill.training.visuals import comparison_grid, inpainting_grid
 
 IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 
@@ -57,7 +57,7 @@ def quickstart(args: argparse.Namespace) -> Path:
 def ca_ablation(args: argparse.Namespace) -> Path:
     from hydra.utils import instantiate
 
-    from deepfill.sweep import finished_jobs
+    from deepfill.training.sweep import finished_jobs
 
     runs, cfg = {}, None
     for folder, job_cfg in finished_jobs(args.sweep):

@@ -225,7 +225,7 @@ def profile(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------------- masks and data loading
 def masks(args: argparse.Namespace) -> dict:
     """Masks per second per generator at 256^2 and 512^2, and hole-ratio statistics."""
-    from deepfill import masks as M
+    from deepfill.data import masks as M
 
     rows = []
     ratios: dict[str, list[float]] = {}
@@ -274,9 +274,9 @@ def loader(args: argparse.Namespace) -> list[dict]:
 
     from PIL import Image
 
-    from deepfill import masks as M
-    from deepfill.datamodule import InpaintDataModule
-    from deepfill.datasets import SampleImages, image_folder
+    from deepfill.data import masks as M
+    from deepfill.data.datamodule import InpaintDataModule
+    from deepfill.data.datasets import SampleImages, image_folder
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -317,11 +317,11 @@ def training(args: argparse.Namespace) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from deepfill import masks as M
-    from deepfill.datamodule import InpaintDataModule
-    from deepfill.datasets import SampleImages
+    from deepfill.data import masks as M
+    from deepfill.data.datamodule import InpaintDataModule
+    from deepfill.data.datasets import SampleImages
     from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
-    from deepfill.module import DeepFillModule
+    from deepfill.training.module import DeepFillModule
 
     size, batch, n_critic = args.train_size, args.train_batch, 5
     # One generator iteration: n_critic critic batches, then the generator's own batch.

@@ -14,11 +14,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import DDPStrategy
 
-from deepfill import masks as M
-from deepfill import module as module_file
-from deepfill.datamodule import InpaintDataModule
-from deepfill.datasets import SampleImages
+from deepfill.data import masks as M
+from deepfill.data.datamodule import InpaintDataModule
+from deepfill.data.datasets import SampleImages
 from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
+from deepfill.training import module as module_file
 
 _real_critic_loss = module_file.critic_loss
 _calls = {"critic": 0}

@@ -9,6 +9,7 @@ every rank and both stop. Each rank writes ``rank<r>.txt``:
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -18,12 +19,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import DDPStrategy
 
-from deepfill import masks as M
-from deepfill.callbacks import CheckpointOnSignal
-from deepfill.datamodule import InpaintDataModule
-from deepfill.datasets import SampleImages
+from deepfill.data import masks as M
+from deepfill.data.datamodule import InpaintDataModule
+from deepfill.data.datasets import SampleImages
 from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
-from deepfill.module import DeepFillModule
+from deepfill.training.callbacks import CheckpointOnSignal
+from deepfill.training.module import DeepFillModule
 
 RANK = int(os.environ.get("LOCAL_RANK", "0"))
 seen: dict[str, int] = {}
@@ -74,6 +75,7 @@ class SendRequeueSignal(pl.Callback):
 
 
 def main(out_dir: str) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout)  # the callback logs its save
     torch.manual_seed(0)
     install_submitit_handler(out_dir)
     model = DeepFillModule(

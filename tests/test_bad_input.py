@@ -226,9 +226,9 @@ def test_weights_of_another_width_load_with_their_own_width(ws, tmp_path) -> Non
 def test_one_mask_convention_in_every_command(tmp_path) -> None:
     """The same file means the same hole to inpaint, eval's masks_dir and training's FolderMasks:
     value >= 128 is hole, also after JPEG compression and anti-aliasing."""
-    from deepfill.eval import _file_mask
-    from deepfill.inpaint import load_mask
-    from deepfill.masks import HOLE_THRESHOLD, FolderMasks, read_mask
+    from deepfill.cli.inpaint import load_mask
+    from deepfill.data.masks import HOLE_THRESHOLD, FolderMasks, read_mask
+    from deepfill.evaluation.evaluate import _file_mask
 
     values = np.zeros((64, 80), np.uint8)
     values[16:48, 20:60] = 255
@@ -255,7 +255,7 @@ def test_one_mask_convention_in_every_command(tmp_path) -> None:
 
 
 def test_painted_layer_marks_holes_with_its_paint_and_grey_masks_warn(tmp_path) -> None:
-    from deepfill.masks import read_mask
+    from deepfill.data.masks import read_mask
 
     layer = np.zeros((32, 32, 4), np.uint8)
     layer[8:16, 8:16] = (255, 0, 0, 255)  # red paint on a transparent layer
@@ -278,7 +278,7 @@ def test_painted_layer_marks_holes_with_its_paint_and_grey_masks_warn(tmp_path) 
 
 
 def test_atomic_path_leaves_the_old_file_and_no_temporary_on_failure(tmp_path) -> None:
-    from deepfill.files import atomic_path
+    from deepfill.utils.files import atomic_path
 
     target = tmp_path / "table.csv"
     target.write_text("old")
@@ -299,7 +299,7 @@ def test_atomic_path_leaves_the_old_file_and_no_temporary_on_failure(tmp_path) -
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys) -> None:
-    from deepfill.errors import UserError, is_user_error, report_errors
+    from deepfill.utils.errors import UserError, is_user_error, report_errors
 
     def fails(error):
         raise error
@@ -320,8 +320,8 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys) -> None:
 
 
 def test_a_checkpoint_of_another_width_names_what_differs(tmp_path) -> None:
-    from deepfill.checkpoints import check_state_dict, describe_differences
-    from deepfill.errors import UserError
+    from deepfill.utils.checkpoints import check_state_dict, describe_differences
+    from deepfill.utils.errors import UserError
 
     small, large = InpaintGenerator(cnum=8), InpaintGenerator(cnum=16)
     with pytest.raises(UserError) as info:
@@ -335,8 +335,8 @@ def test_a_checkpoint_of_another_width_names_what_differs(tmp_path) -> None:
 
 
 def test_an_output_folder_that_cannot_be_written_is_found_up_front(tmp_path) -> None:
-    from deepfill.errors import UserError
-    from deepfill.files import writable_dir, writable_file
+    from deepfill.utils.errors import UserError
+    from deepfill.utils.files import writable_dir, writable_file
 
     # /proc refuses new folders even to root, as a read-only or foreign folder would.
     with pytest.raises(UserError, match=r"^output: cannot write into /proc/deepfill-out \("):

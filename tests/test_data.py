@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from deepfill import masks as M
-from deepfill.datamodule import EpochSampler, InpaintDataModule, InpaintDataset
-from deepfill.datasets import (
+from deepfill.data import masks as M
+from deepfill.data.datamodule import EpochSampler, InpaintDataModule, InpaintDataset
+from deepfill.data.datasets import (
     SAMPLE_SPLITS,
     SampleImages,
     TextureImages,
@@ -20,7 +20,7 @@ from deepfill.datasets import (
     image_folder,
     load_image,
 )
-from deepfill.errors import UserError
+from deepfill.utils.errors import UserError
 
 
 @pytest.fixture
@@ -281,3 +281,14 @@ def test_batches_have_the_documented_layout() -> None:
     assert dm.hole_ratios("val").tolist() == [0.25] * 4
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         InpaintDataModule(train=None, train_masks=M.rectangle, eval_masks=M.rectangle, batch_size=0)
+
+
+def test_the_lightning_internals_the_data_module_reads_are_still_there() -> None:
+    """Lightning has no public accessor for ``use_distributed_sampler``; the data module reads
+    the trainer's private connector to refuse Lightning's sampler under DDP (it would replace
+    the resumable per-rank sampler). This fails when a Lightning release renames it."""
+    import pytorch_lightning as pl
+
+    for value in (True, False):
+        trainer = pl.Trainer(accelerator="cpu", logger=False, use_distributed_sampler=value)
+        assert trainer._accelerator_connector.use_distributed_sampler is value

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepfill import masks as M
-from deepfill.datamodule import InpaintDataModule
-from deepfill.datasets import SampleImages
-from deepfill.metrics import InpaintingMetrics, to_unit
-from deepfill.module import DeepFillModule
+from deepfill.data import masks as M
+from deepfill.data.datamodule import InpaintDataModule
+from deepfill.data.datasets import SampleImages
+from deepfill.evaluation.metrics import InpaintingMetrics, to_unit
+from deepfill.training.module import DeepFillModule
 from test_distributed import DDP_TINY
 
 pytestmark = pytest.mark.slow

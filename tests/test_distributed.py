@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 SCRIPT = Path(__file__).with_name("ddp_nonfinite.py")
 
 # The quickstart shrunk for 2 gloo processes on 2 cores (shared with the slow test_ddp.py).

@@ -16,11 +16,12 @@ from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from conftest import run_cli
-from deepfill.config import CONFIG_DIR
-from deepfill.eval import mean_fill, run, summarise
-from deepfill.masks import centered_rectangle, eval_mask
-from deepfill.metrics import to_unit
+from deepfill.cli.eval import run
+from deepfill.data.masks import centered_rectangle, eval_mask
+from deepfill.evaluation.evaluate import mean_fill, summarise
+from deepfill.evaluation.metrics import to_unit
 from deepfill.models import InpaintGenerator
+from deepfill.utils.config import CONFIG_DIR
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_eval_writes_tables_that_match_a_direct_computation(setup) -> None:
     # The eval masks are the centred box: 25% holes, bin 20-30%.
     assert {r["hole_ratio"] for r in table} == {"all", "20-30%"}
     # Mean fill, recomputed directly with torchmetrics on the same images and masks.
-    from deepfill.datasets import image_folder
+    from deepfill.data.datasets import image_folder
 
     images = image_folder(setup / "photos", image_size=64)
     image = torch.stack([images[i] for i in range(5)])
@@ -127,7 +128,7 @@ def test_cli_missing_weights_is_one_line(tmp_path) -> None:
 def test_validation_and_deepfill_eval_report_the_same_numbers(tmp_path) -> None:
     """One definition of every metric: the validation loop (Lightning, batch 4) and the
     evaluation path of deepfill-eval (batch 3) agree on the same weights, images and masks."""
-    from deepfill.eval import dataset_batches, evaluate
+    from deepfill.evaluation.evaluate import dataset_batches, evaluate
     from test_module import make_data, make_module, make_trainer
 
     module, data = make_module(), make_data()

@@ -16,9 +16,9 @@ import deepfill
 from deepfill import GlobalCritic, InpaintGenerator, LocalCritic, load_official_v1
 from deepfill.models import inpaint_padded
 from deepfill.models.layers import tf_same_padding
-from deepfill.official import load_official_critics, tf_variable_names
-from deepfill.official import main as convert_main
-from deepfill.tf_checkpoint import CheckpointError, read_tf_checkpoint
+from deepfill.official.convert import load_official_critics, tf_variable_names
+from deepfill.official.convert import main as convert_main
+from deepfill.official.tf_checkpoint import CheckpointError, read_tf_checkpoint
 
 
 def nchw(array: np.ndarray) -> torch.Tensor:

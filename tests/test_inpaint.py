@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from deepfill.inpaint import run
+from deepfill.cli.inpaint import run
 from deepfill.models import InpaintGenerator
 
 
@@ -97,3 +97,23 @@ def test_folders_and_bad_input(weights, tmp_path) -> None:
         )
     with pytest.raises(ValueError, match="no alpha channel"):
         run(cfg(weights, input=tmp_path / "imgs" / "a.jpg", output=tmp_path / "o3"))
+
+
+def test_inpaint_array_gives_every_picture_at_the_input_size(weights) -> None:
+    """The function behind deepfill-inpaint: any size, known pixels exact, the hole filled."""
+    from deepfill.inference import inpaint_array, load_generator
+
+    generator = load_generator(weights)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    hole = np.zeros((37, 53), dtype=bool)
+    hole[10:25, 12:40] = True
+    result = inpaint_array(generator, image, hole)
+    for picture in (result.completed, result.coarse, result.refined, result.flow):
+        assert picture.shape == (37, 53, 3) and picture.dtype == np.uint8
+    assert np.array_equal(result.completed[~hole], image[~hole])
+    assert np.array_equal(result.coarse[~hole], image[~hole])
+    assert not np.array_equal(result.completed[hole], image[hole])
+    assert result.device == "cpu" and result.seconds > 0
+    with pytest.raises(ValueError, match="hole must be"):
+        inpaint_array(generator, image, hole[:10])

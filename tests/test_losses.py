@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from deepfill import masks as M
-from deepfill.losses import (
+from deepfill.data import masks as M
+from deepfill.training.losses import (
     LossWeights,
     ae_loss,
     box_discount,

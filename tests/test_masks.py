@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deepfill import masks as M
+from deepfill.data import masks as M
 
 
 def _bbox(mask: torch.Tensor) -> tuple[int, int]:

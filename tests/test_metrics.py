@@ -7,8 +7,8 @@ import pytest
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from deepfill import metrics as metrics_module
-from deepfill.metrics import (
+from deepfill.evaluation import metrics as metrics_module
+from deepfill.evaluation.metrics import (
     InpaintingMetrics,
     LPIPSMetric,
     hole_l1,
@@ -91,8 +91,8 @@ def test_psnr_of_an_exact_restoration_is_capped_not_infinite() -> None:
 def test_metrics_inside_bf16_autocast_equal_float32() -> None:
     """Validation runs inside Lightning's autocast (trainer=gpu_bf16): the metrics must still be
     computed in float32. Emulated with the CPU's bf16 autocast."""
-    from deepfill.datasets import SampleImages
-    from deepfill.masks import centered_rectangle, eval_mask
+    from deepfill.data.datasets import SampleImages
+    from deepfill.data.masks import centered_rectangle, eval_mask
 
     photos = SampleImages("val", 64, length=4)
     target = to_unit(torch.stack([photos[i] for i in range(4)]))

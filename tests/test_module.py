@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -9,15 +10,25 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from deepfill import masks as M
-from deepfill.datamodule import InpaintDataModule
-from deepfill.datasets import SampleImages
-from deepfill.losses import critic_loss, crop_patches, generator_loss, local_patches, reconstruction_losses
-from deepfill.metrics import hole_l1, to_unit
+from deepfill.data import masks as M
+from deepfill.data.datamodule import InpaintDataModule
+from deepfill.data.datasets import SampleImages
+from deepfill.evaluation.metrics import hole_l1, to_unit
 from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
-from deepfill.module import DeepFillModule, NonFiniteLossError
+from deepfill.training.losses import (
+    critic_loss,
+    crop_patches,
+    generator_loss,
+    local_patches,
+    reconstruction_losses,
+)
+from deepfill.training.module import DeepFillModule, NonFiniteLossError
 
 SIZE = 64
+
+
+def _adam(lr: float) -> functools.partial:
+    return functools.partial(torch.optim.Adam, lr=lr, betas=(0.5, 0.9))
 
 
 def make_module(**kwargs) -> DeepFillModule:
@@ -91,7 +102,7 @@ def test_twelve_batches_make_ten_critic_and_two_generator_updates_each_on_its_ow
 
 
 def test_a_skipped_critic_update_does_not_count_towards_n_critic(tmp_path, monkeypatch) -> None:
-    import deepfill.module as module_mod
+    import deepfill.training.module as module_mod
 
     calls = {"n": 0}
     real_loss = module_mod.critic_loss
@@ -258,22 +269,37 @@ def test_reconstruction_phase_trains_both_stages_without_critics_then_the_schedu
 
 def test_cosine_learning_rate_follows_the_generator_steps(tmp_path) -> None:
     module = make_module(
-        n_critic=1, lr=2e-3, pretrain_coarse_steps=2, reconstruction_steps=2, lr_decay_steps=4
+        n_critic=1, optimizer=_adam(2e-3), pretrain_coarse_steps=2, reconstruction_steps=2, lr_decay_steps=4
     )
     # A cosine over the first 4 generator updates, whatever their phase, then 0.
-    assert module.learning_rate(0) == pytest.approx(2e-3)
-    assert module.learning_rate(2) == pytest.approx(1e-3)
-    assert module.learning_rate(4) == module.learning_rate(100) == pytest.approx(0.0)
+    assert module.lr_factor(0) == pytest.approx(1.0)
+    assert module.lr_factor(2) == pytest.approx(0.5)
+    assert module.lr_factor(4) == module.lr_factor(100) == pytest.approx(0.0)
     make_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0).fit(module, make_data())
     # The 4th update ran at the rate of 3 steps done; both optimisers follow the generator.
     for optimizer in module.trainer.optimizers:
-        assert optimizer.param_groups[0]["lr"] == pytest.approx(module.learning_rate(3))
         assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (1 + math.cos(3 * math.pi / 4)))
-    assert make_module(lr=2e-3).learning_rate(10**6) == 2e-3  # 0: constant, as the paper
+    assert make_module().lr_factor(10**6) == 1.0  # lr_decay_steps 0: constant, as the paper
+
+
+def test_the_optimizer_comes_from_its_config(tmp_path) -> None:
+    """``model.optimizer`` is a Hydra partial: any torch.optim class, its own checks at once."""
+    from hydra.utils import instantiate
+
+    config = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4, "weight_decay": 0.1}
+    partial = instantiate(config)
+    module = make_module(optimizer=partial)
+    optimizers = module.configure_optimizers()
+    assert [type(o) for o in optimizers] == [torch.optim.AdamW, torch.optim.AdamW]
+    assert optimizers[0].param_groups[0]["weight_decay"] == 0.1
+    described = {"class": "torch.optim.adamw.AdamW", "lr": 3e-4, "weight_decay": 0.1}
+    assert module.hparams["optimizer"] == described
+    with pytest.raises(ValueError, match=r"model\.optimizer: Invalid learning rate"):
+        make_module(optimizer=_adam(-1.0))
 
 
 def test_overfitting_one_batch_reduces_the_hole_error(tmp_path) -> None:
-    module = make_module(n_critic=1, lr=1e-3)
+    module = make_module(n_critic=1, optimizer=_adam(1e-3))
     data = make_data(length=4, batch_size=4)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
@@ -290,7 +316,7 @@ def test_overfitting_one_batch_reduces_the_hole_error(tmp_path) -> None:
 
 
 def test_resume_mid_epoch_gives_the_same_weights(tmp_path) -> None:
-    from deepfill.callbacks import AtomicModelCheckpoint
+    from deepfill.training.callbacks import LastCheckpoint
 
     # Straight: 6 batches (d d g d d g with n_critic 2). Interrupted: the periodic checkpoint
     # after 4 optimizer steps (3 critic + 1 generator: the first 4 batches), resumed for the rest.
@@ -302,7 +328,7 @@ def test_resume_mid_epoch_gives_the_same_weights(tmp_path) -> None:
 
     pl.seed_everything(0)
     first = make_module(n_critic=2)
-    periodic = AtomicModelCheckpoint(dirpath=tmp_path, filename="mid", every_n_train_steps=4, save_top_k=-1)
+    periodic = LastCheckpoint(dirpath=tmp_path, filename="mid", every_n_train_steps=4, save_top_k=-1)
     make_trainer(
         tmp_path / "b",
         max_epochs=1,
@@ -428,7 +454,7 @@ def test_a_bf16_step_stays_finite_and_close_to_float32() -> None:
 
 def test_critic_scores_and_losses_stay_float32_under_bf16_autocast() -> None:
     """The logged critic loss and gaps are computed from float32 scores under bf16 autocast."""
-    from deepfill.losses import critic_loss, local_patches
+    from deepfill.training.losses import critic_loss, local_patches
 
     torch.manual_seed(0)
     global_critic, local_critic = GlobalCritic(SIZE, cnum=8), LocalCritic(SIZE // 2, cnum=8)
@@ -483,3 +509,33 @@ def test_a_training_step_reads_one_value_back_to_the_host(discount, tmp_path) ->
     assert (int(module.generator_steps), int(module.critic_steps)) == (3, 4)  # 1 coarse, 2 + 4
     assert len(calls) == 7
     assert len(reads.sites) == len(calls), sorted(set(reads.sites))
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch) -> None:
+    """A save that dies half-way through the file (a crash, a full disk) leaves the previous
+    checkpoint whole and no stray file."""
+    import lightning_fabric.plugins.io.torch_io as torch_io
+
+    from deepfill.training.callbacks import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "weights": torch.ones(1000)}, path)
+
+    def dies_half_way(checkpoint, filepath) -> None:
+        Path(filepath).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch_io, "_atomic_save", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"step": 2, "weights": torch.ones(1000)}, path)
+    assert torch.load(path, weights_only=False)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_checkpoint_from_before_the_configurable_optimizer_resumes(tmp_path) -> None:
+    """Optimiser states saved without ``initial_lr`` get the configured rate on load."""
+    module = make_module(optimizer=_adam(3e-4), lr_decay_steps=10)
+    state = {"optimizer_states": [{"param_groups": [{"lr": 1e-4}]}, {"param_groups": [{"lr": 1e-4}]}]}
+    module.on_load_checkpoint(state)
+    assert [s["param_groups"][0]["initial_lr"] for s in state["optimizer_states"]] == [3e-4, 3e-4]

@@ -81,12 +81,13 @@ def test_attention_notebook_on_a_real_ablation_sweep(monkeypatch, tmp_path) -> N
 def test_sweep_analysis_notebook_on_a_real_sweep(monkeypatch, tmp_path) -> None:
     from test_sweep import JOB
 
-    args = ["-m", "+sweep=custom", "sweep_name=nb", "model.lr=0.0001,0.001", f"paths.log_dir={tmp_path}"]
+    args = ["-m", "+sweep=custom", "sweep_name=nb", "model.optimizer.lr=0.0001,0.001"]
+    args.append(f"paths.log_dir={tmp_path}")
     result = run_cli("deepfill-train", *args, "optimized_metric=val/psnr", *JOB, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     sweep = tmp_path / "sweeps" / "nb"
     notebook = execute(NOTEBOOKS[3], monkeypatch, DEEPFILL_NB_SWEEP=str(sweep), DEEPFILL_NB_METRIC="val/psnr")
     text = text_output(notebook)
-    assert "2 finished runs; swept: ['model.lr']; ranked by val/psnr" in text
+    assert "2 finished runs; swept: ['model.optimizer.lr']; ranked by val/psnr" in text
     assert "best by val/psnr: job " in text and "deepfill-eval weights=" in text
     assert images(notebook) == 2

@@ -15,10 +15,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import run_cli
-from deepfill.config import device_count, optimization_direction
-from deepfill.devices import choose_free, visible_gpus
-from deepfill.metrics import higher_is_better
-from deepfill.sweep import (
+from deepfill.evaluation.metrics import higher_is_better
+from deepfill.training.sweep import (
     JobConflictError,
     begin_job,
     collect_results,
@@ -26,6 +24,8 @@ from deepfill.sweep import (
     read_record,
     write_results_table,
 )
+from deepfill.utils.config import device_count, optimization_direction
+from deepfill.utils.devices import choose_free, visible_gpus
 from test_train import TINY, compose_cfg, options
 
 # Two critic steps and one validation batch per job: seconds on a CPU.
@@ -67,7 +67,7 @@ def test_visible_gpus_respects_cuda_visible_devices_and_never_needs_cuda() -> No
 
 CLAIM = """
 import os, sys, time
-from deepfill.devices import claim_devices
+from deepfill.utils.devices import claim_devices
 got = claim_devices(["0", "1"], sys.argv[1], timeout_s=float(sys.argv[2]), poll_s=0.05)
 again = claim_devices(["0", "1"], sys.argv[1])
 print(got[0], os.environ["CUDA_VISIBLE_DEVICES"], again[0], flush=True)
@@ -113,7 +113,7 @@ def test_processes_claim_distinct_devices_and_wait_for_a_free_one(tmp_path) -> N
 def test_a_lock_file_of_another_user_counts_as_busy(tmp_path, monkeypatch) -> None:
     import os
 
-    from deepfill import devices
+    from deepfill.utils import devices
 
     locks = tmp_path / "locks"
     locks.mkdir()
@@ -198,9 +198,9 @@ def test_metric_directions() -> None:
 
 
 def test_sweep_table_cli_rebuilds_a_table(tmp_path) -> None:
-    begin_job(tmp_path / "0", ["model.lr=0.0001"], True)
+    begin_job(tmp_path / "0", ["model.optimizer.lr=0.0001"], True)
     end_job(tmp_path / "0", {"val/psnr": 18.0})
-    begin_job(tmp_path / "1", ["model.lr=0.0002"], True)
+    begin_job(tmp_path / "1", ["model.optimizer.lr=0.0002"], True)
     end_job(tmp_path / "1", {"val/psnr": 19.0})
     result = run_cli("deepfill-sweep-table", str(tmp_path), "--metric", "val/psnr", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -217,7 +217,7 @@ def test_sweep_table_cli_rebuilds_a_table(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", [n for n in options("sweep")])
 def test_every_sweep_preset_composes_and_its_values_are_valid(name, tmp_path) -> None:
-    from deepfill.validation import validate_config
+    from deepfill.utils.validation import validate_config
 
     overrides = [f"+sweep={name}"]
     cfg = compose_cfg(overrides, tmp_path)
@@ -294,7 +294,7 @@ def test_2x2_sweep_runs_two_jobs_at_once_on_distinct_devices_writes_the_table_an
         "+sweep=custom",
         "sweep_name=grid",
         "model.loss.l1=1.2,2.4",
-        "model.lr=0.0001,0.001",
+        "model.optimizer.lr=0.0001,0.001",
         "launcher=local_gpus",
         "job_devices.pool=[0,1]",
         f"job_devices.lock_dir={tmp_path / 'locks'}",
@@ -308,7 +308,7 @@ def test_2x2_sweep_runs_two_jobs_at_once_on_distinct_devices_writes_the_table_an
     with (sweep / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
-    assert {(r["model.loss.l1"], r["model.lr"]) for r in rows} == {
+    assert {(r["model.loss.l1"], r["model.optimizer.lr"]) for r in rows} == {
         ("1.2", "0.0001"),
         ("1.2", "0.001"),
         ("2.4", "0.0001"),
@@ -393,7 +393,7 @@ def test_an_optuna_metric_that_is_not_computed_stops_before_training(tmp_path) -
 
 def test_a_table_ranks_by_psnr_when_its_metric_was_not_computed(tmp_path) -> None:
     for job, psnr in (("0", 18.0), ("1", 21.0)):
-        begin_job(tmp_path / job, [f"model.lr={job}"], True)
+        begin_job(tmp_path / job, [f"model.optimizer.lr={job}"], True)
         end_job(tmp_path / job, {"val/psnr": psnr, "val/ssim": 0.5})
     _, md_path = write_results_table(tmp_path, collect_results(tmp_path), "val/lpips")
     md = md_path.read_text()
@@ -403,7 +403,7 @@ def test_a_table_ranks_by_psnr_when_its_metric_was_not_computed(tmp_path) -> Non
 
 def test_rows_without_a_metric_keep_numeric_job_order(tmp_path) -> None:
     for job in ("10", "9", "20261123-221000_0"):
-        begin_job(tmp_path / job, [f"model.lr={job}"], True)
+        begin_job(tmp_path / job, [f"model.optimizer.lr={job}"], True)
     rows = collect_results(tmp_path)
     csv_path, _ = write_results_table(tmp_path, rows, None)
     with csv_path.open() as f:

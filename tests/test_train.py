@@ -13,14 +13,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
 
 from conftest import run_cli
-from deepfill.config import CONFIG_DIR
-from deepfill.train import train
-from deepfill.validation import ConfigError, validate_config
+from deepfill.cli.train import train
+from deepfill.utils.config import CONFIG_DIR
+from deepfill.utils.validation import ConfigError, validate_config
 
 TINY = [
     "data.image_size=64",
@@ -152,7 +153,8 @@ def test_experiment_presets_carry_the_paper_settings(experiment, tmp_path) -> No
     assert cfg.model.generator.init == "glorot_uniform"
     assert cfg.model.global_critic.init == cfg.model.local_critic.init == "glorot_uniform"
     assert cfg.model.pretrain_coarse_steps == 0
-    assert cfg.model.n_critic == 5 and cfg.model.lr == 1e-4 and list(cfg.model.betas) == [0.5, 0.9]
+    assert cfg.model.n_critic == 5 and cfg.model.optimizer.lr == 1e-4
+    assert list(cfg.model.optimizer.betas) == [0.5, 0.9]
     assert dict(cfg.model.loss) == {
         "coarse": 1.2,
         "l1": 1.2,
@@ -188,7 +190,7 @@ def test_quickstart_trains_and_writes_checkpoints_metrics_and_grids(tmp_path, ca
     printed = capsys.readouterr().out
     lines = {m.group(1): m.groups()[1:] for m in re.finditer(_COMPARISON, printed)}
     assert set(lines) == {"deepfill", "biharmonic", "mean_fill"}, printed[-2000:]
-    from deepfill.eval import run as run_eval
+    from deepfill.cli.eval import run as run_eval
 
     eval_cfg = compose_cfg(
         ["data.image_size=64", "data.val.length=3", "lpips=false", "mask=box_or_strokes"],
@@ -222,16 +224,15 @@ def test_quickstart_trains_and_writes_checkpoints_metrics_and_grids(tmp_path, ca
     ("override", "message"),
     [
         (
-            "model.generator.attention.ksize=4",
-            "model.generator.attention.ksize: must be an odd positive integer",
+            "+model.n_critc=3",
+            "model.n_critc: unknown key for deepfill.training.module.DeepFillModule "
+            "(did you mean 'n_critic'?)",
         ),
-        ("model.loss.gan=-1", "model.loss.gan: must be a number >= 0"),
-        ("data.image_size=100", "data.image_size: must be a multiple of 8"),
-        ("+model.lrr=0.1", "model.lrr: unknown key for deepfill.module.DeepFillModule (did you mean 'lr'?)"),
         ("+data.batchsize=3", "data.batchsize: unknown key"),
+        ("model.generator.cnum=abc", "model.generator.cnum: expected an integer, got 'abc'"),
     ],
 )
-def test_invalid_values_and_misspelt_keys_name_the_key(override, message, tmp_path) -> None:
+def test_misspelt_keys_and_wrong_kinds_name_the_key(override, message, tmp_path) -> None:
     cfg = compose_cfg([override], tmp_path)
     with pytest.raises(ConfigError) as info:
         validate_config(cfg)
@@ -239,16 +240,56 @@ def test_invalid_values_and_misspelt_keys_name_the_key(override, message, tmp_pa
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "model.generator.attention.ksize=0",
+            "model.generator.attention.ksize must be a positive integer, got 0",
+        ),
+        ("model.loss.gan=-1", "model.loss.gan must be >= 0, got -1"),
+        ("model.n_critic=0", "model.n_critic must be >= 1, got 0"),
+        ("model.optimizer.lr=-1", "model.optimizer: Invalid learning rate: -1"),
+        ("model.generator.attention.rate=4", "data.image_size must be divisible by 4 * attention rate = 16"),
+        ("data.image_size=100", "data.image_size must be a positive multiple of 8, got 100"),
+    ],
+)
+def test_invalid_values_are_judged_by_the_constructors_in_one_line(override, message, tmp_path) -> None:
+    """One source of truth: the config check passes the value on, the constructor refuses it,
+    and the error names the full key."""
+    from deepfill.utils.errors import is_user_error, user_error_message
+
+    cfg = compose_cfg(["data.image_size=72", override], tmp_path)
+    validate_config(cfg)  # keys and kinds are fine
+
+    def build() -> None:
+        instantiate(cfg.data)
+        instantiate(cfg.model)
+
+    with pytest.raises(InstantiationException) as info:
+        build()
+    assert is_user_error(info.value)
+    assert message in user_error_message(info.value)
+    assert "\n" not in user_error_message(info.value)
+
+
+def test_an_even_attention_patch_is_allowed(tmp_path) -> None:
+    """The official layer takes any patch size; the config check no longer refuses even ones."""
+    cfg = compose_cfg(["model.generator.attention.ksize=4"], tmp_path)
+    validate_config(cfg)
+    assert instantiate(cfg.model.generator).refine.attention.ksize == 4
+
+
 def _cli(*args: str, cwd: Path):
     return run_cli("deepfill-train", *args, cwd=cwd)
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path) -> None:
-    result = _cli("model.generator.attention.ksize=4", f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    result = _cli("model.generator.attention.ksize=0", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("deepfill-train")]
     assert lines == [
-        "deepfill-train: error: model.generator.attention.ksize: must be an odd positive integer, got 4"
+        "deepfill-train: error: model.generator.attention.ksize must be a positive integer, got 0"
     ]
     missing = _cli(
         "debug=fast_dev_run", "ckpt_path=/nowhere/last.ckpt", f"paths.log_dir={tmp_path}", cwd=tmp_path
@@ -322,7 +363,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_stops(signal_name, extra, saved, t
 def test_bf16_only_on_gpus_that_have_it_natively(monkeypatch, capsys, asked, native, expected) -> None:
     from omegaconf import OmegaConf
 
-    from deepfill import train as train_module
+    from deepfill.cli import train as train_module
 
     calls = []
 
@@ -353,7 +394,7 @@ def test_bf16_only_on_gpus_that_have_it_natively(monkeypatch, capsys, asked, nat
 def test_multirun_with_ddp_needs_slurm(overrides, refused, tmp_path) -> None:
     from omegaconf import OmegaConf
 
-    from deepfill.train import _check_multirun_ddp
+    from deepfill.cli.train import _check_multirun_ddp
 
     cfg = compose_cfg(overrides, tmp_path)
     OmegaConf.set_readonly(cfg.hydra, False)

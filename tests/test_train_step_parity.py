@@ -3,8 +3,8 @@ gradients of the generator and critic losses.
 
 Everything comes from the file: batch, bbox, shrink, interpolation factors and weights, so any
 file of this format is checked. The losses are computed by the functions the training step calls
-(:func:`deepfill.losses.generator_loss`, :func:`deepfill.losses.critic_loss`,
-:func:`deepfill.losses.local_patches`), on networks loaded with the project's official loaders.
+(:func:`deepfill.training.losses.generator_loss`, :func:`deepfill.training.losses.critic_loss`,
+:func:`deepfill.training.losses.local_patches`), on networks loaded with the project's official loaders.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from deepfill.losses import LossWeights, critic_loss, generator_loss, local_patches
-from deepfill.official import (
+from deepfill.official.convert import (
     critic_variable_names,
     load_official_critics,
     load_official_v1,
     tf_variable_names,
 )
+from deepfill.training.losses import LossWeights, critic_loss, generator_loss, local_patches
 
 GOLDEN = "train_step_256.npz"
 # inpaint.yml, the configuration the golden was produced with.

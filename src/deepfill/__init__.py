@@ -2,8 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .models import ContextualAttention, GlobalCritic, InpaintGenerator, LocalCritic, flow_to_image
-from .official import load_official_v1
+from deepfill.models import ContextualAttention, GlobalCritic, InpaintGenerator, LocalCritic, flow_to_image
+from deepfill.official.convert import load_official_v1
 
 try:
     __version__ = version("deepfill")

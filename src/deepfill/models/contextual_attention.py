@@ -176,17 +176,15 @@ class ContextualAttention(nn.Module):
         super().__init__()
         for name, value in (("ksize", ksize), ("rate", rate), ("fuse_k", fuse_k)):
             if int(value) != value or value < 1:
-                raise ValueError(f"contextual attention: {name} must be a positive integer, got {value!r}")
+                raise ValueError(f"attention.{name} must be a positive integer, got {value!r}")
         if stride != 1:
-            raise ValueError(
-                f"contextual attention: stride must be 1 (the official fuse assumes it), got {stride!r}"
-            )
+            raise ValueError(f"attention.stride must be 1 (the official fuse assumes it), got {stride!r}")
         if softmax_scale <= 0:
-            raise ValueError(f"contextual attention: softmax_scale must be > 0, got {softmax_scale!r}")
+            raise ValueError(f"attention.softmax_scale must be > 0, got {softmax_scale!r}")
         if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"contextual attention: chunk_size must be >= 1 or None, got {chunk_size!r}")
+            raise ValueError(f"attention.chunk_size must be >= 1 or None, got {chunk_size!r}")
         if chunk_bytes is not None and chunk_bytes < 1:
-            raise ValueError(f"contextual attention: chunk_bytes must be >= 1 or None, got {chunk_bytes!r}")
+            raise ValueError(f"attention.chunk_bytes must be >= 1 or None, got {chunk_bytes!r}")
         self.ksize = int(ksize)
         self.stride = 1
         self.rate = int(rate)

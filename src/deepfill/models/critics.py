@@ -3,7 +3,7 @@
 Both are stacks of 5x5 stride-2 'SAME' convolutions with leaky ReLU (0.2), flattened into one
 dense output, with no normalisation (the gradient penalty needs a per-sample critic). The dense
 layer reads the features flattened channel-first (NCHW); the official one read them NHWC, which
-:func:`deepfill.official.official_critic_state_dict` accounts for. Initialised as the official
+:func:`deepfill.official.convert.official_critic_state_dict` accounts for. Initialised as the official
 code (Glorot-uniform kernels, zero biases) unless ``init="pytorch"``.
 """
 
@@ -33,7 +33,7 @@ class Critic(nn.Module):
     ) -> None:
         super().__init__()
         if input_size < 1:
-            raise ValueError(f"critic input_size must be positive, got {input_size!r}")
+            raise ValueError(f"input_size must be positive, got {input_size!r}")
         layers = []
         previous = in_channels
         for out in channels:

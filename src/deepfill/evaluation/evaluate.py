@@ -1,36 +1,26 @@
-"""``deepfill-eval``: score a generator on fixed evaluation masks, overall and by hole size.
-
-    deepfill-eval weights=outputs/.../checkpoints/best.ckpt data=celebahq paths.data_dir=/data
-    deepfill-eval weights=places2_v1.pt data=folder data.val.root=photos/ masks_dir=eval_masks/thick
+"""Scoring inpainting: DeepFill and the classical baselines on fixed evaluation masks, per image,
+overall and by hole size.
 
 Metrics on the composited output in [0,1]: PSNR, SSIM, LPIPS (when its weights are available),
 L1 and L2 inside the hole; overall and in LaMa's 10 hole-ratio bins (0-10%, ..., 90-100%).
-Baselines in the same table for context: scikit-image's biharmonic inpainting and mean fill.
-Writes ``metrics.csv`` and ``metrics.md`` to the output folder (and a W&B table with
-``wandb=true``).
+Baselines for context: scikit-image's biharmonic inpainting and mean fill. ``deepfill-eval``
+(:mod:`deepfill.cli.eval`) and every training run's final comparison use these functions.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 
-from .checkpoints import check_weights_path
-from .config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device, wandb_has_credentials
-from .errors import UserError, report_errors
-from .files import writable_dir
-from .masks import FolderMasks, read_mask, resize_mask
-from .metrics import METRIC_NAMES, image_metrics, to_unit
-from .models import composite
-from .tables import write_table
+from deepfill.data.masks import FolderMasks, read_mask, resize_mask
+from deepfill.evaluation.metrics import METRIC_NAMES, image_metrics, to_unit
+from deepfill.evaluation.tables import write_table
+from deepfill.models import composite
+from deepfill.utils.errors import UserError
 
 __all__ = [
     "BASELINES",
@@ -40,10 +30,12 @@ __all__ = [
     "comparison_lines",
     "dataset_batches",
     "evaluate",
-    "main",
+    "mask_files",
     "mean_fill",
+    "methods_with_baselines",
     "per_image_metrics",
     "summarise",
+    "write_tables",
 ]
 
 METRICS = METRIC_NAMES
@@ -77,8 +69,8 @@ BASELINES: dict[str, Method] = {"biharmonic": biharmonic_fill, "mean_fill": mean
 def per_image_metrics(
     completed: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, lpips_net: torch.nn.Module | None
 ) -> dict[str, torch.Tensor]:
-    """Per-image metrics (N,) of composited images in [-1,1]: :func:`deepfill.metrics.image_metrics`,
-    the definition validation uses too."""
+    """Per-image metrics (N,) of composited images in [-1,1]:
+    :func:`deepfill.evaluation.metrics.image_metrics`, the definition validation uses too."""
     values = image_metrics(to_unit(completed), to_unit(target), mask, lpips_net)
     return {k: v.cpu() for k, v in values.items()}
 
@@ -127,12 +119,12 @@ def summarise(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+def write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
     columns = ["method", "hole_ratio", "images", *[m for m in METRICS if any(m in r for r in rows)]]
     return write_table(rows, columns, out_dir / "metrics.csv", out_dir / "metrics.md")
 
 
-def _mask_files(folder: Path) -> list[Path]:
+def mask_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise UserError(f"masks_dir: no such folder: {folder}")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in FolderMasks.EXTENSIONS)
@@ -195,19 +187,7 @@ def _batches_of(dataset, limit: int, size: int, device, mask_files) -> Iterator:
         yield image.to(device), mask.to(device)
 
 
-def _batches(cfg: DictConfig, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("validate")
-    dataset = datamodule.datasets.get("val")
-    if dataset is None:
-        raise UserError("data: the evaluation needs a val source (data.val)")
-    mask_files = _mask_files(Path(cfg.masks_dir)) if cfg.get("masks_dir") else None
-    if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise UserError(f"batch_size: must be a positive integer, got {cfg.batch_size!r}")
-    return dataset_batches(dataset, cfg.limit, cfg.batch_size, device, mask_files)
-
-
-def _methods(generator: torch.nn.Module, baselines) -> dict[str, Method]:
+def methods_with_baselines(generator: torch.nn.Module, baselines) -> dict[str, Method]:
     methods: dict[str, Method] = {"deepfill": lambda image, mask: generator(image, mask)[1]}
     for name in baselines or []:
         if name not in BASELINES:
@@ -230,7 +210,7 @@ def compare_with_baselines(
     generator.eval()
     try:
         batches = dataset_batches(dataset, limit, batch_size, device)
-        rows = summarise(evaluate(batches, _methods(generator, baselines)))
+        rows = summarise(evaluate(batches, methods_with_baselines(generator, baselines)))
     finally:
         generator.train(was_training)
     return [row for row in rows if row["hole_ratio"] == "all"]
@@ -243,52 +223,3 @@ def comparison_lines(rows: list[dict]) -> list[str]:
         f"L1 in the hole {row['l1_hole']:.4f}   ({row['images']} images)"
         for row in rows
     ]
-
-
-def run(cfg: DictConfig) -> list[dict]:
-    """Evaluate ``cfg.weights`` and the baselines; writes the tables; returns the summary rows."""
-    from .inpaint import load_generator
-    from .metrics import InpaintingMetrics
-
-    device = resolve_device(cfg.device)
-    # Everything a user can get wrong is checked before the model loads.
-    check_weights_path(cfg.weights)
-    writable_dir(cfg.output, "output")
-    _methods(torch.nn.Identity(), cfg.baselines)
-    batches = _batches(cfg, device)
-    generator = load_generator(cfg.weights, device)
-    methods = _methods(generator, cfg.baselines)
-    metrics = InpaintingMetrics(lpips=cfg.lpips, lpips_required=cfg.lpips_required)
-    lpips_net = metrics.lpips.net.to(device) if metrics.lpips is not None else None
-    records = evaluate(batches, methods, lpips_net)
-    rows = summarise(records)
-    csv_path, md_path = _write_tables(rows, Path(cfg.output))
-    if cfg.wandb:
-        import wandb
-
-        mode = "online" if wandb_has_credentials() else "offline"
-        run_ = wandb.init(project=cfg.wandb_project, dir=str(Path(cfg.output)), mode=mode, job_type="eval")
-        columns = list(rows[0])
-        run_.log(
-            {"eval/metrics": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])}
-        )
-        run_.finish()
-    print(md_path.read_text(), flush=True)
-    print(f"tables written to {csv_path} and {md_path}", flush=True)
-    return rows
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def _hydra_main(cfg: DictConfig) -> None:
-    report_errors("deepfill-eval", run, cfg)
-
-
-def main() -> None:
-    """Console entry point."""
-    register_resolvers()
-    check_overrides("eval", "deepfill-eval")
-    _hydra_main()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

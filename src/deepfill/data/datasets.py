@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import UnreadableImageError, UserError
+from deepfill.utils.errors import UnreadableImageError, UserError
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -11,29 +11,41 @@ Two optional phases come first, each one generator update per batch and no criti
 reconstruction losses), then ``reconstruction_steps`` of both stages on the reconstruction
 losses. Short runs (the quickstart) use them to learn to fill before the adversarial phase.
 
-The module orchestrates; the maths lives in :mod:`deepfill.losses` and :mod:`deepfill.metrics`.
+The module orchestrates; the maths lives in :mod:`deepfill.training.losses` and
+:mod:`deepfill.evaluation.metrics`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch.profiler import record_function
 
-from .errors import UserError
-from .losses import LossWeights, critic_loss, generator_loss, local_patches
-from .metrics import InpaintingMetrics, to_unit
-from .models import GlobalCritic, InpaintGenerator, LocalCritic, composite
-from .visuals import COLUMNS, inpainting_grid, log_grid
+from deepfill.evaluation.metrics import InpaintingMetrics, to_unit
+from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic, composite
+from deepfill.training.losses import LossWeights, critic_loss, generator_loss, local_patches
+from deepfill.training.visuals import COLUMNS, inpainting_grid, log_grid
+from deepfill.utils.errors import UserError
 
 __all__ = ["DeepFillModule", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive non-finite losses."""
+
+
+def _describe(factory) -> dict:
+    """An optimiser factory as plain hyper-parameters: its class and keyword arguments."""
+    target = getattr(factory, "func", factory)
+    described = {"class": f"{target.__module__}.{target.__qualname__}"}
+    for key, value in getattr(factory, "keywords", {}).items():
+        described[key] = list(value) if isinstance(value, tuple | list) else value
+    return described
 
 
 _COUNTERS = ("critic_steps", "generator_steps", "critic_since_generator", "nonfinite_streak")
@@ -52,8 +64,10 @@ class DeepFillModule(pl.LightningModule):
         global_critic, local_critic: the WGAN critics (their input sizes set the image size and
             the local crop size).
         loss: :class:`LossWeights` or a dict of its fields.
-        lr, betas: Adam settings of both optimisers (paper: 1e-4, (0.5, 0.9)).
-        lr_decay_steps: cosine decay of both learning rates from ``lr`` to 0 over this many
+        optimizer: makes one optimiser from parameters (``functools.partial`` of a
+            ``torch.optim`` class, as Hydra's ``_partial_: true`` gives); one for the generator,
+            one for both critics. Default: the paper's Adam, lr 1e-4, betas (0.5, 0.9).
+        lr_decay_steps: cosine decay of both learning rates from their initial value to 0 over this many
             generator updates (all phases counted); 0 keeps them constant (paper).
         n_critic: critic updates per generator update (paper: 5).
         pretrain_coarse_steps: the first K generator updates train stage 1 alone with L1 + AE,
@@ -64,7 +78,7 @@ class DeepFillModule(pl.LightningModule):
             right for free-form holes); gamma: its base (0.9).
         max_nonfinite: stop after this many non-finite losses in a row (each one is skipped).
         log_images_every_n_steps: image grids every N generator updates (0: never).
-        lpips, lpips_required, lpips_pretrained: see :class:`deepfill.metrics.InpaintingMetrics`.
+        lpips, lpips_required, lpips_pretrained: see :class:`deepfill.evaluation.metrics.InpaintingMetrics`.
         seed: seeds the gradient penalty's interpolation factors by ``(seed, critic step)``, so a
             resumed run draws what the uninterrupted run would have drawn.
     """
@@ -75,8 +89,7 @@ class DeepFillModule(pl.LightningModule):
         global_critic: GlobalCritic,
         local_critic: LocalCritic,
         loss: LossWeights | dict | None = None,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.5, 0.9),
+        optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
         n_critic: int = 5,
         pretrain_coarse_steps: int = 0,
         reconstruction_steps: int = 0,
@@ -93,10 +106,13 @@ class DeepFillModule(pl.LightningModule):
         super().__init__()
         if n_critic < 1:
             raise ValueError(f"model.n_critic must be >= 1, got {n_critic!r}")
+        size = global_critic.input_size
+        if size % generator.multiple:
+            raise ValueError(
+                f"data.image_size must be divisible by 4 * attention rate = {generator.multiple}, got {size}"
+            )
         if discount not in ("box", "nearest_known"):
             raise ValueError(f"model.discount must be 'box' or 'nearest_known', got {discount!r}")
-        if lr <= 0:
-            raise ValueError(f"model.lr must be > 0, got {lr!r}")
         for name, value in (
             ("pretrain_coarse_steps", pretrain_coarse_steps),
             ("reconstruction_steps", reconstruction_steps),
@@ -109,7 +125,11 @@ class DeepFillModule(pl.LightningModule):
         self.global_critic = global_critic
         self.local_critic = local_critic
         self.loss_weights = loss if isinstance(loss, LossWeights) else LossWeights(**(loss or {}))
-        self.lr, self.betas = lr, tuple(betas)
+        self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.5, 0.9))
+        try:  # its own checks (a negative lr, betas out of range), here rather than at fit time
+            self.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"model.optimizer: {error}") from None
         self.n_critic, self.pretrain_coarse_steps = n_critic, pretrain_coarse_steps
         self.reconstruction_steps, self.lr_decay_steps = reconstruction_steps, lr_decay_steps
         self.discount, self.gamma = discount, gamma
@@ -132,8 +152,7 @@ class DeepFillModule(pl.LightningModule):
                 "global_critic_size": global_critic.input_size,
                 "local_critic_size": local_critic.input_size,
                 "loss": self.loss_weights.__dict__,
-                "lr": lr,
-                "betas": list(self.betas),
+                "optimizer": _describe(self.optimizer_factory),
                 "n_critic": n_critic,
                 "pretrain_coarse_steps": pretrain_coarse_steps,
                 "reconstruction_steps": reconstruction_steps,
@@ -146,14 +165,16 @@ class DeepFillModule(pl.LightningModule):
     # ------------------------------------------------------------------ setup
     def configure_optimizers(self):
         critics = list(self.global_critic.parameters()) + list(self.local_critic.parameters())
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas)
-        opt_d = torch.optim.Adam(critics, lr=self.lr, betas=self.betas)
-        return [opt_g, opt_d]
+        optimizers = [self.optimizer_factory(self.generator.parameters()), self.optimizer_factory(critics)]
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])  # what the cosine decay scales
+        return optimizers
 
     @staticmethod
     def generator_from_checkpoint(path: str, map_location: str | torch.device = "cpu") -> InpaintGenerator:
         """Rebuild the trained generator from a Lightning checkpoint of this module."""
-        from .checkpoints import check_state_dict, read_checkpoint
+        from deepfill.utils.checkpoints import check_state_dict, read_checkpoint
 
         checkpoint = read_checkpoint(path, "weights", weights_only=False)
         config = (checkpoint.get("hyper_parameters") or {}).get("generator")
@@ -170,6 +191,14 @@ class DeepFillModule(pl.LightningModule):
     @property
     def local_size(self) -> int:
         return self.local_critic.input_size
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints written before the optimiser became configurable lack the initial rate
+        # the cosine decay scales: take the configured one.
+        initial = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group.setdefault("initial_lr", initial if initial is not None else group["lr"])
 
     def on_train_start(self) -> None:
         # After any checkpoint restore: the one read of the counters per fit.
@@ -205,12 +234,13 @@ class DeepFillModule(pl.LightningModule):
         return False
 
     # ------------------------------------------------------------------ training
-    def learning_rate(self, generator_steps: int) -> float:
-        """Both optimisers' learning rate after ``generator_steps`` generator updates."""
+    def lr_factor(self, generator_steps: int) -> float:
+        """The learning rates after ``generator_steps`` generator updates, as a fraction of their
+        initial values: a cosine from 1 to 0 over ``lr_decay_steps`` (1 when that is 0)."""
         if self.lr_decay_steps <= 0:
-            return self.lr
+            return 1.0
         progress = min(generator_steps / self.lr_decay_steps, 1.0)
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
@@ -221,7 +251,7 @@ class DeepFillModule(pl.LightningModule):
             # A function of the step count (saved in checkpoints), so resume continues exactly.
             for optimizer in (opt_g, opt_d):
                 for group in optimizer.param_groups:
-                    group["lr"] = self.learning_rate(steps)
+                    group["lr"] = group["initial_lr"] * self.lr_factor(steps)
         if steps < self.pretrain_coarse_steps:
             self._generator_step(image, mask, opt_g, "coarse", distance)
         elif steps < self.pretrain_coarse_steps + self.reconstruction_steps:

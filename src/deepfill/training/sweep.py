@@ -29,9 +29,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .files import atomic_path
-from .metrics import higher_is_better, selection_metric
-from .tables import write_table
+from deepfill.evaluation.metrics import higher_is_better, selection_metric
+from deepfill.evaluation.tables import write_table
+from deepfill.utils.files import atomic_path
 
 __all__ = [
     "RECORD_NAME",
@@ -79,7 +79,7 @@ def finished_jobs(sweep: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
     so its interpolations resolve), in job order."""
     from omegaconf import OmegaConf
 
-    from .config import register_resolvers
+    from deepfill.utils.config import register_resolvers
 
     register_resolvers()
     jobs = []

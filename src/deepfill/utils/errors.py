@@ -9,6 +9,7 @@ code) is a bug and is shown with its traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -77,7 +78,7 @@ def is_user_error(error: BaseException) -> bool:
 
     if isinstance(error, MissingMandatoryValue):
         return True
-    from .devices import DeviceClaimError
+    from deepfill.utils.devices import DeviceClaimError
 
     if isinstance(error, DeviceClaimError):
         return True
@@ -95,7 +96,7 @@ def user_error_message(error: BaseException) -> str:
         cause = error.__cause__
         if _is_config_type_error(cause):
             return f"{_instantiation_target(error)}{str(cause).strip().splitlines()[0]}"
-        return user_error_message(cause)
+        return _with_key(user_error_message(cause), _full_key(error))
     from omegaconf.errors import MissingMandatoryValue
 
     if isinstance(error, MissingMandatoryValue):
@@ -105,6 +106,25 @@ def user_error_message(error: BaseException) -> str:
         return f"{error.filename}: {error.strerror}"
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _full_key(error: BaseException) -> str:
+    for line in str(error).splitlines():
+        if line.startswith("full_key:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _with_key(message: str, key: str) -> str:
+    """A constructor names its own argument (``loss.gan must be >= 0``); the config path it was
+    built from completes the key (``model.loss.gan must be >= 0``)."""
+    first = message.split(" ", 1)[0]
+    if not key or not re.fullmatch(r"[A-Za-z_][\w.]*", first) or first.startswith(f"{key}."):
+        return message
+    top = key.split(".", 1)[0]
+    if first == top or first.startswith(f"{top}."):  # already a full key (data.image_size ...)
+        return message
+    return f"{key}.{message}"
 
 
 def _instantiation_target(error: BaseException) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_path
+from deepfill.utils.files import atomic_path
 
 __all__ = ["write_table"]
 

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .models.generator import composite
+from deepfill.models.generator import composite
 
 __all__ = [
     "CriticLoss",
@@ -117,7 +117,7 @@ def nearest_known_discount(
 
     A hole pixel weighs ``gamma**l`` with ``l`` its chessboard distance to the nearest known
     pixel (1 next to the boundary); known pixels weigh 0. The image border is not a known pixel.
-    ``distance``: that distance precomputed per mask (:func:`deepfill.masks.hole_distance`, as
+    ``distance``: that distance precomputed per mask (:func:`deepfill.data.masks.hole_distance`, as
     the data module does in its workers), which spares one erosion pass, and on a GPU one host
     sync, per ring of the hole.
     """

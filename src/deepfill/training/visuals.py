@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models.contextual_attention import flow_to_image
-from .models.generator import composite
-from .models.layers import resize_nearest
+from deepfill.models.contextual_attention import flow_to_image
+from deepfill.models.generator import composite
+from deepfill.models.layers import resize_nearest
 
 __all__ = ["COLUMNS", "comparison_grid", "inpainting_grid", "log_grid", "to_uint8"]
 

@@ -24,8 +24,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets import ImageSource
-from .masks import MaskGenerator, hole_distance, hole_ratio
+from deepfill.data.datasets import ImageSource
+from deepfill.data.masks import MaskGenerator, hole_distance, hole_ratio
 
 __all__ = ["InpaintDataModule", "InpaintDataset"]
 
@@ -104,7 +104,7 @@ class InpaintDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int, int, int]) -> dict[str, torch.Tensor]:
         """``{"image": (3,S,S) in [-1,1], "mask": (1,S,S) 1 = hole, "index": ()}``; training items
-        also carry ``"hole_distance"`` ((1,S,S), see :func:`deepfill.masks.hole_distance`: the
+        also carry ``"hole_distance"`` ((1,S,S), see :func:`deepfill.data.masks.hole_distance`: the
         ``nearest_known`` discount from it costs no per-ring passes in the training step) and
         ``"epoch"`` and ``"local"`` (this rank's position in the epoch), from which the data
         module records how far training got (for an exact mid-epoch resume)."""

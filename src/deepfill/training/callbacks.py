@@ -1,8 +1,9 @@
-"""Training callbacks: atomic checkpoints, best-by-LPIPS-or-PSNR, a checkpoint on SIGTERM, Ctrl-C
-and the scheduler's requeue signal."""
+"""Checkpoints: written atomically, the last and the best (by LPIPS, else PSNR), and one on
+SIGTERM, Ctrl-C and the scheduler's requeue signal."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -13,34 +14,35 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from .files import atomic_path
-from .metrics import higher_is_better, selection_metric
+from deepfill.evaluation.metrics import higher_is_better, selection_metric
+from deepfill.utils.files import atomic_path
 
 __all__ = [
-    "AtomicModelCheckpoint",
+    "AtomicCheckpointIO",
     "BestCheckpoint",
     "CheckpointOnSignal",
-    "atomic_save_checkpoint",
+    "LastCheckpoint",
     "signal_number",
 ]
 
-
-def atomic_save_checkpoint(
-    trainer: pl.Trainer, filepath: str | os.PathLike, weights_only: bool = False
-) -> None:
-    """Write a checkpoint to a temporary file, then rename: a crash never leaves half a file."""
-    path = Path(filepath)
-    if not trainer.is_global_zero:
-        # Only rank zero writes; the others still join save_checkpoint's barrier.
-        trainer.save_checkpoint(path, weights_only)
-        return
-    with atomic_path(path) as tmp:
-        trainer.save_checkpoint(tmp, weights_only)
+log = logging.getLogger(__name__)
 
 
-class AtomicModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose files are written atomically."""
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing to a temporary file in the target's folder and
+    renaming it: a crash or a full disk never leaves half a checkpoint, and ``last.ckpt`` is
+    either the old one or the new one. ``deepfill-train`` gives it to every trainer
+    (``Trainer(plugins=[AtomicCheckpointIO()])``), so every checkpoint callback writes this way."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        with atomic_path(Path(path)) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for this module's manual optimisation (``last.ckpt`` every N batches)."""
 
     def on_train_batch_end(self, *args, **kwargs) -> None:
         with warnings.catch_warnings():
@@ -49,16 +51,8 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
             super().on_train_batch_end(*args, **kwargs)
 
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        atomic_save_checkpoint(trainer, filepath, self.save_weights_only)
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(self)
 
-
-class BestCheckpoint(AtomicModelCheckpoint):
+class BestCheckpoint(LastCheckpoint):
     """Keeps the best checkpoint by ``val/lpips`` (lower is better) when the model computes
     LPIPS, else by ``val/psnr`` (higher is better)."""
 
@@ -78,7 +72,7 @@ class BestCheckpoint(AtomicModelCheckpoint):
 
 def signal_number(name: str | int) -> signal.Signals:
     """``"USR2"``, ``"SIGUSR2"`` or ``12`` -> ``signal.SIGUSR2``; one line naming the value otherwise."""
-    from .errors import ConfigError
+    from deepfill.utils.errors import ConfigError
 
     try:
         if isinstance(name, int) and not isinstance(name, bool):
@@ -123,10 +117,10 @@ class CheckpointOnSignal(pl.Callback):
     def _save(self, trainer: pl.Trainer, why: str) -> None:
         if self._saved_step == trainer.global_step:
             return
-        atomic_save_checkpoint(trainer, self.dirpath / "last.ckpt")
+        trainer.save_checkpoint(self.dirpath / "last.ckpt")  # every rank: it holds a barrier
         self._saved_step = trainer.global_step
         if trainer.is_global_zero:
-            print(f"stopping on {why}: checkpoint saved to {self.dirpath / 'last.ckpt'}", flush=True)
+            log.warning("stopping on %s: checkpoint saved to %s", why, self.dirpath / "last.ckpt")
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException

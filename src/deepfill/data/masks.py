@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .errors import UnreadableImageError, UserError, report_errors
-from .files import atomic_path, writable_dir
+from deepfill.utils.errors import UnreadableImageError, UserError, report_errors
+from deepfill.utils.files import atomic_path, writable_dir
 
 __all__ = [
     "HOLE_THRESHOLD",
@@ -337,7 +337,7 @@ def read_mask(path: str | Path, invert: bool = False) -> np.ndarray:
     A pixel is hole when its grey value is >= 128 (:data:`HOLE_THRESHOLD`); for a mask with
     transparent pixels (a layer painted over a transparent background) when its alpha is >= 128.
     ``invert`` swaps hole and known (for mask sets that mark the hole black). Warns when the
-    mask is not (nearly) binary; raises :class:`~deepfill.errors.UnreadableImageError` for a file
+    mask is not (nearly) binary; raises :class:`~deepfill.utils.errors.UnreadableImageError` for a file
     that is not an image."""
     try:
         with Image.open(path) as image:

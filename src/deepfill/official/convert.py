@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import check_state_dict, read_checkpoint
-from .errors import UserError, report_errors
-from .files import atomic_path, writable_file
-from .models.critics import Critic, GlobalCritic, LocalCritic
-from .models.generator import InpaintGenerator
-from .tf_checkpoint import read_tf_checkpoint
+from deepfill.models.critics import Critic, GlobalCritic, LocalCritic
+from deepfill.models.generator import InpaintGenerator
+from deepfill.official.tf_checkpoint import read_tf_checkpoint
+from deepfill.utils.checkpoints import check_state_dict, read_checkpoint
+from deepfill.utils.errors import UserError, report_errors
+from deepfill.utils.files import atomic_path, writable_file
 
 __all__ = [
     "critic_variable_names",
@@ -187,7 +187,7 @@ def load_official_v1(
             generator settings, e.g. ``cnum``, come from the file).
         bgr_to_rgb: permute colour channels so the model takes RGB, as every other part of
             this project does. ``False`` keeps the official BGR convention.
-        backend: TF checkpoint reader (see :func:`deepfill.tf_checkpoint.read_tf_checkpoint`).
+        backend: TF checkpoint reader (see :func:`deepfill.official.tf_checkpoint.read_tf_checkpoint`).
         generator_kwargs: passed to :class:`InpaintGenerator` (e.g. ``attention={"chunk_size": ...}``).
     """
     p = Path(path)

@@ -6,7 +6,7 @@
     deepfill-inpaint weights=release_places2_256/ input=cutout.png          # holes = transparent pixels
 
 Images of any size (padded to a multiple of the model's and cropped back; known pixels are kept
-exactly). Masks follow :func:`deepfill.masks.read_mask`: hole where the value is >= 128 of 255
+exactly). Masks follow :func:`deepfill.data.masks.read_mask`: hole where the value is >= 128 of 255
 (or, for a mask with transparent pixels, where its alpha is >= 128); without a mask the input's
 own transparent pixels (alpha < 128) are the hole. Inputs are never overwritten, and nothing is
 overwritten twice: two inputs that would give the same output name stop the run before it starts.
@@ -22,35 +22,18 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from .checkpoints import check_weights_path
-from .config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device
-from .datasets import IMAGE_EXTENSIONS, list_images, load_image, to_tensor
-from .errors import UnreadableImageError, UserError, report_errors
-from .files import atomic_path, writable_dir
-from .masks import HOLE_THRESHOLD, read_mask
-from .models import InpaintGenerator, composite, flow_to_image, inpaint_padded
-from .models.layers import resize_nearest
-from .visuals import to_uint8
+from deepfill.data.datasets import IMAGE_EXTENSIONS, list_images, load_image
+from deepfill.data.masks import HOLE_THRESHOLD, read_mask
+from deepfill.inference import inpaint_array, load_generator
+from deepfill.utils.checkpoints import check_weights_path
+from deepfill.utils.config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device
+from deepfill.utils.errors import UnreadableImageError, UserError, report_errors
+from deepfill.utils.files import atomic_path, writable_dir
 
-__all__ = ["load_generator", "load_mask", "main", "pairs", "run"]
-
-
-def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> InpaintGenerator:
-    """A Lightning checkpoint of training (``.ckpt``), converted official weights (``.pt``),
-    an official TF checkpoint (folder or prefix) or an ``.npz`` of official variables."""
-    from .module import DeepFillModule
-    from .official import load_official_v1
-
-    path = Path(weights)
-    if path.suffix == ".ckpt":
-        generator = DeepFillModule.generator_from_checkpoint(str(path))
-    else:
-        generator = load_official_v1(path)
-    return generator.to(device).eval()
+__all__ = ["load_mask", "main", "pairs", "run"]
 
 
 def load_mask(path: Path | None, image_path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -110,9 +93,9 @@ def pairs(input_path: Path, mask_path: Path | None) -> list[tuple[Path, Path | N
     return out
 
 
-def _save(tensor: torch.Tensor, path: Path) -> None:
+def _save(picture: np.ndarray, path: Path) -> None:
     with atomic_path(path) as tmp:
-        Image.fromarray(to_uint8(tensor[0])).save(tmp, format="PNG")
+        Image.fromarray(picture).save(tmp, format="PNG")
 
 
 def _targets(cfg: DictConfig, jobs: list) -> tuple[Path, list[Path]]:
@@ -132,23 +115,18 @@ def _targets(cfg: DictConfig, jobs: list) -> tuple[Path, list[Path]]:
     return output, [output / relative for _, _, relative in jobs]
 
 
-def _inpaint_one(generator, image_path, mask_path, target, cfg, device) -> list[Path]:
+def _inpaint_one(generator, image_path, mask_path, target, cfg) -> list[Path]:
     array = load_image(image_path)
-    mask = load_mask(mask_path, image_path, array.shape[:2])
-    image = to_tensor(array).unsqueeze(0).to(device)
-    hole = torch.from_numpy(mask)[None, None].to(device)
-    x1, _, completed, offsets = inpaint_padded(generator, image, hole)
-    _save(completed, target)
+    result = inpaint_array(generator, array, load_mask(mask_path, image_path, array.shape[:2]))
     written = [target]
-    if cfg.save_coarse:
-        coarse = target.with_name(target.stem + "_coarse.png")
-        _save(composite(x1, image, hole), coarse)
-        written.append(coarse)
-    if cfg.save_flow:
-        flow = resize_nearest(flow_to_image(offsets), tuple(image.shape[-2:]), align_corners=False)
-        flow_path = target.with_name(target.stem + "_flow.png")
-        _save(flow, flow_path)
-        written.append(flow_path)
+    _save(result.completed, target)
+    for wanted, suffix, picture in (
+        (cfg.save_coarse, "_coarse", result.coarse),
+        (cfg.save_flow, "_flow", result.flow),
+    ):
+        if wanted:
+            written.append(target.with_name(target.stem + suffix + ".png"))
+            _save(picture, written[-1])
     return written
 
 
@@ -171,7 +149,7 @@ def run(cfg: DictConfig) -> list[Path]:
         list(zip(jobs, targets, strict=True)), description="inpainting", disable=len(jobs) < 2
     ):
         try:
-            written += _inpaint_one(generator, image_path, mask_path, target, cfg, device)
+            written += _inpaint_one(generator, image_path, mask_path, target, cfg)
         except (UnreadableImageError, UserError) as error:
             if not folder_mode:
                 raise

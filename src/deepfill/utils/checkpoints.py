@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from deepfill.utils.errors import UserError
 
 __all__ = [
     "check_resume_checkpoint",

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from deepfill.utils.errors import UserError
 
 __all__ = ["atomic_path", "writable_dir", "writable_file"]
 

@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
-from .config import CONFIG_DIR, check_overrides, register_resolvers, wandb_has_credentials
-from .errors import ConfigError, report_errors
+from deepfill.utils.config import CONFIG_DIR, check_overrides, register_resolvers, wandb_has_credentials
+from deepfill.utils.errors import ConfigError, report_errors
 
 __all__ = ["main", "train"]
 
@@ -148,12 +148,12 @@ def _optuna_sweep() -> bool:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from ``cfg``, fit (and optionally test); returns the final metrics.
 
-    The run folder gets a ``job.json`` record (see :mod:`deepfill.sweep`); with ``resume=true``
+    The run folder gets a ``job.json`` record (see :mod:`deepfill.training.sweep`); with ``resume=true``
     a finished run returns its recorded metrics and an interrupted one continues from
     ``checkpoints/last.ckpt``.
     """
-    from .sweep import job_record
-    from .validation import validate_config
+    from deepfill.training.sweep import job_record
+    from deepfill.utils.validation import validate_config
 
     validate_config(cfg)
     _check_multirun_ddp(cfg)
@@ -194,9 +194,16 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
     loggers = _loggers(cfg)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    from deepfill.training.callbacks import AtomicCheckpointIO
+
+    # Every checkpoint written atomically, whichever callback writes it (plugins the trainer
+    # config names, e.g. launcher=slurm's cluster environment, are kept).
+    plugins = [instantiate(p) for p in (cfg.trainer.get("plugins") or [])] + [AtomicCheckpointIO()]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
+    )
     if cfg.get("ckpt_path"):
-        from .checkpoints import check_resume_checkpoint
+        from deepfill.utils.checkpoints import check_resume_checkpoint
 
         check_resume_checkpoint(model, cfg.ckpt_path)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -222,8 +229,8 @@ def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodu
     spec = cfg.get("baseline_comparison")
     if not spec:
         return
-    from .eval import compare_with_baselines, comparison_lines
-    from .tables import write_table
+    from deepfill.evaluation.evaluate import compare_with_baselines, comparison_lines
+    from deepfill.evaluation.tables import write_table
 
     dataset = getattr(datamodule, "datasets", {}).get("val")
     if dataset is None:
@@ -254,7 +261,7 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, loggers: list) -> None:
             lines.append(f"metrics: {Path(logger.log_dir) / 'metrics.csv'}")
             lines.append(f"image grids: {Path(logger.log_dir) / 'images'}")
         elif kind == "WandbLogger":
-            run_dir = getattr(logger.experiment, "dir", None) if logger._experiment is not None else None
+            run_dir = getattr(logger.experiment, "dir", None)  # the run exists: hyper-parameters went to it
             lines.append(f"W&B run: {Path(run_dir).parent if run_dir else out / 'wandb'}")
         elif kind == "TensorBoardLogger":
             lines.append(f"TensorBoard: tensorboard --logdir {logger.log_dir}")
@@ -266,7 +273,7 @@ def claim_job_devices(cfg: DictConfig) -> list[str]:
     spec = cfg.get("job_devices")
     if not spec:
         return []
-    from .devices import claim_devices, visible_gpus
+    from deepfill.utils.devices import claim_devices, visible_gpus
 
     pool = list(spec.pool) if spec.get("pool") is not None else visible_gpus()
     return claim_devices(pool, spec.lock_dir, count=1, timeout_s=float(spec.timeout_s))

@@ -11,12 +11,12 @@ from omegaconf import OmegaConf
 __all__ = ["CONFIG_DIR", "register_resolvers", "resolve_device", "wandb_has_credentials"]
 
 # conf/ sits at the top of the repository, next to src/.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
 def device_count(pool=None) -> int:
     """Devices a ``launcher=local_gpus`` sweep shares out: ``len(pool)``, or the visible GPUs."""
-    from .devices import visible_gpus
+    from deepfill.utils.devices import visible_gpus
 
     count = len(pool) if pool is not None else len(visible_gpus())
     if count < 1:
@@ -31,7 +31,7 @@ def optimization_direction(metric: str | None) -> str:
     """Optuna's direction for a metric: ``maximize`` for PSNR/SSIM, ``minimize`` for LPIPS and errors."""
     if not metric:
         raise ValueError("optimized_metric: a search needs a metric to optimise, e.g. val/lpips")
-    from .metrics import higher_is_better
+    from deepfill.evaluation.metrics import higher_is_better
 
     return "maximize" if higher_is_better(metric) else "minimize"
 
@@ -126,10 +126,10 @@ def check_overrides(config_name: str, prog: str, argv: list[str] | None = None) 
 
 def resolve_device(name: str) -> str:
     """``"auto"``: the GPU when there is one, else the CPU; ``"gpu"`` means ``"cuda"``. Raises
-    :class:`~deepfill.errors.UserError` for an unknown device or a GPU this machine lacks."""
+    :class:`~deepfill.utils.errors.UserError` for an unknown device or a GPU this machine lacks."""
     import torch
 
-    from .errors import UserError
+    from deepfill.utils.errors import UserError
 
     name = str(name)
     if name == "auto":

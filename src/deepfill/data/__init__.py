@@ -1,0 +1,1 @@
+"""Training and evaluation data: mask generators, image sources, the Lightning data module."""

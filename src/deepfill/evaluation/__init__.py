@@ -1,0 +1,1 @@
+"""Scoring: per-image metrics, the evaluation against the classical baselines, result tables."""

@@ -1,0 +1,81 @@
+"""Inpainting one image with a trained or official generator: what ``deepfill-inpaint`` runs for
+each file, for use from Python and the notebooks.
+
+    generator = load_generator("places2_v1.pt")
+    result = inpaint_array(generator, image, hole)   # image: (H,W,3) uint8, hole: (H,W) bool
+    Image.fromarray(result.completed).save("filled.png")
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepfill.data.datasets import to_tensor
+from deepfill.models import InpaintGenerator, composite, flow_to_image, inpaint_padded
+from deepfill.models.layers import resize_nearest
+from deepfill.training.visuals import to_uint8
+
+__all__ = ["Inpainting", "inpaint_array", "load_generator"]
+
+
+def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> InpaintGenerator:
+    """A Lightning checkpoint of training (``.ckpt``), converted official weights (``.pt``),
+    an official TF checkpoint (folder or prefix) or an ``.npz`` of official variables."""
+    from deepfill.official.convert import load_official_v1
+    from deepfill.training.module import DeepFillModule
+
+    path = Path(weights)
+    if path.suffix == ".ckpt":
+        generator = DeepFillModule.generator_from_checkpoint(str(path))
+    else:
+        generator = load_official_v1(path)
+    return generator.to(device).eval()
+
+
+@dataclass
+class Inpainting:
+    """One inpainted image; every picture (H,W,3) uint8 at the input's size.
+
+    completed: the result (refined stage inside the hole, the input's pixels outside, exactly);
+    coarse: the coarse stage composited the same way; refined: the refined stage everywhere;
+    flow: where contextual attention copied from (colour = direction, brightness = distance);
+    seconds: the generator's time; device: where it ran."""
+
+    completed: np.ndarray
+    coarse: np.ndarray
+    refined: np.ndarray
+    flow: np.ndarray
+    seconds: float
+    device: str
+
+
+@torch.no_grad()
+def inpaint_array(generator: InpaintGenerator, image: np.ndarray, hole: np.ndarray) -> Inpainting:
+    """Fill ``hole`` ((H,W), nonzero = hole) of ``image`` ((H,W,3) uint8, any size: padded to the
+    generator's multiple and cropped back) on the generator's device."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H,W,3) uint8, got {image.shape} {image.dtype}")
+    if hole.shape != image.shape[:2]:
+        raise ValueError(f"hole must be (H,W) = {image.shape[:2]}, got {hole.shape}")
+    device = next(generator.parameters()).device
+    x = to_tensor(image).unsqueeze(0).to(device)
+    mask = torch.from_numpy(np.asarray(hole, dtype=bool).astype(np.float32))[None, None].to(device)
+    start = time.perf_counter()
+    x1, x2, completed, offsets = inpaint_padded(generator, x, mask)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    flow = resize_nearest(flow_to_image(offsets), tuple(x.shape[-2:]), align_corners=False)
+    return Inpainting(
+        completed=to_uint8(completed[0]),
+        coarse=to_uint8(composite(x1, x, mask)[0]),
+        refined=to_uint8(x2[0]),
+        flow=to_uint8(flow[0]),
+        seconds=seconds,
+        device=str(device),
+    )

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, its losses, callbacks, image grids and sweep job records."""
