@@ -7,15 +7,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,tf
+EXTRAS ?= dev,tf,demo
 PYTEST_ARGS ?=
+# apt-get as root, else through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # make sweep: which preset (conf/sweep/) on which experiment.
 SWEEP ?= attention
 EXPERIMENT ?= quickstart
 
 ARGS ?=
 
-.PHONY: help install train sweep eval inpaint test test-all lint format bench clean
+.PHONY: help install train sweep eval inpaint demo test test-all test-browser browser lint format bench clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,10 +43,22 @@ eval: $(STAMP) ## score a model: make eval ARGS="weights=W.ckpt data=folder data
 inpaint: $(STAMP) ## fill holes: make inpaint ARGS="weights=W.pt input=photo.jpg mask_path=mask.png"
 	$(BIN)/deepfill-inpaint $(ARGS)
 
-test: $(STAMP) ## run the test suite (fast tests)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+demo: $(STAMP) ## the browser demo on http://127.0.0.1:7860 (ARGS="weights=W.pt port=8000")
+	$(BIN)/deepfill-demo $(ARGS)
 
-test-all: $(STAMP) ## run every test, including the slow ones (DDP training on 2 CPU processes)
+test: $(STAMP) ## run the test suite (fast tests)
+	$(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+# Debian's Chromium and its driver (nothing is downloaded at test time).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing chromium and chromium-driver with apt-get"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test-browser: $(STAMP) browser ## the demo in headless Chromium: upload, paint, inpaint (installs Chromium if missing)
+	$(BIN)/python -m pytest -m browser $(PYTEST_ARGS)
+
+test-all: $(STAMP) browser ## run every test, including the slow ones and the browser test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check + ruff format --check

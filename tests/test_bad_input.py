@@ -69,6 +69,7 @@ def _resume_checkpoint(ws: Path) -> Path:
 INPAINT = "deepfill-inpaint"
 EVAL = "deepfill-eval"
 TRAIN = "deepfill-train"
+DEMO = "deepfill-demo"
 TRAIN_FAST = ("debug=fast_dev_run", "logger=csv", "data.batch_size=1")
 
 # (command, arguments, what the error line must contain); {ws} is the workspace.
@@ -93,6 +94,9 @@ CASES = [
     (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/fake", "lpips=false"], "4 of 4 images are unreadable"),
     (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "limit=0"], "limit: must be a positive number"),
     (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "limit=-1"], "limit: must be a positive number"),
+    (DEMO, ["port=abc"], "port: must be a port number (0-65535; 0 picks a free one), got 'abc'"),
+    (DEMO, ["weights={ws}/nowhere.pt"], "weights: no such file or folder"),
+    (DEMO, ["weights={ws}/garbage.pt"], "garbage.pt is not a readable PyTorch checkpoint"),
     (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "masks_dir={ws}/masks_one"], "masks_dir: 1 mask file(s) for 2 images"),
     (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "masks_dir={ws}/masks_empty"], "masks_empty/000001.png marks no hole"),
     (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "masks_dir={ws}/masks_trunc"], "000001.png: not a readable mask image"),

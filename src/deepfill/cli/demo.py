@@ -1,0 +1,66 @@
+"""``deepfill-demo``: the browser demo (see :mod:`deepfill.demo`).
+
+deepfill-demo                                   # weights found under outputs/, on localhost:7860
+deepfill-demo weights=places2_v1.pt port=8000
+deepfill-demo host=0.0.0.0                      # serve it to your network
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from deepfill.utils.config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device
+from deepfill.utils.errors import UserError, report_errors
+
+__all__ = ["main", "serve"]
+
+
+def serve(cfg: DictConfig, block: bool = True):
+    """Build the page from ``cfg`` and start serving it; returns the Gradio app."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "the demo needs Gradio: pip install 'deepfill[demo]' (make install includes it)"
+        ) from None
+    from deepfill.demo import Demo, build_app
+
+    port = cfg.port
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+        raise UserError(f"port: must be a port number (0-65535; 0 picks a free one), got {port!r}")
+    device = "auto" if cfg.device == "auto" else resolve_device(cfg.device)
+    if cfg.weights is not None:
+        from deepfill.utils.checkpoints import check_weights_path
+
+        check_weights_path(cfg.weights)
+    demo = Demo(list(cfg.search), cfg.weights, device, int(cfg.max_side))
+    if cfg.weights is not None:
+        demo.generator(demo.weights)  # loaded now: unreadable weights stop here, in one line
+    app = build_app(demo, cfg.files_dir)
+    app.launch(
+        server_name=str(cfg.host),
+        server_port=port or None,
+        prevent_thread_lock=not block,
+        show_error=True,
+        allowed_paths=[str(cfg.files_dir)],
+    )
+    return app
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="demo")
+def _hydra_main(cfg: DictConfig) -> None:
+    report_errors("deepfill-demo", serve, cfg)
+
+
+def main() -> None:
+    """Console entry point."""
+    register_resolvers()
+    check_overrides("demo", "deepfill-demo")
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
