@@ -16,15 +16,9 @@ import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.strategies import DDPStrategy
 
-from deepfill.data import masks as M
-from deepfill.data.datamodule import InpaintDataModule
-from deepfill.data.datasets import SampleImages
-from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
+from ddp_tiny import tiny_run
 from deepfill.training.callbacks import CheckpointOnSignal
-from deepfill.training.module import DeepFillModule
 
 RANK = int(os.environ.get("LOCAL_RANK", "0"))
 seen: dict[str, int] = {}
@@ -76,39 +70,9 @@ class SendRequeueSignal(pl.Callback):
 
 def main(out_dir: str) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)  # the callback logs its save
-    torch.manual_seed(0)
     install_submitit_handler(out_dir)
-    model = DeepFillModule(
-        InpaintGenerator(cnum=8),
-        GlobalCritic(64, cnum=8),
-        LocalCritic(32, cnum=8),
-        n_critic=1,
-        lpips=False,
-        log_images_every_n_steps=0,
-    )
-    data = InpaintDataModule(
-        train=SampleImages("train", 64, length=40),
-        val=None,
-        train_masks=M.rectangle,
-        eval_masks=M.centered_rectangle,
-        batch_size=1,
-    )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=DDPStrategy(process_group_backend="gloo", find_unused_parameters=True),
-        max_epochs=1,
-        logger=False,
-        callbacks=[
-            SendRequeueSignal(),
-            CheckpointOnSignal(Path(out_dir, "checkpoints"), requeue_signal="USR2"),
-        ],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        limit_val_batches=0,
-        default_root_dir=out_dir,
-    )
+    callbacks = [SendRequeueSignal(), CheckpointOnSignal(Path(out_dir, "checkpoints"), requeue_signal="USR2")]
+    model, data, trainer = tiny_run(out_dir, length=40, callbacks=callbacks)
     ended = "finished"
     try:
         trainer.fit(model, datamodule=data)
