@@ -73,6 +73,75 @@ def _inputs(size: int, batch: int = 1, device: str = "cpu"):
     return image.to(device), mask.to(device)
 
 
+# ---------------------------------------------------------------------- inference precision
+def precision(args: argparse.Namespace) -> dict:
+    """fp32 against bf16 autocast (deepfill.inference's ``precision``), side by side in one
+    process: the generator's time at ``--size`` (alternating rounds), and on trained weights
+    (``--weights``) the bf16 result against the fp32 one on the embedded validation photos."""
+    from deepfill import InpaintGenerator
+    from deepfill.data import masks as M
+    from deepfill.data.datasets import SampleImages
+    from deepfill.inference import autocast, inpaint_array, load_generator
+
+    device = torch.device(args.device)
+    generator = InpaintGenerator().eval().to(device)
+    image, mask = _inputs(args.size, device=device)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(args.repeats):
+        for name in times:
+
+            def run(name=name) -> None:
+                with torch.inference_mode(), autocast(device, name):
+                    generator(image, mask)
+
+            times[name] += _timed(run, 1)
+    speed = {name: statistics.median(t) for name, t in times.items()}
+    result = {"size": args.size, "device": str(device), "median_s": speed, "times_s": times}
+    result["bf16_speedup"] = speed["fp32"] / speed["bf16"]
+    print(
+        f"generator {args.size}^2: fp32 {speed['fp32']:.3f} s, bf16 {speed['bf16']:.3f} s "
+        f"({result['bf16_speedup']:.2f}x)",
+        flush=True,
+    )
+    if args.weights is None:
+        return result
+    trained = load_generator(args.weights, device)
+    photos = SampleImages("val", 256, length=16)
+    rows = []
+    for i in range(len(photos)):
+        photo = ((photos[i].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+        for kind, draw in (("box", M.centered_rectangle), ("strokes", M.free_form)):
+            hole = draw(256, 256, np.random.default_rng(i))[0].numpy() > 0.5
+            a = inpaint_array(trained, photo, hole, "fp32")
+            b = inpaint_array(trained, photo, hole, "bf16")
+            diff = (a.completed[hole].astype(np.float64) - b.completed[hole]) / 255.0
+            truth = (photo[hole].astype(np.float64)) / 255.0
+
+            def psnr(x: np.ndarray, y: np.ndarray) -> float:
+                return float(10 * np.log10(1.0 / max(np.mean((x - y) ** 2), 1e-10)))
+
+            rows.append(
+                {
+                    "kind": kind,
+                    "psnr_bf16_vs_fp32_hole": psnr(diff, 0 * diff),
+                    "psnr_fp32_vs_truth_hole": psnr(a.completed[hole] / 255.0, truth),
+                    "psnr_bf16_vs_truth_hole": psnr(b.completed[hole] / 255.0, truth),
+                    "flow_changed": float((a.flow != b.flow).any(axis=-1)[hole].mean()),
+                }
+            )
+    quality = {key: float(np.median([r[key] for r in rows])) for key in rows[0] if key != "kind"}
+    result["quality"] = quality | {"images": len(rows), "weights": str(args.weights)}
+    print(
+        f"on {len(rows)} image/mask pairs: bf16 vs fp32 in the hole PSNR "
+        f"{quality['psnr_bf16_vs_fp32_hole']:.1f} dB; "
+        f"against the truth fp32 {quality['psnr_fp32_vs_truth_hole']:.2f} dB, bf16 "
+        f"{quality['psnr_bf16_vs_truth_hole']:.2f} dB; attention flow changed at "
+        f"{quality['flow_changed']:.1%} of hole pixels (medians)",
+        flush=True,
+    )
+    return result
+
+
 # ---------------------------------------------------------------------- generator (one size)
 def generator_one(args: argparse.Namespace) -> dict:
     from deepfill import InpaintGenerator
@@ -420,6 +489,7 @@ def main() -> None:
             "masks",
             "loader",
             "training",
+            "precision",
         ),
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
@@ -438,6 +508,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=256)
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--train-iterations", type=int, default=2)
+    parser.add_argument("--weights", type=Path, default=None, help="trained weights (precision)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -460,6 +531,8 @@ def main() -> None:
         results["loader"] = loader(args)
     if args.what in ("all", "training"):
         results["training"] = training(args)
+    if args.what == "precision":
+        results["precision"] = precision(args)
     out = args.out or RESULTS / f"{args.what}-{results['machine']['device'].replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

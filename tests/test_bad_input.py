@@ -94,6 +94,8 @@ CASES = [
     (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/fake", "lpips=false"], "4 of 4 images are unreadable"),
     (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "limit=0"], "limit: must be a positive number"),
     (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "limit=-1"], "limit: must be a positive number"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png", "precision=fp16"], "precision: must be one of fp32, bf16, got 'fp16'"),
+    (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/imgs", "lpips=false", "precision=half"], "precision: must be one of fp32, bf16, got 'half'"),
     (DEMO, ["port=abc"], "port: must be a port number (0-65535; 0 picks a free one), got 'abc'"),
     (DEMO, ["weights={ws}/nowhere.pt"], "weights: no such file or folder"),
     (DEMO, ["weights={ws}/garbage.pt"], "garbage.pt is not a readable PyTorch checkpoint"),

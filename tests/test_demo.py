@@ -159,6 +159,7 @@ def served(weights, tmp_path_factory):
             "port": port,
             "device": "cpu",
             "max_side": 1024,
+            "precision": "fp32",
             "files_dir": str(files),
         }
     )

@@ -117,3 +117,22 @@ def test_inpaint_array_gives_every_picture_at_the_input_size(weights) -> None:
     assert result.device == "cpu" and result.seconds > 0
     with pytest.raises(ValueError, match="hole must be"):
         inpaint_array(generator, image, hole[:10])
+
+
+def test_bf16_inference_keeps_the_known_pixels_and_stays_close_to_fp32(weights) -> None:
+    """precision=bf16 (autocast): the known pixels exact, the hole within bf16 rounding of fp32."""
+    from deepfill.inference import inpaint_array, load_generator
+
+    generator = load_generator(weights)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(64, 72, 3), dtype=np.uint8)
+    hole = np.zeros((64, 72), dtype=bool)
+    hole[16:48, 20:52] = True
+    fp32 = inpaint_array(generator, image, hole, "fp32")
+    bf16 = inpaint_array(generator, image, hole, "bf16")
+    assert np.array_equal(bf16.completed[~hole], image[~hole])
+    difference = np.abs(bf16.completed.astype(int) - fp32.completed.astype(int))[hole]
+    assert difference.mean() < 3.0  # grey levels of 255
+    assert not np.array_equal(bf16.completed, fp32.completed)  # it did run in bf16
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        inpaint_array(generator, image, hole, "fp16")

@@ -156,6 +156,7 @@ class Demo:
         weights: weights to offer first (any format :func:`load_generator` reads), or None.
         device: ``"auto"`` (a CUDA GPU when present), ``"cpu"`` or ``"cuda"``.
         max_side: larger images are refused, or downscaled when the user asks.
+        precision: ``"fp32"`` or ``"bf16"`` (see :mod:`deepfill.inference`).
     """
 
     def __init__(
@@ -164,6 +165,7 @@ class Demo:
         weights: str | Path | None = None,
         device: str = "auto",
         max_side: int = 1024,
+        precision: str = "fp32",
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -171,6 +173,7 @@ class Demo:
         self.weights = None if weights is None else Path(weights)
         self.device = device
         self.max_side = int(max_side)
+        self.precision = precision
         self._generators: dict[Path, torch.nn.Module] = {}
         self._lock = threading.Lock()
 
@@ -233,7 +236,7 @@ class Demo:
             raise UserError("the hole vanished when the image was downscaled; paint a larger one")
         path = self.resolve(weights)
         with self._lock:  # one model call at a time, also outside Gradio's queue
-            result = inpaint_array(self.generator(path), image, hole)
+            result = inpaint_array(self.generator(path), image, hole, self.precision)
         return result, image, hole
 
     def save_result(self, result: Inpainting, folder: Path) -> Path:

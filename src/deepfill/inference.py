@@ -20,7 +20,19 @@ from deepfill.models import InpaintGenerator, composite, flow_to_image, inpaint_
 from deepfill.models.layers import resize_nearest
 from deepfill.training.visuals import to_uint8
 
-__all__ = ["Inpainting", "inpaint_array", "load_generator"]
+__all__ = ["PRECISIONS", "Inpainting", "autocast", "inpaint_array", "load_generator"]
+
+# Inference precisions: float32, or bfloat16 autocast for the convolutions (contextual attention
+# stays float32 inside it). bf16 pays off on GPUs and on CPUs with AVX512-BF16 / AMX; its speed
+# and quality cost are in BENCHMARKS.md.
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of ``precision`` on ``device`` (a no-op for fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> InpaintGenerator:
@@ -55,18 +67,23 @@ class Inpainting:
 
 
 @torch.no_grad()
-def inpaint_array(generator: InpaintGenerator, image: np.ndarray, hole: np.ndarray) -> Inpainting:
+def inpaint_array(
+    generator: InpaintGenerator, image: np.ndarray, hole: np.ndarray, precision: str = "fp32"
+) -> Inpainting:
     """Fill ``hole`` ((H,W), nonzero = hole) of ``image`` ((H,W,3) uint8, any size: padded to the
-    generator's multiple and cropped back) on the generator's device."""
+    generator's multiple and cropped back) on the generator's device, in ``precision``
+    (:data:`PRECISIONS`). The known pixels of ``completed`` are the input's, exactly."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H,W,3) uint8, got {image.shape} {image.dtype}")
     if hole.shape != image.shape[:2]:
         raise ValueError(f"hole must be (H,W) = {image.shape[:2]}, got {hole.shape}")
     device = next(generator.parameters()).device
+    context = autocast(device, precision)
     x = to_tensor(image).unsqueeze(0).to(device)
     mask = torch.from_numpy(np.asarray(hole, dtype=bool).astype(np.float32))[None, None].to(device)
     start = time.perf_counter()
-    x1, x2, completed, offsets = inpaint_padded(generator, x, mask)
+    with context:
+        x1, x2, completed, offsets = inpaint_padded(generator, x, mask)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

@@ -29,6 +29,7 @@ from deepfill.evaluation.evaluate import (
     summarise,
     write_tables,
 )
+from deepfill.inference import PRECISIONS
 from deepfill.utils.checkpoints import check_weights_path
 from deepfill.utils.config import (
     CONFIG_DIR,
@@ -64,10 +65,13 @@ def run(cfg: DictConfig) -> list[dict]:
     # Everything a user can get wrong is checked before the model loads.
     check_weights_path(cfg.weights)
     writable_dir(cfg.output, "output")
+    precision = cfg.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise UserError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     methods_with_baselines(torch.nn.Identity(), cfg.baselines)
     batches = _batches(cfg, device)
     generator = load_generator(cfg.weights, device)
-    methods = methods_with_baselines(generator, cfg.baselines)
+    methods = methods_with_baselines(generator, cfg.baselines, precision)
     metrics = InpaintingMetrics(lpips=cfg.lpips, lpips_required=cfg.lpips_required)
     lpips_net = metrics.lpips.net.to(device) if metrics.lpips is not None else None
     records = evaluate(batches, methods, lpips_net)

@@ -27,13 +27,18 @@ from PIL import Image
 
 from deepfill.data.datasets import IMAGE_EXTENSIONS, list_images, load_image
 from deepfill.data.masks import HOLE_THRESHOLD, read_mask
-from deepfill.inference import inpaint_array, load_generator
+from deepfill.inference import PRECISIONS, inpaint_array, load_generator
 from deepfill.utils.checkpoints import check_weights_path
 from deepfill.utils.config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device
 from deepfill.utils.errors import UnreadableImageError, UserError, report_errors
 from deepfill.utils.files import atomic_path, writable_dir
 
 __all__ = ["load_mask", "main", "pairs", "run"]
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def load_mask(path: Path | None, image_path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -117,7 +122,8 @@ def _targets(cfg: DictConfig, jobs: list) -> tuple[Path, list[Path]]:
 
 def _inpaint_one(generator, image_path, mask_path, target, cfg) -> list[Path]:
     array = load_image(image_path)
-    result = inpaint_array(generator, array, load_mask(mask_path, image_path, array.shape[:2]))
+    hole = load_mask(mask_path, image_path, array.shape[:2])
+    result = inpaint_array(generator, array, hole, cfg.get("precision", "fp32"))
     written = [target]
     _save(result.completed, target)
     for wanted, suffix, picture in (
@@ -133,6 +139,7 @@ def _inpaint_one(generator, image_path, mask_path, target, cfg) -> list[Path]:
 def run(cfg: DictConfig) -> list[Path]:
     """Inpaint every image of ``cfg.input``; returns the written files."""
     device = resolve_device(cfg.device)
+    check_precision(cfg.get("precision", "fp32"))
     check_weights_path(cfg.weights)
     jobs = pairs(Path(cfg.input), Path(cfg.mask_path) if cfg.get("mask_path") else None)
     output, targets = _targets(cfg, jobs)

@@ -187,8 +187,18 @@ def _batches_of(dataset, limit: int, size: int, device, mask_files) -> Iterator:
         yield image.to(device), mask.to(device)
 
 
-def methods_with_baselines(generator: torch.nn.Module, baselines) -> dict[str, Method]:
-    methods: dict[str, Method] = {"deepfill": lambda image, mask: generator(image, mask)[1]}
+def methods_with_baselines(
+    generator: torch.nn.Module, baselines, precision: str = "fp32"
+) -> dict[str, Method]:
+    """DeepFill's refined output (in ``precision``, see :mod:`deepfill.inference`) and the named
+    baselines, each a function of ``(image, mask)``."""
+    from deepfill.inference import autocast
+
+    def deepfill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with autocast(image.device, precision):
+            return generator(image, mask)[1].float()
+
+    methods: dict[str, Method] = {"deepfill": deepfill}
     for name in baselines or []:
         if name not in BASELINES:
             raise UserError(f"baselines: unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
