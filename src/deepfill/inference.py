@@ -20,12 +20,21 @@ from deepfill.models import InpaintGenerator, composite, flow_to_image, inpaint_
 from deepfill.models.layers import resize_nearest
 from deepfill.training.visuals import to_uint8
 
-__all__ = ["PRECISIONS", "Inpainting", "autocast", "inpaint_array", "load_generator"]
+__all__ = ["PRECISIONS", "Inpainting", "autocast", "check_precision", "inpaint_array", "load_generator"]
 
 # Inference precisions: float32, or bfloat16 autocast for the convolutions (contextual attention
 # stays float32 inside it). bf16 pays off on GPUs and on CPUs with AVX512-BF16 / AMX; its speed
 # and quality cost are in BENCHMARKS.md.
 PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """The commands' check of their ``precision`` key: one line naming it when it is unknown."""
+    from deepfill.utils.errors import UserError
+
+    if precision not in PRECISIONS:
+        raise UserError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def autocast(device: torch.device, precision: str):

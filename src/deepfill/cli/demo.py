@@ -39,11 +39,10 @@ def serve(cfg: DictConfig, block: bool = True):
         from deepfill.utils.checkpoints import check_weights_path
 
         check_weights_path(cfg.weights)
-    from deepfill.inference import PRECISIONS
+    from deepfill.inference import check_precision
 
-    if cfg.precision not in PRECISIONS:
-        raise UserError(f"precision: must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-    demo = Demo(list(cfg.search), cfg.weights, device, int(cfg.max_side), cfg.precision)
+    precision = check_precision(cfg.precision)
+    demo = Demo(list(cfg.search), cfg.weights, device, int(cfg.max_side), precision)
     if cfg.weights is not None:
         demo.generator(demo.weights)  # loaded now: unreadable weights stop here, in one line
     app = build_app(demo, cfg.files_dir)

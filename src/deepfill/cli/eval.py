@@ -29,7 +29,7 @@ from deepfill.evaluation.evaluate import (
     summarise,
     write_tables,
 )
-from deepfill.inference import PRECISIONS
+from deepfill.inference import check_precision
 from deepfill.utils.checkpoints import check_weights_path
 from deepfill.utils.config import (
     CONFIG_DIR,
@@ -67,9 +67,7 @@ def run(cfg: DictConfig) -> list[dict]:
     # Everything a user can get wrong is checked before the model loads.
     check_weights_path(cfg.weights)
     writable_dir(cfg.output, "output")
-    precision = cfg.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        raise UserError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precision = check_precision(cfg.get("precision", "fp32"))
     methods_with_baselines(torch.nn.Identity(), cfg.baselines)
     batches = _batches(cfg, device)
     generator = load_generator(cfg.weights, device)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from deepfill.data.datasets import IMAGE_EXTENSIONS, list_images, load_image
 from deepfill.data.masks import HOLE_THRESHOLD, read_mask
-from deepfill.inference import PRECISIONS, inpaint_array, load_generator
+from deepfill.inference import check_precision, inpaint_array, load_generator
 from deepfill.utils.checkpoints import check_weights_path
 from deepfill.utils.config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device
 from deepfill.utils.devices import flush_denormals
@@ -35,11 +35,6 @@ from deepfill.utils.errors import UnreadableImageError, UserError, report_errors
 from deepfill.utils.files import atomic_path, writable_dir
 
 __all__ = ["load_mask", "main", "pairs", "run"]
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise UserError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def load_mask(path: Path | None, image_path: Path, size: tuple[int, int]) -> np.ndarray:
