@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import deepfill
 from deepfill import GlobalCritic, InpaintGenerator, LocalCritic, load_official_v1
 from deepfill.models import inpaint_padded
-from deepfill.models.layers import tf_same_padding
+from deepfill.models.layers import elu, tf_same_padding
 from deepfill.official.convert import load_official_critics, tf_variable_names
 from deepfill.official.convert import main as convert_main
 from deepfill.official.tf_checkpoint import CheckpointError, read_tf_checkpoint
@@ -340,3 +340,26 @@ def test_channels_last_layout_gives_the_nchw_results() -> None:
     (b2.square().mean()).backward()
     grads = nhwc.refine.xconv1.weight.grad, nchw.refine.xconv1.weight.grad
     torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_training_elu_matches_torch_values_gradients_and_second_derivatives(layout) -> None:
+    """The training ELU (in place, differentiated from its output) equals F.elu, also across
+    the chunk boundaries of its cache-sized pieces and for values far below zero."""
+    torch.manual_seed(0)
+    x = (torch.randn(2, 8, 200, 200) * 4).to(memory_format=layout)  # 640k values: 3 pieces
+    x[0, 0, 0, :4] = torch.tensor([-200.0, -1e-8, 0.0, 1e-8])
+    reference_input = x.clone().requires_grad_(True)
+    ours_input = x.clone().requires_grad_(True)
+    upstream = torch.randn_like(x)
+    expected = F.elu(reference_input * 1.0)  # `* 1.0`: a fresh tensor, like a convolution's output
+    got = elu(ours_input * 1.0)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert got.is_contiguous(memory_format=layout)
+    (expected * upstream).sum().backward()
+    (got * upstream).sum().backward()
+    torch.testing.assert_close(ours_input.grad, reference_input.grad, rtol=1e-6, atol=1e-6)
+    # A second derivative (as a gradient penalty through the generator would take) still works.
+    small = torch.randn(3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: elu(t * 1.0), (small,))
+    assert torch.autograd.gradgradcheck(lambda t: elu(t * 1.0), (small,))

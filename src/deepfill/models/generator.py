@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contextual_attention import ContextualAttention
-from .layers import InitScheme, PaddingMode, SameConv2d, elu_, initialize_, resize_nearest
+from .layers import InitScheme, PaddingMode, SameConv2d, elu, elu_, initialize_, resize_nearest
 
 __all__ = ["CoarseGenerator", "InpaintGenerator", "RefineGenerator", "inpaint_padded"]
 
@@ -44,7 +44,7 @@ class GenConv(SameConv2d):
         x = super().forward(x)
         if self.activation == "elu":
             # The convolution's output is fresh: without autograd it can be activated in place.
-            return F.elu(x) if needs_grad else elu_(x)
+            return elu(x) if needs_grad else elu_(x)
         if self.activation == "relu":
             return F.relu(x)
         return x

@@ -165,23 +165,59 @@ def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool =
 _ELU_CHUNK = 1 << 18  # elements per piece: 1 MiB of float32 stays in the L2 cache
 
 
+def _dense_view(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` as one flat view of its memory (contiguous or channels_last), else None."""
+    if x.is_contiguous():
+        return x.view(-1)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).view(-1)
+    return None
+
+
 def elu_(x: torch.Tensor) -> torch.Tensor:
     """In-place ELU for inference, several times faster than ``F.elu`` on CPUs.
 
     PyTorch's CPU ELU calls a scalar ``expm1``; ``relu(x) + exp(min(x, 0)) - 1`` uses the
     vectorised ``exp`` and, done in cache-sized pieces, costs about one pass over memory.
-    Differs from ``F.elu`` by at most a few float32 ulps. Not for tensors that need gradients.
+    Differs from ``F.elu`` by at most a few float32 ulps. Not for tensors that need gradients
+    (:func:`elu` is the one for training).
     """
-    if x.device.type != "cpu":
-        return F.elu_(x)
-    if x.is_contiguous():
-        flat = x.view(-1)
-    elif x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        flat = x.permute(0, 2, 3, 1).view(-1)
-    else:
+    flat = _dense_view(x) if x.device.type == "cpu" else None
+    if flat is None:
         return F.elu_(x)
     for start in range(0, flat.numel(), _ELU_CHUNK):
         piece = flat[start : start + _ELU_CHUNK]
         negative = piece.clamp(max=0).exp_()
         piece.clamp_(min=0).add_(negative).sub_(1)
     return x
+
+
+class _TrainingELU(torch.autograd.Function):
+    """ELU in place on a fresh tensor, differentiated from its output (nothing else saved)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        elu_(x)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        # ATen's ELU gradient from the result: grad * (y + 1) where y <= 0, one vectorised
+        # pass, and itself differentiable (a second derivative works).
+        return torch.ops.aten.elu_backward(grad, 1.0, 1.0, 1.0, True, y)
+
+
+def elu(x: torch.Tensor) -> torch.Tensor:
+    """ELU of a *fresh* tensor (a convolution's output, used by nothing else), for training.
+
+    On CPUs it runs :func:`elu_` in place (no new buffer: a fresh large buffer costs page
+    faults on every step) and keeps only the output for the backward, which is ATen's own
+    gradient from the result. Elsewhere it is ``F.elu``. Same values and gradients as
+    ``F.elu`` to a few float32 ulps; ``x`` is overwritten.
+    """
+    if x.device.type != "cpu" or _dense_view(x) is None:
+        return F.elu(x)
+    return _TrainingELU.apply(x)
