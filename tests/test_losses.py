@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from deepfill.data import masks as M
+from deepfill.models import GlobalCritic, LocalCritic
 from deepfill.training.losses import (
     LossWeights,
     ae_loss,
@@ -167,6 +168,57 @@ def test_gradient_penalty_trains_the_critic() -> None:
     penalty.backward()
     assert critic[1].weight.grad is not None
     assert critic[1].weight.grad.abs().sum() > 0
+
+
+def _autograd_input_gradient(critic, x):
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return grad
+
+
+@pytest.mark.parametrize("padding", ["tf_same", "symmetric"])
+@pytest.mark.parametrize(("kind", "size"), [("global", 64), ("local", 32), ("global", 40)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_critic_input_gradient_equals_autograds_double_backward(kind, size, padding, channels_last) -> None:
+    """The explicit input gradient of the critics (the penalty's fast path) has the values of
+    autograd's, and any loss of it gives the weights the gradient the double backward gives."""
+    torch.manual_seed(0)
+    make = GlobalCritic if kind == "global" else LocalCritic
+    critic = make(size, cnum=8, padding=padding, channels_last=channels_last)
+    x = torch.randn(3, 3, size, size)
+    weights = torch.rand(3, 1, size, size)
+    expected = _autograd_input_gradient(critic, x)
+    got = critic.input_gradient(x)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    grads = []
+    for grad in (expected, got):
+        critic.zero_grad(set_to_none=True)
+        ((grad.square() * weights).sum().sqrt() - 1).square().backward()
+        grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in critic.parameters()])
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    for reference, ours in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-8)
+
+
+def test_gradient_penalty_of_the_critics_equals_the_autograd_penalty() -> None:
+    torch.manual_seed(0)
+    critic = GlobalCritic(32, cnum=8)
+    real, fake = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    mask = (torch.rand(4, 1, 32, 32) > 0.5).float()
+    alpha = torch.rand(4)
+
+    class Wrapped(torch.nn.Module):  # not a Critic: takes the autograd path
+        def __init__(self) -> None:
+            super().__init__()
+            self.critic = critic
+
+        def forward(self, x):
+            return self.critic(x)
+
+    fast = gradient_penalty(critic, real, fake, mask, alpha)
+    reference = gradient_penalty(Wrapped(), real, fake, mask, alpha)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-7)
 
 
 def test_hole_boxes_and_crops_follow_each_sample() -> None:
