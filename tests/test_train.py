@@ -382,6 +382,47 @@ def test_bf16_only_on_gpus_that_have_it_natively(monkeypatch, capsys, asked, nat
 
 
 @pytest.mark.parametrize(
+    ("asked", "flags", "expected"),
+    [
+        ("bf16-mixed", "fpu avx512f avx512_bf16", "bf16-mixed"),
+        ("bf16-mixed", "fpu avx512f amx_tile amx_bf16", "bf16-mixed"),
+        ("bf16-mixed", "fpu avx2 avx512f", "32-true"),  # emulated: slower than float32
+        ("auto", "fpu avx512f amx_bf16", "32-true"),  # bf16 on a CPU is opt-in
+        ("32-true", "fpu amx_bf16", "32-true"),
+    ],
+)
+def test_bf16_on_cpus_only_with_avx512_bf16_or_amx(monkeypatch, capsys, asked, flags, expected) -> None:
+    from omegaconf import OmegaConf
+
+    from deepfill.cli import train as train_module
+    from deepfill.utils import devices
+
+    cpuinfo = f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_module, "cpu_native_bf16", lambda: devices.cpu_native_bf16(cpuinfo))
+    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": asked}})
+    train_module._resolve_precision(cfg)
+    assert cfg.trainer.precision == expected
+    if asked.startswith("bf16") and expected == "32-true":
+        assert "no AVX512-BF16 or AMX" in capsys.readouterr().out
+
+
+def test_the_cpu_bf16_preset_composes_to_bf16_mixed_on_the_cpu(tmp_path) -> None:
+    cfg = compose_cfg(["trainer=cpu_bf16"], tmp_path)
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "bf16-mixed"
+
+
+def test_trainer_cpu_bf16_trains_in_bf16_mixed(monkeypatch, tmp_path) -> None:
+    from deepfill.cli import train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_native_bf16", lambda: True)  # as on an AMX CPU
+    cfg = compose_cfg(["debug=fast_dev_run", *TINY, "trainer=cpu_bf16"], tmp_path)
+    metrics = train(cfg)
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert np.isfinite(metrics["train/g_loss"]) and np.isfinite(metrics["train/d_loss"])
+
+
+@pytest.mark.parametrize(
     ("overrides", "refused"),
     [
         (["trainer=ddp_cpu"], True),

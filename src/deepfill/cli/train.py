@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from deepfill.utils.config import CONFIG_DIR, check_overrides, register_resolvers, wandb_has_credentials
+from deepfill.utils.devices import cpu_native_bf16
 from deepfill.utils.errors import ConfigError, report_errors
 
 __all__ = ["main", "train"]
@@ -55,19 +56,17 @@ def native_bf16() -> bool:
 
 def _resolve_precision(cfg: DictConfig) -> None:
     """``precision: auto`` -> bf16-mixed on GPUs with native bf16, else float32; an explicit bf16
-    on a GPU without it falls back to float32 with one line (16-mixed would not be safe: the
-    gradient penalty's autograd.grad is not loss-scaled)."""
+    on a GPU or CPU without it falls back to float32 with one line (16-mixed would not be safe:
+    the gradient penalty's autograd.grad is not loss-scaled; emulated bf16 is slower than
+    float32). On CPUs bf16 stays opt-in (``trainer=cpu_bf16``)."""
     precision = str(cfg.trainer.get("precision"))
     gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda")
-    bf16 = gpu and native_bf16()
+    bf16 = native_bf16() if gpu else cpu_native_bf16()
     if precision == "auto":
-        precision = "bf16-mixed" if bf16 else "32-true"
-    elif precision.startswith("bf16") and gpu and not bf16:
-        print(
-            f"trainer.precision={precision}: this GPU has no native bf16 (e.g. V100, T4); "
-            "training in float32 instead",
-            flush=True,
-        )
+        precision = "bf16-mixed" if gpu and bf16 else "32-true"
+    elif precision.startswith("bf16") and not bf16:
+        where = "GPU has no native bf16 (e.g. V100, T4)" if gpu else "CPU has no AVX512-BF16 or AMX"
+        print(f"trainer.precision={precision}: this {where}; training in float32 instead", flush=True)
         precision = "32-true"
     with open_dict(cfg):
         cfg.trainer.precision = precision

@@ -26,6 +26,7 @@ __all__ = [
     "DeviceClaimError",
     "choose_free",
     "claim_devices",
+    "cpu_native_bf16",
     "flush_denormals",
     "visible_gpus",
 ]
@@ -49,6 +50,22 @@ def flush_denormals() -> None:
     import torch
 
     torch.set_flush_denormal(True)
+
+
+def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when this CPU computes bf16 in hardware (the ``avx512_bf16`` or ``amx_bf16`` flag
+    of ``/proc/cpuinfo``); elsewhere oneDNN emulates bf16, slower than float32. ``cpuinfo``:
+    that file's text (for tests)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no way to tell, say no (bf16 stays opt-in there)
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
 
 
 def visible_gpus(env: dict[str, str] | None = None, smi: Callable[[], str] | None = None) -> list[str]:
