@@ -217,16 +217,23 @@ def test_attention_runs_in_float32_inside_bf16_autocast() -> None:
     torch.testing.assert_close(y_autocast, reference, rtol=0, atol=0)
 
 
-def test_the_chunk_budget_defaults_by_device() -> None:
-    """16 MiB per chunk on a CPU (measured there), 256 MiB on a GPU (fewer kernel launches); an
-    explicit budget or chunk size wins."""
+def test_the_chunk_budget_defaults_by_device(monkeypatch) -> None:
+    """16 MiB per chunk on a CPU (measured there), 64 MiB once freed memory is reused (the
+    commands' allocator setting), 256 MiB on a GPU (fewer kernel launches); an explicit budget
+    or chunk size wins."""
+    from deepfill.models import contextual_attention
     from deepfill.models.contextual_attention import ContextualAttention
 
     layer = ContextualAttention()
     # 64x64 features, batch 16, float32: one foreground row of scores is 16 MiB.
     args = (16, 64, 64, 4)
+    monkeypatch.setattr(contextual_attention, "freed_memory_reused", lambda: False)
     assert layer._rows_per_chunk(*args, torch.device("cpu")) == 1
     assert layer._rows_per_chunk(*args, torch.device("cuda")) == 16
+    monkeypatch.setattr(contextual_attention, "freed_memory_reused", lambda: True)
+    assert layer._rows_per_chunk(*args, torch.device("cpu")) == 4
+    assert layer._rows_per_chunk(*args, torch.device("cuda")) == 16
+    assert ContextualAttention(chunk_bytes=2**20)._rows_per_chunk(*args, torch.device("cpu")) == 1
     assert ContextualAttention(chunk_bytes=64 * 2**20)._rows_per_chunk(*args, torch.device("cuda")) == 4
     assert ContextualAttention(chunk_size=128)._rows_per_chunk(*args, torch.device("cpu")) == 2
     with pytest.raises(ValueError, match="chunk_bytes must be >= 1"):

@@ -408,3 +408,32 @@ def test_rows_without_a_metric_keep_numeric_job_order(tmp_path) -> None:
     csv_path, _ = write_results_table(tmp_path, rows, None)
     with csv_path.open() as f:
         assert [r["job"] for r in csv.DictReader(f)] == ["9", "10", "20261123-221000_0"]
+
+
+_FAULTS = """
+import resource, sys, torch
+from deepfill.utils.devices import reuse_freed_memory
+
+def faults_of_a_fresh_64_mib_buffer():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 << 20)  # 64 MiB, written, then freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults_of_a_fresh_64_mib_buffer()
+default = faults_of_a_fresh_64_mib_buffer()
+took = reuse_freed_memory()
+faults_of_a_fresh_64_mib_buffer()  # the first one grows the heap
+reused = faults_of_a_fresh_64_mib_buffer()
+print(default, took, reused)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc only")
+def test_reuse_freed_memory_stops_large_buffers_page_faulting_on_every_allocation() -> None:
+    """By default a large freed block goes back to the system and the next one page-faults
+    all its 16384 pages again; with the commands' allocator setting it is reused."""
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True)
+    default, took, reused = out.stdout.split()
+    assert took == "True"
+    assert int(default) > 10_000
+    assert int(reused) < 1_000

@@ -27,9 +27,9 @@ def serve(cfg: DictConfig, block: bool = True):
             "the demo needs Gradio: pip install 'deepfill[demo]' (make install includes it)"
         ) from None
     from deepfill.demo import Demo, build_app
-    from deepfill.utils.devices import flush_denormals
+    from deepfill.utils.devices import configure_cpu
 
-    flush_denormals()
+    configure_cpu()
 
     port = cfg.port
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:

@@ -38,7 +38,7 @@ from deepfill.utils.config import (
     resolve_device,
     wandb_has_credentials,
 )
-from deepfill.utils.devices import flush_denormals
+from deepfill.utils.devices import configure_cpu
 from deepfill.utils.errors import UserError, report_errors
 from deepfill.utils.files import writable_dir
 
@@ -62,7 +62,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from deepfill.evaluation.metrics import InpaintingMetrics
     from deepfill.inference import load_generator
 
-    flush_denormals()
+    configure_cpu()
     device = resolve_device(cfg.device)
     # Everything a user can get wrong is checked before the model loads.
     check_weights_path(cfg.weights)

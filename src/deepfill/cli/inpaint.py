@@ -30,7 +30,7 @@ from deepfill.data.masks import HOLE_THRESHOLD, read_mask
 from deepfill.inference import check_precision, inpaint_array, load_generator
 from deepfill.utils.checkpoints import check_weights_path
 from deepfill.utils.config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device
-from deepfill.utils.devices import flush_denormals
+from deepfill.utils.devices import configure_cpu
 from deepfill.utils.errors import UnreadableImageError, UserError, report_errors
 from deepfill.utils.files import atomic_path, writable_dir
 
@@ -134,7 +134,7 @@ def _inpaint_one(generator, image_path, mask_path, target, cfg) -> list[Path]:
 
 def run(cfg: DictConfig) -> list[Path]:
     """Inpaint every image of ``cfg.input``; returns the written files."""
-    flush_denormals()
+    configure_cpu()
     device = resolve_device(cfg.device)
     check_precision(cfg.get("precision", "fp32"))
     check_weights_path(cfg.weights)

@@ -179,9 +179,9 @@ def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 def _fit(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
-    from deepfill.utils.devices import flush_denormals
+    from deepfill.utils.devices import configure_cpu
 
-    flush_denormals()
+    configure_cpu()
     _set_matmul_precision(cfg)
     _check_accelerator(cfg)
     _resolve_precision(cfg)

@@ -26,19 +26,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepfill.utils.devices import freed_memory_reused
+
 from .layers import pad_same, resize_nearest, tf_same_padding
 
 __all__ = ["ContextualAttention", "flow_to_image", "validate_attention_inputs"]
 
-# Bytes one chunk of the score matrix may take (about 5 such buffers are alive per chunk).
-# Measured on a 2-core CPU: 16 MiB chunks were fastest (1024^2: 10.2 s vs 14.5 s with 256 MiB),
-# because large fresh buffers are mmap-ed and page-faulted on every chunk.
-# Score-matrix budget per chunk when none is given. CPU: 16 MiB, measured (BENCHMARKS.md; large
-# fresh buffers page-fault on every chunk). GPU: a GPU step is launch-bound at this model's size,
-# and a 16 MiB budget cuts a 256x256 batch of 16 into 64 chunks of a dozen kernels each; 256 MiB
-# makes 4. Training keeps every chunk's scores for the backward anyway, so on a GPU the budget
-# only bounds inference memory. Not yet measured on a GPU.
+# Score-matrix budget per chunk when none is given (about 5 such buffers are alive per chunk).
+# CPU: 16 MiB under glibc's default allocator, which unmaps every freed block over 32 MiB, so
+# that larger chunks page-fault through fresh memory every time (1024²: 10.2 s vs 14.5 s with
+# 256 MiB); 64 MiB once the commands keep freed memory for reuse
+# (deepfill.utils.devices.reuse_freed_memory): 1024² attention 4.7 s -> 3.7 s, 512² level
+# (BENCHMARKS.md). GPU: a GPU step is launch-bound at this model's size, and a 16 MiB budget
+# cuts a 256x256 batch of 16 into 64 chunks of a dozen kernels each; 256 MiB makes 4. Training
+# keeps every chunk's scores for the backward anyway, so on a GPU the budget only bounds
+# inference memory. Not yet measured on a GPU.
 DEFAULT_CHUNK_BYTES = {"cpu": 16 * 2**20, "cuda": 256 * 2**20}
+CPU_CHUNK_BYTES_REUSED = 64 * 2**20
 
 
 def validate_attention_inputs(
@@ -275,6 +279,8 @@ class ContextualAttention(nn.Module):
         if self.chunk_size is not None:
             return max(1, min(h, math.ceil(self.chunk_size / w)))
         budget = self.chunk_bytes
+        if budget is None and device.type == "cpu" and freed_memory_reused():
+            budget = CPU_CHUNK_BYTES_REUSED
         if budget is None:
             budget = DEFAULT_CHUNK_BYTES.get(device.type, DEFAULT_CHUNK_BYTES["cuda"])
         row_bytes = n * w * (h * w) * itemsize

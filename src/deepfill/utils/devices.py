@@ -1,4 +1,6 @@
-"""One GPU per job for local parallel sweeps (``launcher=local_gpus``).
+"""Devices and the CPU runtime: one GPU per job for local parallel sweeps
+(``launcher=local_gpus``), and the CPU settings every command starts with (:func:`configure_cpu`:
+no subnormal floats, freed memory reused; :func:`cpu_native_bf16` for ``trainer=cpu_bf16``).
 
 The joblib launcher runs N jobs at once in N worker processes and reuses each worker for
 later jobs. A job cannot be steered to a device from outside, so each worker claims its own
@@ -18,6 +20,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,8 +29,11 @@ __all__ = [
     "DeviceClaimError",
     "choose_free",
     "claim_devices",
+    "configure_cpu",
     "cpu_native_bf16",
     "flush_denormals",
+    "freed_memory_reused",
+    "reuse_freed_memory",
     "visible_gpus",
 ]
 
@@ -50,6 +56,51 @@ def flush_denormals() -> None:
     import torch
 
     torch.set_flush_denormal(True)
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_REUSED = False
+
+
+def reuse_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for the next allocation; True when it took effect.
+
+    By default every allocation over 32 MiB at most gets its own ``mmap`` and is unmapped when
+    freed, so the next one of that size page-faults its way through fresh zero pages: on a CPU a
+    model that allocates its large activations anew on every step spends a good part of its time
+    in the kernel (contextual attention at 1024²: about a third; a training step's backward: a
+    fifth; BENCHMARKS.md). Here large blocks come from the heap and freed memory is kept (up to
+    2 GiB of free space at its top) for reuse. What jemalloc or tcmalloc would do, without
+    preloading a library. Peak memory is unchanged; the process gives memory back to the system
+    only at exit. Not glibc (macOS, musl): nothing happens."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or sys.platform != "linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    global _REUSED
+    _REUSED = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _REUSED
+
+
+def freed_memory_reused() -> bool:
+    """Whether :func:`reuse_freed_memory` took effect in this process (contextual attention
+    then takes larger chunks on the CPU)."""
+    return _REUSED
+
+
+def configure_cpu() -> None:
+    """What every command does first for CPU speed: :func:`flush_denormals` and
+    :func:`reuse_freed_memory`."""
+    flush_denormals()
+    reuse_freed_memory()
 
 
 def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
