@@ -10,6 +10,12 @@ Usage (``make bench`` runs the default set):
     python benchmarks/run.py masks                 # masks/s per preset and hole-ratio histograms
     python benchmarks/run.py loader                # training loader samples/s by worker count
     python benchmarks/run.py training              # seconds per generator update, per part
+    python benchmarks/run.py training --train-batch 8 --port-dir <checkout of the PyTorch port>
+                                                   # ... and the port's, timed beside it
+    python benchmarks/run.py training --dtype bfloat16   # bf16 mixed precision (trainer=cpu_bf16)
+    python benchmarks/run.py versus --baseline-src <older checkout>/src --sizes 512 1024
+                                                   # default generator against another version
+    python benchmarks/run.py precision --weights <ckpt>  # bf16 inference: speed and quality
 
 Every timing is the median of ``--repeats`` runs after one warm-up run, with ``--threads`` CPU
 threads (2 by default, the development machine). Each generator size runs in its own process so
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -30,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from deepfill.utils.devices import configure_cpu
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -243,6 +252,69 @@ def generator(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------- against an older version
+_DEFAULT_PATH_TIMING = """
+import json, statistics, sys, time, torch
+torch.set_num_threads({threads})
+try:  # what the version's commands do first
+    from deepfill.utils.devices import configure_cpu
+    configure_cpu()
+except ImportError:
+    torch.set_flush_denormal(True)
+from deepfill import InpaintGenerator
+torch.manual_seed(0)
+generator = InpaintGenerator().eval()  # the version's default: what its users get
+size = {size}
+image = torch.rand(1, 3, size, size) * 2 - 1
+mask = torch.zeros(1, 1, size, size)
+mask[..., size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = 1
+times = []
+bf16 = {bf16}  # this version only: bf16 autocast, as precision=bf16 of the commands
+with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    generator(image, mask)
+    for _ in range({repeats}):
+        start = time.perf_counter()
+        generator(image, mask)
+        times.append(time.perf_counter() - start)
+print(json.dumps(statistics.median(times)))
+"""
+
+
+def versus(args: argparse.Namespace) -> dict:
+    """This version's default generator against another version's (``--baseline-src``: the
+    ``src`` folder of an older checkout), fp32 (this version in bf16 autocast with ``--dtype
+    bfloat16``), batch 1, in alternating processes so that
+    both see the same machine state: the ratio is what carries to other machines. With the
+    first release as the baseline, REFERENCE.md's side-by-side figures of the first release
+    and the official graph chain it to an estimate against the official graph."""
+    here = str(Path(__file__).resolve().parents[1] / "src")
+    rows = []
+    for size in args.sizes:
+        times: dict[str, list[float]] = {"baseline": [], "this": []}
+        for _ in range(args.rounds):
+            for name, src in (("baseline", str(args.baseline_src)), ("this", here)):
+                bf16 = name == "this" and args.dtype == "bfloat16"
+                code = _DEFAULT_PATH_TIMING.format(
+                    threads=args.threads, size=size, repeats=args.repeats, bf16=bf16
+                )
+                env = {**os.environ, "PYTHONPATH": src}
+                out = subprocess.run(
+                    [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+                )
+                times[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        baseline, this = statistics.median(times["baseline"]), statistics.median(times["this"])
+        rows.append(
+            {"size": size, "baseline_s": baseline, "this_s": this, "speedup": baseline / this, **times}
+        )
+        print(
+            f"default generator {size}^2: baseline (fp32) {baseline:.3f} s, this version ({args.dtype}) "
+            f"{this:.3f} s "
+            f"({baseline / this:.2f}x; medians of {args.rounds} alternating rounds of {args.repeats})",
+            flush=True,
+        )
+    return {"baseline_src": str(args.baseline_src), "rows": rows}
+
+
 # ---------------------------------------------------------------------- attention fwd + bwd
 def attention(args: argparse.Namespace) -> dict:
     from deepfill import ContextualAttention
@@ -418,7 +490,14 @@ def loader(args: argparse.Namespace) -> list[dict]:
 
 # ---------------------------------------------------------------------- training throughput
 def training(args: argparse.Namespace) -> dict:
-    """Full-model training at 256^2, batch 16: generator updates/s, images/s and a breakdown."""
+    """Full-model training (256^2, batch ``--train-batch``): seconds per generator update
+    (``n_critic`` critic batches, then the generator's own), images/s and a breakdown.
+
+    Timed without the profiler (it slows the many small operations of a step); one more
+    round under ``torch.profiler`` gives the breakdown by part. With ``--port-dir`` the
+    PyTorch port's training loop at the same size and batch is timed first, in its own
+    process, before and after ours, and the ratio is reported (the one comparison with it
+    that carries across machines)."""
     import pytorch_lightning as pl
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -429,10 +508,13 @@ def training(args: argparse.Namespace) -> dict:
     from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
     from deepfill.training.module import DeepFillModule
 
+    # The port is timed before and after ours: a shared machine drifts between runs.
+    port = [_port_training(args)] if args.port_dir else None
     size, batch, n_critic = args.train_size, args.train_batch, 5
     # One generator iteration: n_critic critic batches, then the generator's own batch.
     per_round = n_critic + 1
-    batches = per_round * args.train_iterations
+    timed_rounds = args.train_iterations
+    batches = per_round * (1 + timed_rounds + 1)  # warm-up, timed, profiled
     module = DeepFillModule(
         InpaintGenerator(),
         GlobalCritic(size),
@@ -441,7 +523,7 @@ def training(args: argparse.Namespace) -> dict:
         log_images_every_n_steps=0,
     )
     data = InpaintDataModule(
-        train=SampleImages("train", size, length=batch * (batches + per_round)),
+        train=SampleImages("train", size, length=batch * batches),
         train_masks=M.rectangle,
         eval_masks=M.centered_rectangle,
         batch_size=batch,
@@ -450,16 +532,27 @@ def training(args: argparse.Namespace) -> dict:
     )
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     precision = "bf16-mixed" if args.dtype == "bfloat16" else "32-true"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    profiled_from = per_round * (1 + timed_rounds)
 
     class Timer(pl.Callback):
         def __init__(self) -> None:
             self.times: list[float] = []
+            self.profiler = torch_profile(activities=activities)
 
-        def on_train_batch_start(self, *_) -> None:
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            if batch_idx == profiled_from:
+                self.profiler.start()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             self._start = time.perf_counter()
 
-        def on_train_batch_end(self, *_) -> None:
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             self.times.append(time.perf_counter() - self._start)
+            if batch_idx == batches - 1:
+                self.profiler.stop()
 
     timer = Timer()
     trainer = pl.Trainer(
@@ -467,7 +560,7 @@ def training(args: argparse.Namespace) -> dict:
         devices=1,
         precision=precision,
         max_epochs=1,
-        limit_train_batches=batches + per_round,
+        limit_train_batches=batches,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -476,36 +569,117 @@ def training(args: argparse.Namespace) -> dict:
         callbacks=[timer],
         use_distributed_sampler=False,
     )
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
     start = time.perf_counter()
-    with torch_profile(activities=activities) as prof:
-        trainer.fit(module, data)
+    trainer.fit(module, data)
     wall = time.perf_counter() - start
-    steady = timer.times[per_round:]  # the first round warms up
-    per_iteration = sum(steady) / (len(steady) / per_round)
+    if port is not None:
+        port.append(_port_training(args))
+    rounds = [sum(timer.times[per_round * r : per_round * (r + 1)]) for r in range(1, 1 + timed_rounds)]
+    per_iteration = statistics.median(rounds)
     parts = {}
-    for event in prof.key_averages():
+    for event in timer.profiler.key_averages():
         if event.key.startswith("deepfill/"):
-            parts[event.key] = event.cpu_time_total / 1e6 / (len(timer.times) / per_round)
+            parts[event.key] = event.cpu_time_total / 1e6
     result = {
         "image_size": size,
         "batch": batch,
         "n_critic": n_critic,
+        "dtype": args.dtype,
         "seconds_per_generator_update": per_iteration,
+        "rounds_s": rounds,
         "generator_updates_per_s": 1 / per_iteration,
         "images_per_s": batch * per_round / per_iteration,
-        "step_time_s_per_iteration_by_part": parts,
+        "profiled_round_s": sum(timer.times[profiled_from:]),
+        "profiled_round_s_by_part": parts,
         "wall_s": wall,
-        "step_seconds_in_batches": sum(timer.times),
     }
     print(
-        f"training {size}^2 batch {batch}: {per_iteration:.2f} s per generator update "
-        f"({result['images_per_s']:.2f} images/s over {n_critic} critic batches and 1 generator batch)",
+        f"training {size}^2 batch {batch} {args.dtype}: {per_iteration:.2f} s per generator update "
+        f"(median of {timed_rounds}; {result['images_per_s']:.2f} images/s over {n_critic} critic "
+        "batches and 1 generator batch)",
         flush=True,
     )
     for key, value in sorted(parts.items()):
-        print(f"  {key:45s} {value:7.2f} s per generator update")
+        print(f"  {key:45s} {value:7.2f} s in the profiled round")
+    if port is not None:
+        port_rounds = [t for run in port for t in run["rounds_s"]]
+        port_s = statistics.median(port_rounds)
+        result["port"] = {"seconds_per_generator_update": port_s, "rounds_s": port_rounds}
+        result["speedup_vs_port"] = port_s / per_iteration
+        print(
+            f"  the PyTorch port, same run (before and after): {port_s:.2f} s per generator "
+            f"update (rounds {', '.join(f'{t:.1f}' for t in port_rounds)}): this project is "
+            f"{result['speedup_vs_port']:.2f}x",
+            flush=True,
+        )
     return result
+
+
+def _port_training(args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "port-training", "--port-dir", str(args.port_dir)]
+    cmd += ["--train-size", str(args.train_size), "--train-batch", str(args.train_batch)]
+    cmd += ["--train-iterations", str(args.train_iterations), "--threads", str(args.threads)]
+    cmd += ["--port-runtime", args.port_runtime]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def port_training(args: argparse.Namespace) -> dict:
+    """The PyTorch port's own training loop (daa233/generative-inpainting-pytorch, a checkout
+    at ``--port-dir``; nothing of it is part of this project), CPU, fp32, random images and
+    its own box masks: seconds per generator update (n_critic of its iterations).
+
+    One change, needed on current PyTorch: in an iteration that also updates the generator,
+    both backward passes run before either optimiser step (the port steps the critics first,
+    which current autograd refuses, since the generator's backward goes through their weights
+    at the values they had). The work is the same. ``--port-runtime``: PyTorch's defaults (as
+    the port's users run it) or this project's CPU settings (``configure_cpu``)."""
+    import yaml
+
+    sys.path.insert(0, str(args.port_dir))
+    from trainer import Trainer  # the port's module
+    from utils.tools import mask_image, random_bbox  # the port's module
+
+    config = yaml.safe_load((Path(args.port_dir) / "configs" / "config.yaml").read_text())
+    size, batch = args.train_size, args.train_batch
+    config.update(cuda=False, gpu_ids=[], batch_size=batch, image_shape=[size, size, 3])
+    config.update(mask_shape=[size // 2, size // 2])
+    np.random.seed(0)  # noqa: NPY002 (the port draws its masks from the global state)
+    torch.manual_seed(0)
+    trainer = Trainer(config)
+    n_critic = config["n_critic"]
+
+    def iteration(index: int) -> None:
+        truth = torch.rand(batch, 3, size, size) * 2 - 1
+        boxes = random_bbox(config, batch_size=batch)
+        x, mask = mask_image(truth, boxes, config)
+        with_generator = index % n_critic == 0
+        losses, _, _ = trainer(x, boxes, mask, truth, with_generator)
+        trainer.optimizer_d.zero_grad()
+        (losses["wgan_d"] + losses["wgan_gp"] * config["wgan_gp_lambda"]).backward()
+        if with_generator:
+            trainer.optimizer_g.zero_grad()
+            g = (
+                losses["l1"] * config["l1_loss_alpha"]
+                + losses["ae"] * config["ae_loss_alpha"]
+                + losses["wgan_g"] * config["gan_loss_alpha"]
+            )
+            g.backward()
+            trainer.optimizer_g.step()
+        trainer.optimizer_d.step()
+
+    def generator_update() -> None:
+        for index in range(1, n_critic + 1):
+            iteration(index)
+
+    rounds = _timed(generator_update, args.train_iterations)
+    return {
+        "seconds_per_generator_update": statistics.median(rounds),
+        "rounds_s": rounds,
+        "batch": batch,
+        "image_size": size,
+        "runtime": args.port_runtime,
+    }
 
 
 def main() -> None:
@@ -526,7 +700,9 @@ def main() -> None:
             "masks",
             "loader",
             "training",
+            "port-training",
             "precision",
+            "versus",
         ),
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
@@ -544,12 +720,34 @@ def main() -> None:
     parser.add_argument("--mask-samples", type=int, default=1000)
     parser.add_argument("--train-size", type=int, default=256)
     parser.add_argument("--train-batch", type=int, default=16)
-    parser.add_argument("--train-iterations", type=int, default=2)
+    parser.add_argument("--train-iterations", type=int, default=3, help="timed generator updates")
+    parser.add_argument(
+        "--port-dir",
+        type=Path,
+        default=None,
+        help="a checkout of daa233/generative-inpainting-pytorch: time its training beside ours",
+    )
+    parser.add_argument(
+        "--port-runtime",
+        default="default",
+        choices=("default", "ours"),
+        help="the port with PyTorch's defaults, or with this project's CPU settings (configure_cpu)",
+    )
+    parser.add_argument("--baseline-src", type=Path, default=None, help="an older checkout's src (versus)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (versus)")
     parser.add_argument("--weights", type=Path, default=None, help="trained weights (precision)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    if args.what == "port-training":
+        # The port as its users run it, unless asked to give it this project's CPU settings.
+        if args.port_runtime == "ours":
+            configure_cpu()
+        print(json.dumps(port_training(args)))
+        return
+    # As every command of the project does: no subnormal floats, freed memory reused.
+    configure_cpu()
     if args.what == "generator-one":
         print(json.dumps(generator_one(args)))
         return
@@ -570,6 +768,8 @@ def main() -> None:
         results["training"] = training(args)
     if args.what == "precision":
         results["precision"] = precision(args)
+    if args.what == "versus":
+        results["versus"] = versus(args)
     out = args.out or RESULTS / f"{args.what}-{results['machine']['device'].replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
