@@ -592,11 +592,13 @@ def training(args: argparse.Namespace) -> dict:
         "profiled_round_s": sum(timer.times[profiled_from:]),
         "profiled_round_s_by_part": parts,
         "wall_s": wall,
+        # The training process's peak resident memory (data workers are processes of their own).
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
     }
     print(
         f"training {size}^2 batch {batch} {args.dtype}: {per_iteration:.2f} s per generator update "
         f"(median of {timed_rounds}; {result['images_per_s']:.2f} images/s over {n_critic} critic "
-        "batches and 1 generator batch)",
+        f"batches and 1 generator batch; peak RSS {result['peak_rss_gb']:.2f} GB)",
         flush=True,
     )
     for key, value in sorted(parts.items()):
