@@ -374,8 +374,14 @@ def test_ctrl_c_ends_in_one_line_and_leaves_only_complete_images(ws, tmp_path) -
     out = tmp_path / "out"
     script = Path(sys.executable).parent / INPAINT
     args = [f"weights={ws}/w.pt", f"input={photos}", f"output={out}", f"hydra.run.dir={tmp_path}/run"]
+    # A test run started in the background of a shell ignores SIGINT, and a child would
+    # inherit that: give it the default disposition, as a terminal would.
     process = subprocess.Popen(
-        [str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (out.is_dir() and any(out.glob("*.png"))) and time.monotonic() < deadline:

@@ -411,7 +411,7 @@ def test_rows_without_a_metric_keep_numeric_job_order(tmp_path) -> None:
 
 
 _FAULTS = """
-import resource, sys, torch
+import resource, statistics, torch
 from deepfill.utils.devices import reuse_freed_memory
 
 def faults_of_a_fresh_64_mib_buffer():
@@ -419,11 +419,12 @@ def faults_of_a_fresh_64_mib_buffer():
     torch.ones(16 << 20)  # 64 MiB, written, then freed
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-faults_of_a_fresh_64_mib_buffer()
-default = faults_of_a_fresh_64_mib_buffer()
+default = statistics.median(faults_of_a_fresh_64_mib_buffer() for _ in range(3))
 took = reuse_freed_memory()
 faults_of_a_fresh_64_mib_buffer()  # the first one grows the heap
-reused = faults_of_a_fresh_64_mib_buffer()
+# Steady state: now and then a small allocation lands in the freed block and the next large
+# one grows the heap once more; the median over several is what a long run sees.
+reused = statistics.median(faults_of_a_fresh_64_mib_buffer() for _ in range(5))
 print(default, took, reused)
 """
 
@@ -435,5 +436,5 @@ def test_reuse_freed_memory_stops_large_buffers_page_faulting_on_every_allocatio
     out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True)
     default, took, reused = out.stdout.split()
     assert took == "True"
-    assert int(default) > 10_000
-    assert int(reused) < 1_000
+    assert float(default) > 10_000
+    assert float(reused) < 1_000
