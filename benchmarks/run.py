@@ -287,6 +287,11 @@ def versus(args: argparse.Namespace) -> dict:
     both see the same machine state: the ratio is what carries to other machines. With the
     first release as the baseline, REFERENCE.md's side-by-side figures of the first release
     and the official graph chain it to an estimate against the official graph."""
+    if args.baseline_src is None or not (args.baseline_src / "deepfill" / "__init__.py").is_file():
+        raise SystemExit(
+            f"--baseline-src {args.baseline_src}: expected the src folder of another checkout of "
+            "this project (with deepfill/__init__.py in it)"
+        )
     here = str(Path(__file__).resolve().parents[1] / "src")
     rows = []
     for size in args.sizes:
@@ -618,6 +623,14 @@ def training(args: argparse.Namespace) -> dict:
 
 
 def _port_training(args: argparse.Namespace) -> dict:
+    if (
+        not (args.port_dir / "trainer.py").is_file()
+        or not (args.port_dir / "configs" / "config.yaml").is_file()
+    ):
+        raise SystemExit(
+            f"--port-dir {args.port_dir}: not a checkout of daa233/generative-inpainting-pytorch "
+            "(expected trainer.py and configs/config.yaml in it)"
+        )
     cmd = [sys.executable, __file__, "port-training", "--port-dir", str(args.port_dir)]
     cmd += ["--train-size", str(args.train_size), "--train-batch", str(args.train_batch)]
     cmd += ["--train-iterations", str(args.train_iterations), "--threads", str(args.threads)]
