@@ -56,13 +56,16 @@ class Critic(nn.Module):
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _checked(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` after the shape check, in the critic's memory layout."""
         if x.dim() != 4 or x.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(
                 f"critic expects (N,C,{self.input_size},{self.input_size}) input, got {tuple(x.shape)}"
             )
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._checked(x)
         for conv in self.convs:
             x = F.leaky_relu(conv(x), 0.2)
         # The score in float32 also under bf16 autocast: WGAN scores grow large, and the logged
@@ -84,12 +87,7 @@ class Critic(nn.Module):
         copies its operands, the transposed convolution's own backward does not. ``x`` gets
         no gradient (the penalty's interpolates need none).
         """
-        if x.dim() != 4 or x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(
-                f"critic expects (N,C,{self.input_size},{self.input_size}) input, got {tuple(x.shape)}"
-            )
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._checked(x)
         slopes, sizes = [], []
         with torch.no_grad():
             h = x
