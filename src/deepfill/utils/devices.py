@@ -72,8 +72,11 @@ def reuse_freed_memory() -> bool:
     in the kernel (contextual attention at 1024²: about a third; a training step's backward: a
     fifth; BENCHMARKS.md). Here large blocks come from the heap and freed memory is kept (up to
     2 GiB of free space at its top) for reuse. What jemalloc or tcmalloc would do, without
-    preloading a library. Peak memory is unchanged; the process gives memory back to the system
-    only at exit. Not glibc (macOS, musl): nothing happens."""
+    preloading a library. The process gives memory back to the system only at exit, and its
+    peak can be higher: while small long-lived objects are still being created, a freed large
+    block that one of them follows cannot merge with the free top, and the next large block
+    grows the heap (2048² inference: 4.68 GB, BENCHMARKS.md). Not glibc (macOS, musl): nothing
+    happens."""
     import ctypes
     import ctypes.util
 
