@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import deepfill
 from deepfill import GlobalCritic, InpaintGenerator, LocalCritic, load_official_v1
 from deepfill.models import inpaint_padded
-from deepfill.models.layers import elu, tf_same_padding
+from deepfill.models.layers import elu, elu_, tf_same_padding
 from deepfill.official.convert import load_official_critics, tf_variable_names
 from deepfill.official.convert import main as convert_main
 from deepfill.official.tf_checkpoint import CheckpointError, read_tf_checkpoint
@@ -363,3 +363,17 @@ def test_training_elu_matches_torch_values_gradients_and_second_derivatives(layo
     small = torch.randn(3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: elu(t * 1.0), (small,))
     assert torch.autograd.gradgradcheck(lambda t: elu(t * 1.0), (small,))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last, "strided"])
+def test_inference_elu_equals_torch_elu_across_pieces_and_special_values(layout) -> None:
+    """In-place inference ELU: same values as F.elu over several cache-sized pieces (the last
+    one partial), for +-inf, NaN and values near zero, and for a strided view (plain F.elu)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 9, 190, 200) * 5  # 342k values: two pieces, the second partial
+    x[0, 0, 0, :7] = torch.tensor([-float("inf"), float("inf"), float("nan"), -1e-7, 0.0, 1e-7, -90.0])
+    x = x[:, :, :, ::2] if layout == "strided" else x.to(memory_format=layout)
+    expected = F.elu(x)
+    got = elu_(x)
+    assert got is x
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, equal_nan=True)

@@ -90,6 +90,46 @@ def _flat_shift(shift: int, length: int) -> tuple[slice, slice] | None:
     return slice(-shift, length), slice(0, length + shift)
 
 
+def _box(index: tuple, shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(start, stop) per axis of a basic-slicing index (unit steps) into ``shape``."""
+    box = []
+    for axis, size in enumerate(shape):
+        part = index[axis] if axis < len(index) else slice(None)
+        start, stop, step = part.indices(size)
+        if step != 1:
+            raise ValueError("shift sums take unit-step slices only")
+        box.append((start, max(start, stop)))
+    return box
+
+
+def _sum_into(shape: tuple[int, ...], like: torch.Tensor, pieces: list) -> torch.Tensor:
+    """New tensor of ``shape``: zeros plus every ``(index, value)`` piece added at ``out[index]``.
+
+    The largest piece is copied into fresh memory and only the rest of the output is zeroed:
+    a full-size zero-fill is a pass over memory as long as the copy itself.
+    """
+    if not pieces:
+        return like.new_zeros(shape)
+    boxes = [_box(index, shape) for index, _ in pieces]
+    volumes = [math.prod(stop - start for start, stop in box) for box in boxes]
+    first = max(range(len(pieces)), key=volumes.__getitem__)
+    out = like.new_empty(shape)
+    index, value = pieces[first]
+    out[index].copy_(value)
+    # Zero the complement of the copied box, one slab per axis side.
+    inner: tuple = ()
+    for axis, (start, stop) in enumerate(boxes[first]):
+        if start > 0:
+            out[(*inner, slice(0, start))].zero_()
+        if stop < shape[axis]:
+            out[(*inner, slice(stop, None))].zero_()
+        inner += (slice(start, stop),)
+    for k, (index, value) in enumerate(pieces):
+        if k != first:
+            out[index] += value
+    return out
+
+
 class _ShiftSum(torch.autograd.Function):
     """``out[dst_k] += inputs[i_k][src_k]`` over all terms k, zeros elsewhere.
 
@@ -100,9 +140,7 @@ class _ShiftSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, shape, terms, *inputs):
-        out = inputs[0].new_zeros(shape)
-        for i, dst, src in terms:
-            out[dst] += inputs[i][src]
+        out = _sum_into(shape, inputs[0], [(dst, inputs[i][src]) for i, dst, src in terms])
         ctx.terms = terms
         ctx.input_shapes = [x.shape for x in inputs]
         return out
@@ -111,12 +149,11 @@ class _ShiftSum(torch.autograd.Function):
     def backward(ctx, grad):
         needed = ctx.needs_input_grad[2:]
         grads = [
-            grad.new_zeros(shape) if need else None
-            for shape, need in zip(ctx.input_shapes, needed, strict=True)
+            _sum_into(tuple(shape), grad, [(src, grad[dst]) for j, dst, src in ctx.terms if j == i])
+            if need
+            else None
+            for i, (shape, need) in enumerate(zip(ctx.input_shapes, needed, strict=True))
         ]
-        for i, dst, src in ctx.terms:
-            if grads[i] is not None:
-                grads[i][src] += grad[dst]
         return (None, None, *grads)
 
 

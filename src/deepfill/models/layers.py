@@ -177,18 +177,20 @@ def _dense_view(x: torch.Tensor) -> torch.Tensor | None:
 def elu_(x: torch.Tensor) -> torch.Tensor:
     """In-place ELU for inference, several times faster than ``F.elu`` on CPUs.
 
-    PyTorch's CPU ELU calls a scalar ``expm1``; ``relu(x) + exp(min(x, 0)) - 1`` uses the
-    vectorised ``exp`` and, done in cache-sized pieces, costs about one pass over memory.
-    Differs from ``F.elu`` by at most a few float32 ulps. Not for tensors that need gradients
-    (:func:`elu` is the one for training).
+    PyTorch's CPU ELU calls a scalar ``expm1``. Here ``max(x, exp(min(x, 0)) - 1)`` (equal to
+    the ELU since ``exp(x) - 1 >= x``) uses the vectorised ``exp`` and, done in cache-sized
+    pieces through one scratch piece, costs about one pass over memory. Differs from ``F.elu``
+    by at most a few float32 ulps. Not for tensors that need gradients (:func:`elu` is the one
+    for training).
     """
     flat = _dense_view(x) if x.device.type == "cpu" else None
     if flat is None:
         return F.elu_(x)
+    scratch = flat.new_empty(min(flat.numel(), _ELU_CHUNK))
     for start in range(0, flat.numel(), _ELU_CHUNK):
         piece = flat[start : start + _ELU_CHUNK]
-        negative = piece.clamp(max=0).exp_()
-        piece.clamp_(min=0).add_(negative).sub_(1)
+        negative = torch.clamp(piece, max=0, out=scratch[: piece.numel()]).exp_().sub_(1)
+        torch.maximum(piece, negative, out=piece)
     return x
 
 
