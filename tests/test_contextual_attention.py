@@ -212,9 +212,11 @@ def test_bad_constructor_arguments(kwargs) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_attention_runs_in_float32_inside_bf16_autocast() -> None:
-    """Under bf16 autocast (trainer=gpu_bf16, emulated on the CPU) the attention must still
-    choose and paste in float32: the same offsets and output as outside autocast."""
+def test_attention_chooses_in_float32_and_pastes_in_bf16_inside_bf16_autocast() -> None:
+    """Under bf16 autocast (precision=bf16, trainer=cpu_bf16 / gpu_bf16) the scores, softmax and
+    offsets stay float32: the same offsets as outside autocast. Only the paste product takes
+    bf16 operands; its float32 result differs from the float32 paste by about the rounding that
+    the next bf16 convolution applies to it anyway."""
     from deepfill.models import ContextualAttention
 
     torch.manual_seed(0)
@@ -224,14 +226,19 @@ def test_attention_runs_in_float32_inside_bf16_autocast() -> None:
     attention = ContextualAttention(rate=2)
     y, offsets = attention(f, b, mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y_autocast, _ = attention(f.bfloat16(), b.bfloat16(), mask)
-        y_same_inputs, offsets_same_inputs = attention(f, b, mask)
-    assert y_same_inputs.dtype == torch.float32
-    torch.testing.assert_close(y_same_inputs, y, rtol=0, atol=0)
-    assert torch.equal(offsets_same_inputs, offsets)
-    # bf16 inputs are only rounded once, on the way in.
-    reference, _ = attention(f.bfloat16().float(), b.bfloat16().float(), mask)
-    torch.testing.assert_close(y_autocast, reference, rtol=0, atol=0)
+        y_autocast, offsets_autocast = attention(f, b, mask)
+        _, offsets_bf16_inputs = attention(f.bfloat16(), b.bfloat16(), mask)
+    assert y_autocast.dtype == torch.float32
+    assert torch.equal(offsets_autocast, offsets)
+    rounding = (y.bfloat16().float() - y).abs().max()
+    error = (y_autocast - y).abs().max()
+    assert 0 < error <= 2 * rounding
+    # bf16 inputs are only rounded once, on the way in: the scores see the rounded inputs.
+    _, offsets_rounded = attention(f.bfloat16().float(), b.bfloat16().float(), mask)
+    assert torch.equal(offsets_bf16_inputs, offsets_rounded)
+    # Outside autocast nothing is bf16.
+    y_again, _ = attention(f, b, mask)
+    assert torch.equal(y_again, y)
 
 
 def test_the_chunk_budget_defaults_by_device(monkeypatch) -> None:

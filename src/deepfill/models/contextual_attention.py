@@ -172,7 +172,8 @@ class _Prepared:
     fg: torch.Tensor  # (N, Lf, C) foreground pixels, raster order
     bg: torch.Tensor  # (N, C, Lb) background pixels, raster order
     inv_norm: torch.Tensor  # (N, 1, Lb) 1 / max(||background patch||, 1e-4)
-    paste: torch.Tensor  # (N, (h+1)*(w+1), C*r*r) phases of the padded background, in `order`
+    paste: torch.Tensor  # (N, (h+1)*(w+1), C*r*r) phases of the padded background, in `order`;
+    # bf16 under a bf16 autocast (the paste product only)
     valid: torch.Tensor  # (1 or N, 1, Lb) 1 where a background patch has no hole pixel, in `order`
     h: int
     w: int
@@ -307,7 +308,7 @@ class ContextualAttention(nn.Module):
             terms.append((0, fg + bg, (slice(None),)))
         shifted = _shift_sum(shape, terms, grid)
         shifted = shifted.view(n, (rows + 1) * (w + 1), (h + 1) * (w + 1))
-        out = torch.bmm(shifted, p.paste)  # (N, (rows+1)*(w+1), C*r*r)
+        out = torch.bmm(shifted.to(p.paste.dtype), p.paste)  # (N, (rows+1)*(w+1), C*r*r)
         c = out.shape[-1] // (r * r)
         out = out.view(n, rows + 1, w + 1, c, r, r).permute(0, 3, 1, 4, 2, 5)
         return out.reshape(n, c, (rows + 1) * r, (w + 1) * r)
@@ -436,19 +437,31 @@ class ContextualAttention(nn.Module):
         # check_mask=False skips reading the mask's values back (a host sync on GPUs) for masks
         # that are binary by construction, as the generator's.
         validate_attention_inputs(f, b, mask, self.rate, check_mask)
-        # Always float32, also inside a bf16 autocast region: the Gram scores, the softmax and
-        # the pasted sums accumulate over thousands of patches, and in bf16 about a fifth of the
-        # chosen offsets in a hole change (measured with the official weights).
-        with torch.autocast(device_type=f.device.type, enabled=False):
+        # Float32 also inside a bf16 autocast region: the Gram scores and the softmax compare
+        # thousands of patches, and in bf16 about a fifth of the chosen offsets in a hole change
+        # (measured with the official weights). Only the paste product (attention weights times
+        # background pixels, accumulated in float32) then takes bf16 operands: its result goes
+        # into the next bf16 convolution, which rounds it to bf16 anyway.
+        device = f.device.type
+        paste_dtype = None
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+            paste_dtype = torch.bfloat16
+        with torch.autocast(device_type=device, enabled=False):
             wide = [None if x is None else _at_least_float32(x) for x in (f, b, mask)]
-            return self._attend(*wide)
+            return self._attend(*wide, paste_dtype=paste_dtype)
 
     def _attend(
-        self, f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None
+        self,
+        f: torch.Tensor,
+        b: torch.Tensor,
+        mask: torch.Tensor | None,
+        paste_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n, c, height, width = f.shape
         r = self.rate
         p = self._prepare(f, b, mask)
+        if paste_dtype is not None:
+            p.paste = p.paste.to(paste_dtype)
         h, w = p.h, p.w
         rows_per_chunk = self._rows_per_chunk(n, h, w, f.element_size(), f.device)
         # Pasted patches are summed on a padded canvas, then cropped like TF's 'SAME' transpose.
