@@ -22,9 +22,10 @@ from deepfill.training.visuals import to_uint8
 
 __all__ = ["PRECISIONS", "Inpainting", "autocast", "check_precision", "inpaint_array", "load_generator"]
 
-# Inference precisions: float32, or bfloat16 autocast for the convolutions (contextual attention
-# stays float32 inside it). bf16 pays off on GPUs and on CPUs with AVX512-BF16 / AMX; its speed
-# and quality cost are in BENCHMARKS.md.
+# Inference precisions: float32, or bfloat16 autocast for the convolutions (contextual attention's
+# scores, softmax and offsets stay float32 inside it; its paste product takes bf16 operands).
+# bf16 pays off on GPUs and on CPUs with AVX512-BF16 / AMX; its speed and quality cost are in
+# BENCHMARKS.md.
 PRECISIONS = ("fp32", "bf16")
 
 
