@@ -340,22 +340,29 @@ class ContextualAttention(nn.Module):
         g_hi = min(row_hi + k - 1 - before, h)
         gram = torch.bmm(p.fg[:, g_lo * w : g_hi * w], p.bg).view(n, g_hi - g_lo, w, h, w)
         rows = row_hi - row_lo
+        all_ = slice(None)
+        # The offsets' bounds factor into a column part and a row part, so the k*k shifted sum
+        # is separable: k column shifts, then k row shifts (2k terms instead of k*k).
+        terms = []
+        for ux in range(-before, k - before):
+            x = slice(max(0, -ux), min(w, w - ux))
+            if x.start < x.stop:
+                x_src = slice(x.start + ux, x.stop + ux)
+                terms.append((0, (all_, all_, x, all_, x), (all_, all_, x_src, all_, x_src)))
+        by_columns = _shift_sum(tuple(gram.shape), terms, gram)
         terms = []
         for uy in range(-before, k - before):
             y_lo, y_hi = max(row_lo, -uy), min(row_hi, h - uy)  # output rows with row + uy inside
             qy = slice(max(0, -uy), min(h, h - uy))
-            qy_src = slice(qy.start + uy, qy.stop + uy)
             if y_lo >= y_hi or qy.start >= qy.stop:
                 continue
-            for ux in range(-before, k - before):
-                x = slice(max(0, -ux), min(w, w - ux))
-                if x.start >= x.stop:
-                    continue
-                x_src = slice(x.start + ux, x.stop + ux)
-                dst = (slice(None), slice(y_lo - row_lo, y_hi - row_lo), x, qy, x)
-                src = (slice(None), slice(y_lo + uy - g_lo, y_hi + uy - g_lo), x_src, qy_src, x_src)
-                terms.append((0, dst, src))
-        scores = _shift_sum((n, rows, w, h, w), terms, gram).view(n, rows * w, h * w) * p.inv_norm
+            qy_src = slice(qy.start + uy, qy.stop + uy)
+            dst = (all_, slice(y_lo - row_lo, y_hi - row_lo), all_, qy)
+            src = (all_, slice(y_lo + uy - g_lo, y_hi + uy - g_lo), all_, qy_src)
+            terms.append((0, dst, src))
+        scores = _shift_sum((n, rows, w, h, w), terms, by_columns).view(n, rows * w, h * w)
+        # Per background patch: 1 / its norm (in place when no gradient is needed).
+        scores = scores * p.inv_norm if scores.requires_grad else scores.mul_(p.inv_norm)
         offset = start - row_lo * w
         return scores[:, offset : offset + stop - start]
 
