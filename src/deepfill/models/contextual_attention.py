@@ -350,6 +350,7 @@ class ContextualAttention(nn.Module):
                 x_src = slice(x.start + ux, x.stop + ux)
                 terms.append((0, (all_, all_, x, all_, x), (all_, all_, x_src, all_, x_src)))
         by_columns = _shift_sum(tuple(gram.shape), terms, gram)
+        del gram  # one score-sized buffer fewer at the peak
         terms = []
         for uy in range(-before, k - before):
             y_lo, y_hi = max(row_lo, -uy), min(row_hi, h - uy)  # output rows with row + uy inside
