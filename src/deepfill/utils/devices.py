@@ -75,7 +75,7 @@ def reuse_freed_memory() -> bool:
     preloading a library. The process gives memory back to the system only at exit, and its
     peak can be higher: while small long-lived objects are still being created, a freed large
     block that one of them follows cannot merge with the free top, and the next large block
-    grows the heap (2048² inference: 4.68 GB, BENCHMARKS.md). Not glibc (macOS, musl): nothing
+    grows the heap (2048² inference: 4.75 GB, BENCHMARKS.md). Not glibc (macOS, musl): nothing
     happens."""
     import ctypes
     import ctypes.util
