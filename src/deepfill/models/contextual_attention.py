@@ -149,7 +149,7 @@ class _ShiftSum(torch.autograd.Function):
     def backward(ctx, grad):
         needed = ctx.needs_input_grad[2:]
         grads = [
-            _sum_into(tuple(shape), grad, [(src, grad[dst]) for j, dst, src in ctx.terms if j == i])
+            _sum_into(shape, grad, [(src, grad[dst]) for j, dst, src in ctx.terms if j == i])
             if need
             else None
             for i, (shape, need) in enumerate(zip(ctx.input_shapes, needed, strict=True))
@@ -243,7 +243,13 @@ class ContextualAttention(nn.Module):
         )
 
     # ------------------------------------------------------------------ preparation
-    def _prepare(self, f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> _Prepared:
+    def _prepare(
+        self,
+        f: torch.Tensor,
+        b: torch.Tensor,
+        mask: torch.Tensor | None,
+        paste_dtype: torch.dtype | None = None,
+    ) -> _Prepared:
         n, c, height, width = f.shape
         r, k = self.rate, self.ksize
         h, w = height // r, width // r
@@ -285,6 +291,8 @@ class ContextualAttention(nn.Module):
         else:
             paste = phases.permute(0, 2, 4, 1, 3, 5)  # (N, h+1, w+1, C, r, r)
         paste = paste.reshape(n, (h + 1) * (w + 1), c * r * r)
+        if paste_dtype is not None:
+            paste = paste.to(paste_dtype)
         return _Prepared(fg, bg, inv_norm, paste, valid, h, w, order)
 
     def _paste(self, p: _Prepared, attn: torch.Tensor, rows: int) -> torch.Tensor:
@@ -349,7 +357,7 @@ class ContextualAttention(nn.Module):
             if x.start < x.stop:
                 x_src = slice(x.start + ux, x.stop + ux)
                 terms.append((0, (all_, all_, x, all_, x), (all_, all_, x_src, all_, x_src)))
-        by_columns = _shift_sum(tuple(gram.shape), terms, gram)
+        by_columns = _shift_sum(gram.shape, terms, gram)
         del gram  # one score-sized buffer fewer at the peak
         terms = []
         for uy in range(-before, k - before):
@@ -467,9 +475,7 @@ class ContextualAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n, c, height, width = f.shape
         r = self.rate
-        p = self._prepare(f, b, mask)
-        if paste_dtype is not None:
-            p.paste = p.paste.to(paste_dtype)
+        p = self._prepare(f, b, mask, paste_dtype)
         h, w = p.h, p.w
         rows_per_chunk = self._rows_per_chunk(n, h, w, f.element_size(), f.device)
         # Pasted patches are summed on a padded canvas, then cropped like TF's 'SAME' transpose.
