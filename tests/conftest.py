@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from deepfill.official.tf_checkpoint import _tensorflow_installed
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -36,6 +38,14 @@ def goldens() -> Path:
             f"official goldens not found at {GOLDENS}; set DEEPFILL_GOLDENS to the official_v1 folder"
         )
     return GOLDENS
+
+
+def skip_without_tensorflow() -> None:
+    """Skip unless the ``tf`` extra is installed, without importing TensorFlow into the test
+    process: TensorFlow and Triton (which torch imports on demand) each bundle LLVM, and the
+    second one loaded into a process crashes it. TensorFlow only ever runs in subprocesses."""
+    if not _tensorflow_installed():
+        pytest.skip("the tf extra is installed by `make install`")
 
 
 def run_cli(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

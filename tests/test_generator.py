@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import deepfill
+from conftest import skip_without_tensorflow
 from deepfill import GlobalCritic, InpaintGenerator, LocalCritic, load_official_v1
 from deepfill.models import inpaint_padded
 from deepfill.models.layers import elu, elu_, tf_same_padding
@@ -60,7 +61,7 @@ def test_builtin_reader_equals_npz_weights(goldens, golden) -> None:
 
 @pytest.mark.tf
 def test_builtin_reader_equals_tensorflow_reader(goldens) -> None:
-    pytest.importorskip("tensorflow", reason="the tf extra is installed by `make install`")
+    skip_without_tensorflow()
     ours = read_tf_checkpoint(goldens, backend="python")
     theirs = read_tf_checkpoint(goldens, backend="tensorflow")
     assert set(ours) == set(theirs)

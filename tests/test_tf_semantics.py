@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import skip_without_tensorflow
 from deepfill.models.contextual_attention import _unfold_same
 from deepfill.models.layers import SameConv2d, resize_nearest, tf_same_padding
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.tf
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory) -> dict[str, np.ndarray]:
-    pytest.importorskip("tensorflow", reason="the tf extra is installed by `make install`")
+    skip_without_tensorflow()
     out = tmp_path_factory.mktemp("tf") / "oracle.npz"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     script = Path(__file__).with_name("tf_oracle.py")
