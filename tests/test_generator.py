@@ -16,7 +16,14 @@ import deepfill
 from conftest import skip_without_tensorflow
 from deepfill import GlobalCritic, InpaintGenerator, LocalCritic, load_official_v1
 from deepfill.models import inpaint_padded
-from deepfill.models.layers import elu, elu_, tf_same_padding
+from deepfill.models.layers import (
+    elu,
+    elu_,
+    pad_zeros,
+    resize_nearest,
+    tf_same_padding,
+    upsample_conv3x3,
+)
 from deepfill.official.convert import load_official_critics, tf_variable_names
 from deepfill.official.convert import main as convert_main
 from deepfill.official.tf_checkpoint import CheckpointError, read_tf_checkpoint
@@ -378,3 +385,49 @@ def test_inference_elu_equals_torch_elu_across_pieces_and_special_values(layout)
     got = elu_(x)
     assert got is x
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_upsampling_convolution_by_phases_equals_upsample_then_convolve(layout) -> None:
+    """The x2 upsampling layers compute four 2x2 convolutions of the small input: the same
+    values and first and second derivatives as resizing then convolving with the 3x3 kernel."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 7, 9, dtype=torch.float64).to(memory_format=layout).requires_grad_(True)
+    weight = torch.randn(5, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    expected = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
+    got = upsample_conv3x3(x, weight, bias)
+    assert got.shape == (2, 5, 14, 18) and got.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(expected)
+    for a, b in zip(
+        torch.autograd.grad(expected, (x, weight, bias), upstream),
+        torch.autograd.grad(got, (x, weight, bias), upstream),
+        strict=True,
+    ):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    small = (x[:1, :2, :3, :4].detach().requires_grad_(True), weight[:2, :2].detach().requires_grad_(True))
+    assert torch.autograd.gradgradcheck(lambda t, k: upsample_conv3x3(t, k, None), small)
+
+
+def test_upsampling_layers_equal_the_official_resize_then_convolution() -> None:
+    """Each generator upsampling layer equals TF's align-corners x2 resize then its 3x3 'SAME'
+    convolution and ELU, computed plainly."""
+    torch.manual_seed(0)
+    generator = InpaintGenerator(cnum=8).double()
+    layer = generator.refine.allconv13_upsample
+    x = torch.randn(1, 32, 10, 12, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    plain = F.elu(F.conv2d(resize_nearest(x, (20, 24)), layer.conv.weight, layer.conv.bias, padding=1))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_inference_padding_equals_torch_pad(layout) -> None:
+    x = torch.randn(2, 3, 5, 6).to(memory_format=layout)
+    for pad in [(0, 1, 0, 1), (2, 0, 1, 3), (0, 0, 0, 0)]:
+        got = pad_zeros(x, pad)
+        assert torch.equal(got, F.pad(x, pad)) and got.is_contiguous(memory_format=layout)
+    x.requires_grad_(True)
+    pad_zeros(x, (0, 1, 0, 1)).sum().backward()  # with autograd it is F.pad itself
+    assert torch.equal(x.grad, torch.ones_like(x))

@@ -16,7 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contextual_attention import ContextualAttention
-from .layers import InitScheme, PaddingMode, SameConv2d, elu, elu_, initialize_, resize_nearest
+from .layers import (
+    InitScheme,
+    PaddingMode,
+    SameConv2d,
+    elu,
+    elu_,
+    initialize_,
+    resize_is_repeat,
+    resize_nearest,
+    upsample_conv3x3,
+)
 
 __all__ = ["CoarseGenerator", "InpaintGenerator", "RefineGenerator", "inpaint_padded"]
 
@@ -40,8 +50,11 @@ class GenConv(SameConv2d):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        x = super().forward(x)
+        return self.activate(super().forward(x))
+
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's activation of its convolution's fresh output ``x`` (overwritten)."""
+        needs_grad = torch.is_grad_enabled() and x.requires_grad
         if self.activation == "elu":
             # The convolution's output is fresh: without autograd it can be activated in place.
             return elu(x) if needs_grad else elu_(x)
@@ -61,7 +74,12 @@ class GenDeconv(nn.Module):
         self.conv = GenConv(in_channels, out_channels, 3, same=same)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = (x.shape[-2] * 2, x.shape[-1] * 2)
+        height, width = x.shape[-2:]
+        size = (height * 2, width * 2)
+        # TF's align-corners x2 resize is a plain pixel repeat for every practical size (checked
+        # per size); then the 3x3 convolution of the repeated pixels is four 2x2 convolutions.
+        if not self.align_corners or resize_is_repeat((height, width), size):
+            return self.conv.activate(upsample_conv3x3(x, self.conv.weight, self.conv.bias))
         return self.conv(resize_nearest(x, size, self.align_corners))
 
 

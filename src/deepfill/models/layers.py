@@ -59,6 +59,35 @@ def pad_same(x: torch.Tensor, kernel: int, stride: int = 1, dilation: int = 1) -
     return F.pad(x, (left, right, top, bottom))
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _empty_in_layout_of(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Uninitialised ``shape`` tensor of ``x``'s dtype and device, channels_last if ``x`` is."""
+    layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
+
+
+def pad_zeros(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """``F.pad(x, pad)`` (zeros; ``pad = (left, right, top, bottom) >= 0``) in the layout of ``x``.
+
+    Without autograd the result is written once: ``F.pad`` fills the whole output with zeros
+    before copying ``x`` in, a second pass over memory that only the border needs.
+    """
+    if (x.requires_grad and torch.is_grad_enabled()) or x.dim() != 4 or min(pad) < 0:
+        return F.pad(x, pad)
+    left, right, top, bottom = pad
+    n, c, height, width = x.shape
+    out = _empty_in_layout_of(x, (n, c, top + height + bottom, left + width + right))
+    out[:, :, :top].zero_()
+    out[:, :, top + height :].zero_()
+    out[:, :, top : top + height, :left].zero_()
+    out[:, :, top : top + height, left + width :].zero_()
+    out[:, :, top : top + height, left : left + width].copy_(x)
+    return out
+
+
 class SameConv2d(nn.Conv2d):
     """``nn.Conv2d`` with TF ``'SAME'`` padding computed from the input size.
 
@@ -98,7 +127,7 @@ class SameConv2d(nn.Conv2d):
         top, bottom, left, right = self._padding(x.shape[-2], x.shape[-1])
         if top == bottom and left == right:
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation)
-        x = F.pad(x, (left, right, top, bottom))
+        x = pad_zeros(x, (left, right, top, bottom))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation)
 
 
@@ -134,6 +163,12 @@ def _resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> tuple[int, int
     return (fh, fw) if _is_plain_repeat(rows, fh) and _is_plain_repeat(cols, fw) else None
 
 
+def resize_is_repeat(size: tuple[int, int], out_size: tuple[int, int]) -> bool:
+    """Whether TF's align-corners nearest resize from ``size`` to ``out_size`` repeats each pixel
+    an integer number of times (PyTorch's plain nearest mode)."""
+    return _resize_plan(int(size[0]), int(size[1]), int(out_size[0]), int(out_size[1])) is not None
+
+
 @functools.lru_cache(maxsize=64)
 def _device_index(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
     # One host-to-device copy per size and device, not one per forward (a copy stalls a GPU).
@@ -160,6 +195,69 @@ def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool =
     rows = _device_index(height, out_h, x.device)
     cols = _device_index(width, out_w, x.device)
     return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def _phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """The four 2x2 kernels that a 3x3 kernel applies to a x2 nearest-upsampled input.
+
+    weight: (Co,Ci,3,3) -> (4*Co,Ci,2,2), phases (row, column) in the order (0,0), (0,1), (1,0),
+    (1,1). Along one axis, output pixel 2i+a of the upsampled convolution sees low-resolution
+    pixels (i-1, i, i) for a = 0 and (i, i, i+1) for a = 1, so its three taps collapse to two:
+    (w0, w1+w2) and (w0+w1, w2).
+    """
+    w0, w1, w2 = weight.unbind(2)
+    kernels = []
+    for rows in (torch.stack([w0, w1 + w2], 2), torch.stack([w0 + w1, w2], 2)):
+        c0, c1, c2 = rows.unbind(3)
+        kernels += [torch.stack([c0, c1 + c2], 3), torch.stack([c0 + c1, c2], 3)]
+    return torch.cat(kernels)
+
+
+def _interleave(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write phase results ``y: (N,4C,H+1,W+1)`` into ``out: (N,C,2H,2W)``; returns ``out``."""
+    channels, height, width = out.shape[1], out.shape[2] // 2, out.shape[3] // 2
+    for phase in range(4):
+        a, b = divmod(phase, 2)
+        block = y[:, phase * channels : (phase + 1) * channels, a : a + height, b : b + width]
+        out[:, :, a::2, b::2].copy_(block)
+    return out
+
+
+def _deinterleave(grad: torch.Tensor) -> torch.Tensor:
+    """Adjoint of :func:`_interleave`: ``grad: (N,C,2H,2W)`` -> (N,4C,H+1,W+1)."""
+    n, channels, height, width = grad.shape[0], grad.shape[1], grad.shape[2] // 2, grad.shape[3] // 2
+    out = _empty_in_layout_of(grad, (n, 4 * channels, height + 1, width + 1)).zero_()
+    for phase in range(4):
+        a, b = divmod(phase, 2)
+        block = out[:, phase * channels : (phase + 1) * channels, a : a + height, b : b + width]
+        block.copy_(grad[:, :, a::2, b::2])
+    return out
+
+
+class _Interleave(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, channels: int) -> torch.Tensor:
+        n, _, height, width = y.shape
+        return _interleave(y, _empty_in_layout_of(y, (n, channels, 2 * (height - 1), 2 * (width - 1))))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _deinterleave(grad), None
+
+
+def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv2d(upsample_nearest_x2(x), weight, bias, padding=1)`` without the upsampled tensor.
+
+    x: (N,Ci,H,W); weight: (Co,Ci,3,3); returns (N,Co,2H,2W) in the layout of ``x``. Each of
+    the four output phases is a 2x2 convolution of ``x`` (:func:`_phase_kernels`), computed
+    as one convolution with 4*Co outputs and interleaved: 2.25x fewer multiply-adds and no
+    x2 copy of the input. Equal to the direct form up to float rounding; differentiable.
+    """
+    kernels = _phase_kernels(weight)
+    if _is_channels_last(x):
+        kernels = kernels.contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(x, kernels, None if bias is None else bias.repeat(4), padding=1)
+    return _Interleave.apply(y, weight.shape[0])
 
 
 _ELU_CHUNK = 1 << 18  # elements per piece: 1 MiB of float32 stays in the L2 cache
