@@ -262,3 +262,27 @@ def test_the_chunk_budget_defaults_by_device(monkeypatch) -> None:
     assert ContextualAttention(chunk_size=128)._rows_per_chunk(*args, torch.device("cpu")) == 2
     with pytest.raises(ValueError, match="chunk_bytes must be >= 1"):
         ContextualAttention(chunk_bytes=0)
+
+
+def test_shift_sums_equal_a_zero_filled_sum_of_their_pieces() -> None:
+    """The shift-sum builder (largest two pieces added where they overlap, the rest copied or
+    added, the uncovered part zeroed) gives the plain zeros-plus-pieces sum for overlapping,
+    disjoint, nested and empty pieces."""
+    from deepfill.models.contextual_attention import _sum_into
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (2, 7, 6, 5)
+    for trial in range(60):
+        pieces = []
+        for _ in range(int(torch.randint(0, 5, (1,), generator=generator))):
+            index = [slice(None)]
+            for size in shape[1:]:
+                lo, hi = sorted(torch.randint(0, size + 1, (2,), generator=generator).tolist())
+                index.append(slice(lo, hi))
+            view = torch.zeros(shape)[tuple(index)]
+            pieces.append((tuple(index), torch.randn(view.shape, generator=generator)))
+        expected = torch.zeros(shape)
+        for index, value in pieces:
+            expected[index] += value
+        got = _sum_into(shape, torch.empty(0), pieces)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=f"trial {trial}")

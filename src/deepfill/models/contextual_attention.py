@@ -102,31 +102,62 @@ def _box(index: tuple, shape: tuple[int, ...]) -> list[tuple[int, int]]:
     return box
 
 
+def _slabs(outer: list[tuple[int, int]], inner: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Disjoint boxes that cover box ``outer`` minus box ``inner`` (``inner`` inside ``outer``)."""
+    slabs = []
+    for axis, ((o_lo, o_hi), (i_lo, i_hi)) in enumerate(zip(outer, inner, strict=True)):
+        for lo, hi in ((o_lo, i_lo), (i_hi, o_hi)):
+            if lo < hi:
+                slabs.append([*inner[:axis], (lo, hi), *outer[axis + 1 :]])
+    return slabs
+
+
+def _index(box: list[tuple[int, int]], origin: list[tuple[int, int]] | None = None) -> tuple:
+    """Slicing index of ``box``, relative to the start of box ``origin`` when given."""
+    if origin is None:
+        return tuple(slice(lo, hi) for lo, hi in box)
+    return tuple(slice(lo - o, hi - o) for (lo, hi), (o, _) in zip(box, origin, strict=True))
+
+
 def _sum_into(shape: tuple[int, ...], like: torch.Tensor, pieces: list) -> torch.Tensor:
     """New tensor of ``shape``: zeros plus every ``(index, value)`` piece added at ``out[index]``.
 
-    The largest piece is copied into fresh memory and only the rest of the output is zeroed:
-    a full-size zero-fill is a pass over memory as long as the copy itself.
+    The two largest pieces are added straight into fresh memory where they overlap (one pass
+    that reads both and writes once, where a copy then an add makes two); the rest of their
+    boxes is copied or added, and only what no piece covers is zeroed.
     """
     if not pieces:
         return like.new_zeros(shape)
     boxes = [_box(index, shape) for index, _ in pieces]
     volumes = [math.prod(stop - start for start, stop in box) for box in boxes]
-    first = max(range(len(pieces)), key=volumes.__getitem__)
+    order = sorted(range(len(pieces)), key=volumes.__getitem__, reverse=True)
+    first = order[0]
     out = like.new_empty(shape)
-    index, value = pieces[first]
-    out[index].copy_(value)
-    # Zero the complement of the copied box, one slab per axis side.
-    inner: tuple = ()
-    for axis, (start, stop) in enumerate(boxes[first]):
-        if start > 0:
-            out[(*inner, slice(0, start))].zero_()
-        if stop < shape[axis]:
-            out[(*inner, slice(stop, None))].zero_()
-        inner += (slice(start, stop),)
-    for k, (index, value) in enumerate(pieces):
-        if k != first:
-            out[index] += value
+    whole = [(0, size) for size in shape]
+    for slab in _slabs(whole, boxes[first]):
+        out[_index(slab)].zero_()
+    value = pieces[first][1]
+    rest = order[1:]
+    if rest:
+        second = rest.pop(0)
+        both = [(max(a, c), min(b, d)) for (a, b), (c, d) in zip(boxes[first], boxes[second], strict=True)]
+        if all(lo < hi for lo, hi in both):
+            torch.add(
+                value[_index(both, boxes[first])],
+                pieces[second][1][_index(both, boxes[second])],
+                out=out[_index(both)],
+            )
+            for slab in _slabs(boxes[first], both):
+                out[_index(slab)].copy_(value[_index(slab, boxes[first])])
+            for slab in _slabs(boxes[second], both):
+                out[_index(slab)] += pieces[second][1][_index(slab, boxes[second])]
+        else:
+            out[_index(boxes[first])].copy_(value)
+            rest.insert(0, second)
+    else:
+        out[_index(boxes[first])].copy_(value)
+    for k in rest:
+        out[pieces[k][0]] += pieces[k][1]
     return out
 
 
@@ -498,7 +529,9 @@ class ContextualAttention(nn.Module):
                 attn = torch.softmax(scores * (p.valid * self.softmax_scale), dim=-1) * p.valid
             else:  # the chunk's buffers are ours: work in place
                 attn = torch.softmax(scores.mul_(p.valid * self.softmax_scale), dim=-1).mul_(p.valid)
-            index = attn.argmax(dim=-1)  # (N, rows*w), background index in `order`
+            # (N, rows*w), background index in `order`. max() gives the same first index of
+            # the largest value as argmax() and on CPUs is about 4x faster (vectorised).
+            index = attn.max(dim=-1).indices
             if p.order == "column":
                 src_row, src_col = index % h, index // h
             else:
