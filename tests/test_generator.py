@@ -410,15 +410,20 @@ def test_upsampling_convolution_by_phases_equals_upsample_then_convolve(layout) 
     assert torch.autograd.gradgradcheck(lambda t, k: upsample_conv3x3(t, k, None), small)
 
 
-def test_upsampling_layers_equal_the_official_resize_then_convolution() -> None:
+def test_upsampling_layers_equal_the_official_resize_then_convolution(monkeypatch) -> None:
     """Each generator upsampling layer equals TF's align-corners x2 resize then its 3x3 'SAME'
-    convolution and ELU, computed plainly."""
+    convolution and ELU, computed plainly; so does its fallback for sizes where TF's resize is
+    not a pixel repeat."""
+    import deepfill.models.generator as generator_module
+
     torch.manual_seed(0)
     generator = InpaintGenerator(cnum=8).double()
     layer = generator.refine.allconv13_upsample
     x = torch.randn(1, 32, 10, 12, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     plain = F.elu(F.conv2d(resize_nearest(x, (20, 24)), layer.conv.weight, layer.conv.bias, padding=1))
     with torch.no_grad():
+        torch.testing.assert_close(layer(x), plain, rtol=1e-12, atol=1e-12)
+        monkeypatch.setattr(generator_module, "resize_is_repeat", lambda size, out_size: False)
         torch.testing.assert_close(layer(x), plain, rtol=1e-12, atol=1e-12)
 
 
