@@ -286,3 +286,14 @@ def test_shift_sums_equal_a_zero_filled_sum_of_their_pieces() -> None:
             expected[index] += value
         got = _sum_into(shape, torch.empty(0), pieces)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=f"trial {trial}")
+
+
+def test_second_derivatives_through_the_layer() -> None:
+    """Gradients of gradients (a penalty on input gradients through the generator) still work:
+    the shift sums' fast in-place path steps aside when their pieces need gradients."""
+    torch.manual_seed(0)
+    layer = ContextualAttention(rate=1)
+    f = torch.randn(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(1, 1, 6, 6, dtype=torch.float64)
+    mask[..., 2:4, 2:4] = 1
+    assert torch.autograd.gradgradcheck(lambda x: layer(x, x, mask)[0], (f,))

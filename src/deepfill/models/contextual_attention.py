@@ -138,7 +138,10 @@ def _sum_into(shape: tuple[int, ...], like: torch.Tensor, pieces: list) -> torch
         out[_index(slab)].zero_()
     value = pieces[first][1]
     rest = order[1:]
-    if rest:
+    # add(out=) is not differentiable: a double backward (gradients of this map's adjoint, whose
+    # pieces then need gradients) takes the copy-then-add path.
+    tracked = torch.is_grad_enabled() and any(value.requires_grad for _, value in pieces)
+    if rest and not tracked:
         second = rest.pop(0)
         both = [(max(a, c), min(b, d)) for (a, b), (c, d) in zip(boxes[first], boxes[second], strict=True)]
         if all(lo < hi for lo, hi in both):
