@@ -268,7 +268,7 @@ def test_shift_sums_equal_a_zero_filled_sum_of_their_pieces() -> None:
     """The shift-sum builder (largest two pieces added where they overlap, the rest copied or
     added, the uncovered part zeroed) gives the plain zeros-plus-pieces sum for overlapping,
     disjoint, nested and empty pieces."""
-    from deepfill.models.contextual_attention import _sum_into
+    from deepfill.models.layers import sum_into
 
     generator = torch.Generator().manual_seed(0)
     shape = (2, 7, 6, 5)
@@ -284,7 +284,7 @@ def test_shift_sums_equal_a_zero_filled_sum_of_their_pieces() -> None:
         expected = torch.zeros(shape)
         for index, value in pieces:
             expected[index] += value
-        got = _sum_into(shape, torch.empty(0), pieces)
+        got = sum_into(torch.empty(shape), pieces)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=f"trial {trial}")
 
 

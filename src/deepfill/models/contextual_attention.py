@@ -28,7 +28,7 @@ from torch import nn
 
 from deepfill.utils.devices import freed_memory_reused
 
-from .layers import pad_same, resize_nearest, tf_same_padding
+from .layers import pad_same, resize_nearest, sum_into, tf_same_padding
 
 __all__ = ["ContextualAttention", "flow_to_image", "validate_attention_inputs"]
 
@@ -90,80 +90,6 @@ def _flat_shift(shift: int, length: int) -> tuple[slice, slice] | None:
     return slice(-shift, length), slice(0, length + shift)
 
 
-def _box(index: tuple, shape: tuple[int, ...]) -> list[tuple[int, int]]:
-    """(start, stop) per axis of a basic-slicing index (unit steps) into ``shape``."""
-    box = []
-    for axis, size in enumerate(shape):
-        part = index[axis] if axis < len(index) else slice(None)
-        start, stop, step = part.indices(size)
-        if step != 1:
-            raise ValueError("shift sums take unit-step slices only")
-        box.append((start, max(start, stop)))
-    return box
-
-
-def _slabs(outer: list[tuple[int, int]], inner: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-    """Disjoint boxes that cover box ``outer`` minus box ``inner`` (``inner`` inside ``outer``)."""
-    slabs = []
-    for axis, ((o_lo, o_hi), (i_lo, i_hi)) in enumerate(zip(outer, inner, strict=True)):
-        for lo, hi in ((o_lo, i_lo), (i_hi, o_hi)):
-            if lo < hi:
-                slabs.append([*inner[:axis], (lo, hi), *outer[axis + 1 :]])
-    return slabs
-
-
-def _index(box: list[tuple[int, int]], origin: list[tuple[int, int]] | None = None) -> tuple:
-    """Slicing index of ``box``, relative to the start of box ``origin`` when given."""
-    if origin is None:
-        return tuple(slice(lo, hi) for lo, hi in box)
-    return tuple(slice(lo - o, hi - o) for (lo, hi), (o, _) in zip(box, origin, strict=True))
-
-
-def _sum_into(shape: tuple[int, ...], like: torch.Tensor, pieces: list) -> torch.Tensor:
-    """New tensor of ``shape``: zeros plus every ``(index, value)`` piece added at ``out[index]``.
-
-    The two largest pieces are added straight into fresh memory where they overlap (one pass
-    that reads both and writes once, where a copy then an add makes two); the rest of their
-    boxes is copied or added, and only what no piece covers is zeroed.
-    """
-    if not pieces:
-        return like.new_zeros(shape)
-    boxes = [_box(index, shape) for index, _ in pieces]
-    volumes = [math.prod(stop - start for start, stop in box) for box in boxes]
-    order = sorted(range(len(pieces)), key=volumes.__getitem__, reverse=True)
-    first = order[0]
-    out = like.new_empty(shape)
-    whole = [(0, size) for size in shape]
-    for slab in _slabs(whole, boxes[first]):
-        out[_index(slab)].zero_()
-    value = pieces[first][1]
-    rest = order[1:]
-    # add(out=) is not differentiable: a double backward (gradients of this map's adjoint, whose
-    # pieces then need gradients) takes the copy-then-add path.
-    tracked = torch.is_grad_enabled() and any(value.requires_grad for _, value in pieces)
-    if rest and not tracked:
-        second = rest.pop(0)
-        both = [(max(a, c), min(b, d)) for (a, b), (c, d) in zip(boxes[first], boxes[second], strict=True)]
-        if all(lo < hi for lo, hi in both):
-            torch.add(
-                value[_index(both, boxes[first])],
-                pieces[second][1][_index(both, boxes[second])],
-                out=out[_index(both)],
-            )
-            for slab in _slabs(boxes[first], both):
-                out[_index(slab)].copy_(value[_index(slab, boxes[first])])
-            for slab in _slabs(boxes[second], both):
-                out[_index(slab)] += pieces[second][1][_index(slab, boxes[second])]
-        else:
-            out[_index(boxes[first])].copy_(value)
-            rest.insert(0, second)
-    else:
-        out[_index(boxes[first])].copy_(value)
-    for k in rest:
-        out[pieces[k][0]] += pieces[k][1]
-    return out
-
-
 class _ShiftSum(torch.autograd.Function):
     """``out[dst_k] += inputs[i_k][src_k]`` over all terms k, zeros elsewhere.
 
@@ -174,7 +100,7 @@ class _ShiftSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, shape, terms, *inputs):
-        out = _sum_into(shape, inputs[0], [(dst, inputs[i][src]) for i, dst, src in terms])
+        out = sum_into(inputs[0].new_empty(shape), [(dst, inputs[i][src]) for i, dst, src in terms])
         ctx.terms = terms
         ctx.input_shapes = [x.shape for x in inputs]
         return out
@@ -183,7 +109,7 @@ class _ShiftSum(torch.autograd.Function):
     def backward(ctx, grad):
         needed = ctx.needs_input_grad[2:]
         grads = [
-            _sum_into(shape, grad, [(src, grad[dst]) for j, dst, src in ctx.terms if j == i])
+            sum_into(grad.new_empty(shape), [(src, grad[dst]) for j, dst, src in ctx.terms if j == i])
             if need
             else None
             for i, (shape, need) in enumerate(zip(ctx.input_shapes, needed, strict=True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -59,6 +60,81 @@ def pad_same(x: torch.Tensor, kernel: int, stride: int = 1, dilation: int = 1) -
     return F.pad(x, (left, right, top, bottom))
 
 
+def _box(index: tuple, shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(start, stop) per axis of a basic-slicing index (unit steps) into ``shape``."""
+    box = []
+    for axis, size in enumerate(shape):
+        part = index[axis] if axis < len(index) else slice(None)
+        start, stop, step = part.indices(size)
+        if step != 1:
+            raise ValueError("sum_into takes unit-step slices only")
+        box.append((start, max(start, stop)))
+    return box
+
+
+def _slabs(outer: list[tuple[int, int]], inner: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Disjoint boxes that cover box ``outer`` minus box ``inner`` (``inner`` inside ``outer``)."""
+    slabs = []
+    for axis, ((o_lo, o_hi), (i_lo, i_hi)) in enumerate(zip(outer, inner, strict=True)):
+        for lo, hi in ((o_lo, i_lo), (i_hi, o_hi)):
+            if lo < hi:
+                slabs.append([*inner[:axis], (lo, hi), *outer[axis + 1 :]])
+    return slabs
+
+
+def _index(box: list[tuple[int, int]], origin: list[tuple[int, int]] | None = None) -> tuple:
+    """Slicing index of ``box``, relative to the start of box ``origin`` when given."""
+    if origin is None:
+        return tuple(slice(lo, hi) for lo, hi in box)
+    return tuple(slice(lo - o, hi - o) for (lo, hi), (o, _) in zip(box, origin, strict=True))
+
+
+def sum_into(out: torch.Tensor, pieces: list) -> torch.Tensor:
+    """Fill ``out`` (uninitialised) with zeros plus every ``(index, value)`` piece added at
+    ``out[index]`` (basic unit-step slicing); returns ``out``.
+
+    The two largest pieces are added straight into ``out`` where they overlap (one pass that
+    reads both and writes once, where a copy then an add makes two); the rest of their boxes is
+    copied or added, and only what no piece covers is zeroed.
+    """
+    shape = tuple(out.shape)
+    if not pieces:
+        return out.zero_()
+    boxes = [_box(index, shape) for index, _ in pieces]
+    volumes = [math.prod(stop - start for start, stop in box) for box in boxes]
+    order = sorted(range(len(pieces)), key=volumes.__getitem__, reverse=True)
+    first = order[0]
+    whole = [(0, size) for size in shape]
+    for slab in _slabs(whole, boxes[first]):
+        out[_index(slab)].zero_()
+    value = pieces[first][1]
+    rest = order[1:]
+    # add(out=) is not differentiable: pieces that need gradients (a double backward through a
+    # caller's adjoint) take the copy-then-add path.
+    tracked = torch.is_grad_enabled() and any(piece.requires_grad for _, piece in pieces)
+    if rest and not tracked:
+        second = rest.pop(0)
+        both = [(max(a, c), min(b, d)) for (a, b), (c, d) in zip(boxes[first], boxes[second], strict=True)]
+        if all(lo < hi for lo, hi in both):
+            torch.add(
+                value[_index(both, boxes[first])],
+                pieces[second][1][_index(both, boxes[second])],
+                out=out[_index(both)],
+            )
+            for slab in _slabs(boxes[first], both):
+                out[_index(slab)].copy_(value[_index(slab, boxes[first])])
+            for slab in _slabs(boxes[second], both):
+                out[_index(slab)] += pieces[second][1][_index(slab, boxes[second])]
+        else:
+            out[_index(boxes[first])].copy_(value)
+            rest.insert(0, second)
+    else:
+        out[_index(boxes[first])].copy_(value)
+    for k in rest:
+        out[pieces[k][0]] += pieces[k][1]
+    return out
+
+
 def _is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
@@ -80,12 +156,8 @@ def pad_zeros(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
     left, right, top, bottom = pad
     n, c, height, width = x.shape
     out = _empty_in_layout_of(x, (n, c, top + height + bottom, left + width + right))
-    out[:, :, :top].zero_()
-    out[:, :, top + height :].zero_()
-    out[:, :, top : top + height, :left].zero_()
-    out[:, :, top : top + height, left + width :].zero_()
-    out[:, :, top : top + height, left : left + width].copy_(x)
-    return out
+    inside = (slice(None), slice(None), slice(top, top + height), slice(left, left + width))
+    return sum_into(out, [(inside, x)])
 
 
 class SameConv2d(nn.Conv2d):
@@ -213,36 +285,35 @@ def _phase_kernels(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat(kernels)
 
 
-def _interleave(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Write phase results ``y: (N,4C,H+1,W+1)`` into ``out: (N,C,2H,2W)``; returns ``out``."""
-    channels, height, width = out.shape[1], out.shape[2] // 2, out.shape[3] // 2
+def _phase_views(phases: torch.Tensor, image: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Matching views of ``phases: (N,4C,H+1,W+1)`` and ``image: (N,C,2H,2W)``: phase (a, b)'s
+    pixels [a:a+H, b:b+W] are the image's pixels (2i+a, 2j+b). Made one pair at a time: a view
+    taken before an earlier in-place write under autograd would be stale."""
+    channels, height, width = image.shape[1], image.shape[2] // 2, image.shape[3] // 2
     for phase in range(4):
         a, b = divmod(phase, 2)
-        block = y[:, phase * channels : (phase + 1) * channels, a : a + height, b : b + width]
-        out[:, :, a::2, b::2].copy_(block)
-    return out
-
-
-def _deinterleave(grad: torch.Tensor) -> torch.Tensor:
-    """Adjoint of :func:`_interleave`: ``grad: (N,C,2H,2W)`` -> (N,4C,H+1,W+1)."""
-    n, channels, height, width = grad.shape[0], grad.shape[1], grad.shape[2] // 2, grad.shape[3] // 2
-    out = _empty_in_layout_of(grad, (n, 4 * channels, height + 1, width + 1)).zero_()
-    for phase in range(4):
-        a, b = divmod(phase, 2)
-        block = out[:, phase * channels : (phase + 1) * channels, a : a + height, b : b + width]
-        block.copy_(grad[:, :, a::2, b::2])
-    return out
+        block = phases[:, phase * channels : (phase + 1) * channels, a : a + height, b : b + width]
+        yield block, image[:, :, a::2, b::2]
 
 
 class _Interleave(torch.autograd.Function):
+    """Phase results (N,4C,H+1,W+1) -> the image (N,C,2H,2W); its backward is the adjoint."""
+
     @staticmethod
     def forward(ctx, y: torch.Tensor, channels: int) -> torch.Tensor:
         n, _, height, width = y.shape
-        return _interleave(y, _empty_in_layout_of(y, (n, channels, 2 * (height - 1), 2 * (width - 1))))
+        out = _empty_in_layout_of(y, (n, channels, 2 * (height - 1), 2 * (width - 1)))
+        for block, pixels in _phase_views(y, out):
+            pixels.copy_(block)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return _deinterleave(grad), None
+        n, channels, height, width = grad.shape
+        out = _empty_in_layout_of(grad, (n, 4 * channels, height // 2 + 1, width // 2 + 1)).zero_()
+        for block, pixels in _phase_views(out, grad):
+            block.copy_(pixels)
+        return out, None
 
 
 def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
