@@ -304,6 +304,32 @@ def test_atomic_path_leaves_the_old_file_and_no_temporary_on_failure(tmp_path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
 
 
+@pytest.mark.parametrize("step", ["open", "close", "replace"])
+def test_atomic_path_leaves_no_temporary_when_ctrl_c_lands_inside_it(tmp_path, monkeypatch, step) -> None:
+    # Ctrl-C arrives between bytecodes, so also right after the temporary is created (before
+    # the caller's write starts) or right after the rename: neither may leave a temporary.
+    import os
+
+    from deepfill.utils import files
+
+    target = tmp_path / "out.png"
+    target.write_text("old")
+    real, real_close = getattr(os, step), os.close
+
+    def then_interrupt(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if step == "open":
+            real_close(result)  # the process would end; the test must not leak the descriptor
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, step, then_interrupt)
+    with pytest.raises(KeyboardInterrupt), files.atomic_path(target) as tmp:
+        tmp.write_text("new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    assert target.read_text() == ("new" if step == "replace" else "old")
+
+
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys) -> None:
     from deepfill.utils.errors import UserError, is_user_error, report_errors
 

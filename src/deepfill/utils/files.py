@@ -5,6 +5,7 @@ never leaves a half-written file or a stray temporary behind."""
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,14 +57,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     on any error (or Ctrl-C) it is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    # The name is chosen, and the cleanup armed, before the file exists: a Ctrl-C that lands
+    # between creating the file and entering the ``try`` (as with mkstemp) would leave it behind.
+    # 64 random bits make a clash with another writer's temporary a non-event.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
+        # Mode 0666 less the umask: the permissions a plain open() would give.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         yield tmp
         os.replace(tmp, path)
     except BaseException:
