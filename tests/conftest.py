@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 
+from deepfill.data import masks as M
+from deepfill.data.datamodule import InpaintDataModule
+from deepfill.data.datasets import SampleImages
+from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
 from deepfill.official.tf_checkpoint import _tensorflow_installed
+from deepfill.training.module import DeepFillModule
+from deepfill.utils.config import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,3 +66,83 @@ def run_cli(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(script), *args], capture_output=True, text=True, cwd=cwd, check=False, timeout=300
     )
+
+
+# ---------------------------------------------------------------- a tiny model, in code
+SIZE = 64
+
+
+def adam(lr: float) -> functools.partial:
+    return functools.partial(torch.optim.Adam, lr=lr, betas=(0.5, 0.9))
+
+
+def make_module(size: int = SIZE, cnum: int = 8, **kwargs) -> DeepFillModule:
+    torch.manual_seed(0)
+    kwargs.setdefault("lpips_pretrained", False)
+    kwargs.setdefault("log_images_every_n_steps", 0)
+    return DeepFillModule(
+        InpaintGenerator(cnum=cnum),
+        GlobalCritic(size, cnum=cnum),
+        LocalCritic(size // 2, cnum=cnum),
+        **kwargs,
+    )
+
+
+def make_data(length: int = 48, batch_size: int = 4, size: int = SIZE) -> InpaintDataModule:
+    return InpaintDataModule(
+        train=SampleImages("train", size, length=length),
+        val=SampleImages("val", size, length=4),
+        train_masks=M.rectangle,
+        eval_masks=M.centered_rectangle,
+        batch_size=batch_size,
+        seed=3,
+    )
+
+
+def make_trainer(tmp_path, **kwargs) -> pl.Trainer:
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": tmp_path,
+        "use_distributed_sampler": False,
+    }
+    return pl.Trainer(**(defaults | kwargs))
+
+
+# ---------------------------------------------------------------- a tiny model, through the configs
+TINY = [
+    "data.image_size=64",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "model.generator.cnum=8",
+    "model.global_critic.cnum=8",
+    "model.local_critic.cnum=8",
+    "model.lpips_pretrained=false",
+    "trainer=cpu",
+    "logger=csv",
+]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def compose_cfg(
+    overrides: list[str], output_dir: Path, config_name: str = "train", extra: dict | None = None
+):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+        for key, value in (extra or {}).items():
+            cfg[key] = value
+    HydraConfig.instance().set_config(cfg)
+    return cfg

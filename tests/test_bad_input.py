@@ -56,7 +56,7 @@ def ws(tmp_path_factory) -> Path:
 
 def _resume_checkpoint(ws: Path) -> Path:
     """A training checkpoint of a cnum-16 model: state_dict and hyper-parameters as saved."""
-    from test_train import compose_cfg
+    from conftest import compose_cfg
 
     path = ws / "cnum16.ckpt"
     if not path.exists():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
@@ -10,11 +9,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import SIZE, adam, make_data, make_module, make_trainer
 from deepfill.data import masks as M
-from deepfill.data.datamodule import InpaintDataModule
-from deepfill.data.datasets import SampleImages
 from deepfill.evaluation.metrics import hole_l1, to_unit
-from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
+from deepfill.models import GlobalCritic, LocalCritic
 from deepfill.training.losses import (
     critic_loss,
     crop_patches,
@@ -23,47 +21,6 @@ from deepfill.training.losses import (
     reconstruction_losses,
 )
 from deepfill.training.module import DeepFillModule, NonFiniteLossError
-
-SIZE = 64
-
-
-def _adam(lr: float) -> functools.partial:
-    return functools.partial(torch.optim.Adam, lr=lr, betas=(0.5, 0.9))
-
-
-def make_module(**kwargs) -> DeepFillModule:
-    torch.manual_seed(0)
-    kwargs.setdefault("lpips_pretrained", False)
-    kwargs.setdefault("log_images_every_n_steps", 0)
-    return DeepFillModule(
-        InpaintGenerator(cnum=8), GlobalCritic(SIZE, cnum=8), LocalCritic(SIZE // 2, cnum=8), **kwargs
-    )
-
-
-def make_data(length: int = 48, batch_size: int = 4) -> InpaintDataModule:
-    return InpaintDataModule(
-        train=SampleImages("train", SIZE, length=length),
-        val=SampleImages("val", SIZE, length=4),
-        train_masks=M.rectangle,
-        eval_masks=M.centered_rectangle,
-        batch_size=batch_size,
-        seed=3,
-    )
-
-
-def make_trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "default_root_dir": tmp_path,
-        "use_distributed_sampler": False,
-    }
-    return pl.Trainer(**(defaults | kwargs))
 
 
 def _params(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -269,7 +226,7 @@ def test_reconstruction_phase_trains_both_stages_without_critics_then_the_schedu
 
 def test_cosine_learning_rate_follows_the_generator_steps(tmp_path) -> None:
     module = make_module(
-        n_critic=1, optimizer=_adam(2e-3), pretrain_coarse_steps=2, reconstruction_steps=2, lr_decay_steps=4
+        n_critic=1, optimizer=adam(2e-3), pretrain_coarse_steps=2, reconstruction_steps=2, lr_decay_steps=4
     )
     # A cosine over the first 4 generator updates, whatever their phase, then 0.
     assert module.lr_factor(0) == pytest.approx(1.0)
@@ -295,11 +252,11 @@ def test_the_optimizer_comes_from_its_config(tmp_path) -> None:
     described = {"class": "torch.optim.adamw.AdamW", "lr": 3e-4, "weight_decay": 0.1}
     assert module.hparams["optimizer"] == described
     with pytest.raises(ValueError, match=r"model\.optimizer: Invalid learning rate"):
-        make_module(optimizer=_adam(-1.0))
+        make_module(optimizer=adam(-1.0))
 
 
 def test_overfitting_one_batch_reduces_the_hole_error(tmp_path) -> None:
-    module = make_module(n_critic=1, optimizer=_adam(1e-3))
+    module = make_module(n_critic=1, optimizer=adam(1e-3))
     data = make_data(length=4, batch_size=4)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
@@ -535,7 +492,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch) -> None:
 
 def test_a_checkpoint_from_before_the_configurable_optimizer_resumes(tmp_path) -> None:
     """Optimiser states saved without ``initial_lr`` get the configured rate on load."""
-    module = make_module(optimizer=_adam(3e-4), lr_decay_steps=10)
+    module = make_module(optimizer=adam(3e-4), lr_decay_steps=10)
     state = {"optimizer_states": [{"param_groups": [{"lr": 1e-4}]}, {"param_groups": [{"lr": 1e-4}]}]}
     module.on_load_checkpoint(state)
     assert [s["param_groups"][0]["initial_lr"] for s in state["optimizer_states"]] == [3e-4, 3e-4]

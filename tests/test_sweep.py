@@ -14,7 +14,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from conftest import TINY, compose_cfg, options, run_cli
 from deepfill.evaluation.metrics import higher_is_better
 from deepfill.training.sweep import (
     JobConflictError,
@@ -26,7 +26,6 @@ from deepfill.training.sweep import (
 )
 from deepfill.utils.config import device_count, optimization_direction
 from deepfill.utils.devices import choose_free, visible_gpus
-from test_train import TINY, compose_cfg, options
 
 # Two critic steps and one validation batch per job: seconds on a CPU.
 JOB = [

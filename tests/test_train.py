@@ -10,56 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
 
-from conftest import run_cli
+from conftest import TINY, compose_cfg, options, run_cli
 from deepfill.cli.train import train
-from deepfill.utils.config import CONFIG_DIR
 from deepfill.utils.validation import ConfigError, validate_config
-
-TINY = [
-    "data.image_size=64",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "model.generator.cnum=8",
-    "model.global_critic.cnum=8",
-    "model.local_critic.cnum=8",
-    "model.lpips_pretrained=false",
-    "trainer=cpu",
-    "logger=csv",
-]
-
 
 _COMPARISON = (
     r"(deepfill|biharmonic|mean_fill)\s+PSNR\s+([\d.]+) dB\s+SSIM ([\d.]+)\s+L1 in the hole ([\d.]+)"
     r"\s+\((\d+) images\)"
 )
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-
-
-def compose_cfg(
-    overrides: list[str], output_dir: Path, config_name: str = "train", extra: dict | None = None
-):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-        for key, value in (extra or {}).items():
-            cfg[key] = value
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +136,8 @@ def test_quickstart_trains_and_writes_checkpoints_metrics_and_grids(tmp_path, ca
         *TINY,
         "data.train.length=8",
         "data.val.length=3",
-        # Run by epochs here (the recipe runs by steps), so that resuming can add one.
-        "trainer.max_steps=-1",
+        # Validation at each epoch's end (the recipe's interval is longer than this data). The
+        # recipe's max_steps stays set: resuming a finished run with one more epoch must train it.
         "trainer.check_val_every_n_epoch=1",
         "trainer.val_check_interval=1.0",
         "trainer.log_every_n_steps=1",

@@ -29,6 +29,7 @@ from torch.profiler import record_function
 from deepfill.evaluation.metrics import InpaintingMetrics, to_unit
 from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic, composite
 from deepfill.training.losses import LossWeights, critic_loss, generator_loss, local_patches
+from deepfill.training.resume import normalize_loops
 from deepfill.training.visuals import COLUMNS, inpainting_grid, log_grid
 from deepfill.utils.errors import UserError
 
@@ -193,6 +194,10 @@ class DeepFillModule(pl.LightningModule):
         return self.local_critic.input_size
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Before Lightning restores its loops from it: a checkpoint taken after an epoch ended
+        # resumes as the next epoch's start, one taken after a stop part-way through an epoch
+        # as that epoch under way, whether the run counts steps or epochs.
+        normalize_loops(checkpoint)
         # Checkpoints written before the optimiser became configurable lack the initial rate
         # the cosine decay scales: take the configured one.
         initial = getattr(self.optimizer_factory, "keywords", {}).get("lr")
