@@ -126,15 +126,18 @@ def test_gradients_match_the_official_graph(step) -> None:
         wanted[kind].append((key, module, name))
     losses = {"g": step["g"].total, "d": step["d"].total}
     for kind, entries in wanted.items():
+        # The error is measured against the largest gradient of the loss, a scale that cannot
+        # vanish: some gradients are zero in exact arithmetic (the global critic's dense bias
+        # cancels in mean(fake) - mean(real)) and float32 leaves them at ~1e-8 of either sign, and
+        # the local critic's first layer, reached through the gradient penalty's double backward,
+        # carries float32 rounding of ~3e-4 of its own largest entry in either implementation.
+        scale = max(float(np.abs(golden[key]).max()) for key, _, _ in entries)
+        assert scale > 0, f"every {kind} gradient of the golden is zero"
         params = [dict(module.named_parameters())[name] for _, module, name in entries]
         grads = torch.autograd.grad(losses[kind], params, retain_graph=True, allow_unused=True)
         for (key, module, name), grad in zip(entries, grads, strict=True):
             theirs = golden[key]
             ours = np.zeros_like(theirs) if grad is None else _to_tf_layout(grad, module, name)
             assert ours.shape == theirs.shape, key
-            scale = max(float(np.abs(theirs).max()), 1e-8)
             error = float(np.abs(ours - theirs).max()) / scale
-            if np.abs(theirs).max() == 0:  # e.g. the global dense bias: cancels in mean(fake)-mean(real)
-                assert np.abs(ours).max() < 1e-6, key
-                continue
             assert error < 1e-3, (key, error)
