@@ -49,13 +49,22 @@ def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> I
     """A Lightning checkpoint of training (``.ckpt``), converted official weights (``.pt``),
     an official TF checkpoint (folder or prefix) or an ``.npz`` of official variables."""
     from deepfill.official.convert import load_official_v1
+    from deepfill.official.tf_checkpoint import CheckpointError
     from deepfill.training.module import DeepFillModule
 
     path = Path(weights)
     if path.suffix == ".ckpt":
         generator = DeepFillModule.generator_from_checkpoint(str(path))
     else:
-        generator = load_official_v1(path)
+        try:
+            generator = load_official_v1(path)
+        except CheckpointError as error:
+            if not path.is_dir():
+                raise
+            raise CheckpointError(
+                f"weights: the folder {path} holds no weights: expected a training checkpoint (.ckpt), "
+                f"converted weights (.pt), an .npz, or an official TF checkpoint folder ({error})"
+            ) from None
     return generator.to(device).eval()
 
 

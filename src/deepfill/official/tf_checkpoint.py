@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfill.utils.errors import UserError
+
 __all__ = ["CheckpointError", "read_tf_checkpoint", "resolve_checkpoint_prefix"]
 
 _MAGIC = 0xDB4775248B80FB57
@@ -39,8 +41,8 @@ _DTYPES = {
 _BFLOAT16 = 14
 
 
-class CheckpointError(ValueError):
-    """A path that is not a readable TensorFlow checkpoint."""
+class CheckpointError(UserError):
+    """A path that is not a readable TensorFlow checkpoint (a user's input: one line)."""
 
 
 def resolve_checkpoint_prefix(path: str | os.PathLike) -> Path:

@@ -36,8 +36,9 @@ from deepfill.utils.errors import UserError
 __all__ = ["DeepFillModule", "NonFiniteLossError"]
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive non-finite losses."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many consecutive non-finite losses: the settings (learning rate, loss weights,
+    precision) make the run diverge; reported in one line, the last good checkpoint kept."""
 
 
 def _describe(factory) -> dict:
