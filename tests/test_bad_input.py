@@ -31,7 +31,7 @@ def ws(tmp_path_factory) -> Path:
     (root / "afile").write_text("a file, not a folder")
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
-    for folder in ("imgs", "trunc", "dup", "fake", "masks_one", "masks_empty", "masks_trunc"):
+    for folder in ("imgs", "trunc", "dup", "fake", "masks_one", "masks_empty", "masks_trunc", "emptydir"):
         (root / folder).mkdir()
     Image.fromarray(image).save(root / "imgs" / "a.png")
     Image.fromarray(image).save(root / "imgs" / "b.jpg")
@@ -80,6 +80,8 @@ CASES = [
     (INPAINT, ["weights={ws}/trunc.ckpt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "trunc.ckpt is not a readable PyTorch checkpoint"),
     (INPAINT, ["weights={ws}/garbage.npz", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "garbage.npz: not a readable .npz"),
     (INPAINT, ["weights={ws}/w.pt", "input={ws}/dup", "mask_path={ws}/imgs"], "would both be written as x.png"),
+    (INPAINT, ["weights={ws}/emptydir", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "weights: the folder {ws}/emptydir holds no weights"),
+    (INPAINT, ["weights={ws}/w.pt", "input={ws}/été 2024/a(1), b=c #2.jpg"], "input: no such file or folder: {ws}/été 2024/a(1), b=c #2.jpg"),
     (INPAINT, ["weights={ws}/w.pt", "input={ws}/trunc/b.png", "mask_path={ws}/mask.png"], "b.png: OSError: image file is truncated"),
     (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png", "output={ws}/afile"], "output: {ws}/afile is a file"),
     (INPAINT, ["weights={ws}/w.pt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png", "output={ws}/afile/sub"], "lies under the file {ws}/afile"),
@@ -106,6 +108,9 @@ CASES = [
     (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/nowhere", "lpips=false"], "image folder not found: {ws}/nowhere"),
     (TRAIN, ["trainer=gpux"], "Could not find 'trainer/gpux'; available: auto, cpu"),
     (TRAIN, ["data.batch_sze=3"], "data.batch_sze: unknown key (did you mean 'data.batch_size'?)"),
+    (TRAIN, ["trainer.limit_trian_batches=2"], "trainer.limit_trian_batches: unknown key (did you mean 'trainer.limit_train_batches'?)"),
+    (TRAIN, ["-m", "replicates=2"], "replicates: unknown key (to add a new key write +replicates=...)"),
+    (TRAIN, ["-m", "data.batch_sze=2,3"], "data.batch_sze: unknown key (did you mean 'data.batch_size'?)"),
     (TRAIN, ["+model.generator.attention.kszie=5"], "model.generator.attention.kszie: unknown key for ContextualAttention (did you mean 'ksize'?)"),
     (TRAIN, ["model.generator.cnum=abc"], "model.generator.cnum: expected an integer, got 'abc'"),
     (TRAIN, ["callbacks.signal.requeue_signal=FOO"], "callbacks.signal.requeue_signal: 'FOO' is not a signal of this system"),
@@ -424,3 +429,91 @@ def test_ctrl_c_ends_in_one_line_and_leaves_only_complete_images(ws, tmp_path) -
         with Image.open(path) as image:
             image.load()
             assert image.size == (128, 128)
+
+
+# Characters of real file names that Hydra's override grammar refuses unquoted (or splits on).
+_NAME_CHARS = list("abcXYZ019 ()[]{}=,#'\"\\:;!@%^&*~`+-_.éüßñ日本語") + ["/"] * 4
+
+
+def _random_name(rng: np.random.Generator) -> str:
+    name = "".join(rng.choice(_NAME_CHARS, size=int(rng.integers(1, 24))))
+    return "/" + name.replace("${", "$ {")  # an interpolation is Hydra's, not a path
+
+
+@pytest.mark.parametrize(
+    "draws", [pytest.param(300, id="seeded"), pytest.param(5000, marks=pytest.mark.slow)]
+)
+def test_any_path_value_reaches_the_config_as_typed(draws) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from deepfill.cli.launch import _quote_values
+
+    rng = np.random.default_rng(0)
+    parser = OverridesParser.create()
+    for _ in range(draws):
+        value = _random_name(rng)
+        for multirun in (False, True):
+            (override,) = _quote_values([f"input={value}"], multirun)
+            (parsed,) = parser.parse_overrides([override])
+            if multirun and "," in value and override == f"input={value}":
+                continue  # a sweep under -m, as Hydra reads it
+            assert parsed.value() == value, (value, override)
+    # Values Hydra reads as typed are left as they are.
+    assert _quote_values(["data.batch_size=4", "a=1,2", "input='x y'", "+k=v"], True) == [
+        "data.batch_size=4",
+        "a=1,2",
+        "input='x y'",
+        "+k=v",
+    ]
+
+
+def test_odd_paths_work_as_typed_for_every_path_key(ws, tmp_path) -> None:
+    """Spaces, non-ASCII letters and the grammar's own characters in every path key of the
+    commands, typed as they are (no quoting by the user)."""
+    odd = tmp_path / "été 2024 (copie) [x]" / "a=b, #1"
+    (odd / "photos" / "train").mkdir(parents=True)
+    (odd / "photos" / "val").mkdir(parents=True)
+    for i in range(2):
+        shutil.copy(ws / "imgs" / "a.png", odd / "photos" / "train" / f"é {i}.png")
+        shutil.copy(ws / "imgs" / "a.png", odd / "photos" / "val" / f"é {i}.png")
+    shutil.copy(ws / "w.pt", odd / "w (1).pt")
+    shutil.copy(ws / "mask.png", odd / "masque n°1.png")
+    shutil.copy(ws / "imgs" / "a.png", odd / "photo d'été.png")
+    result = run_cli(
+        INPAINT,
+        f"weights={odd}/w (1).pt",
+        f"input={odd}/photo d'été.png",
+        f"mask_path={odd}/masque n°1.png",
+        f"output={odd}/résultats",
+        f"hydra.run.dir={odd}/run inpaint",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (odd / "résultats" / "photo d'été.png").is_file()
+    result = run_cli(
+        EVAL,
+        f"weights={odd}/w (1).pt",
+        "data=folder",
+        f"data.val.root={odd}/photos/val",
+        "lpips=false",
+        "data.image_size=64",
+        f"output={odd}/éval",
+        f"hydra.run.dir={odd}/run eval",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "deepfill" in (odd / "éval" / "metrics.csv").read_text()
+    data = [
+        "data=folder",
+        "data.image_size=64",
+        f"data.train.root={odd}/photos/train",
+        f"data.val.root={odd}/photos/val",
+    ]
+    result = run_cli(TRAIN, *TRAIN_FAST, *data, f"hydra.run.dir={odd}/run train", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = odd / "run train" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    result = run_cli(
+        TRAIN, *TRAIN_FAST, *data, f"ckpt_path={last}", f"hydra.run.dir={odd}/run resumed", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -470,22 +470,24 @@ def test_a_training_step_reads_one_value_back_to_the_host(discount, tmp_path) ->
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch) -> None:
     """A save that dies half-way through the file (a crash, a full disk) leaves the previous
-    checkpoint whole and no stray file."""
-    import lightning_fabric.plugins.io.torch_io as torch_io
+    checkpoint whole and no stray file; a full disk is reported naming the checkpoint."""
+    import errno
 
     from deepfill.training.callbacks import AtomicCheckpointIO
+    from deepfill.utils.errors import NoSpaceError
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1, "weights": torch.ones(1000)}, path)
 
-    def dies_half_way(checkpoint, filepath) -> None:
-        Path(filepath).write_bytes(b"PK\x03\x04 half a checkpoint")
-        raise OSError("No space left on device")
+    def dies_half_way(checkpoint, file) -> None:
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch_io, "_atomic_save", dies_half_way)
-    with pytest.raises(OSError, match="No space left"):
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(NoSpaceError, match=f"{path}: no space left on device"):
         io.save_checkpoint({"step": 2, "weights": torch.ones(1000)}, path)
+    monkeypatch.undo()
     assert torch.load(path, weights_only=False)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 

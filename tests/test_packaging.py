@@ -59,3 +59,31 @@ def test_package_imports_with_version() -> None:
     import deepfill
 
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", deepfill.__version__)
+
+
+def test_the_package_builds_without_warnings(tmp_path) -> None:
+    """What `make install` builds: no deprecation or other warning from the build backend."""
+    import subprocess
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(tmp_path.glob("deepfill-*.whl"))
+    # pip's own notes on this machine's package index locations are not the build's.
+    lines = [line for line in result.stderr.splitlines() if "Location 'file://" not in line]
+    assert not [line for line in lines if "warning" in line.lower() or "deprecat" in line.lower()], lines

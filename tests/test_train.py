@@ -86,6 +86,38 @@ def test_every_experiment_runs_a_fast_dev_run_step(experiment, tmp_path, flist_d
     assert np.isfinite(metrics["val/psnr"])
 
 
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_preset_starts_on_short_data_with_validation_each_epoch(
+    experiment, tmp_path, flist_dir, capsys
+) -> None:
+    """Presets validate every N batches, sized for their full data. Shorter data and validation
+    counted per epoch (which Lightning refuses when N exceeds the epoch) still train."""
+    cfg = compose_cfg(
+        [
+            f"experiment={experiment}",
+            f"paths.data_dir={flist_dir}",
+            *TINY,
+            "data.batch_size=2",
+            "trainer.max_epochs=2",
+            "trainer.max_steps=-1",
+            "trainer.check_val_every_n_epoch=1",
+            "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1",
+            "model.pretrain_coarse_steps=1",
+            "model.reconstruction_steps=1",
+            "baseline_comparison=null",
+        ],
+        tmp_path,
+    )
+    metrics = train(cfg)
+    assert (
+        "is longer than an epoch (2 batches): validating at the end of every 1 epoch"
+        in capsys.readouterr().out
+    )
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert "val/psnr" in metrics
+
+
 @pytest.mark.parametrize("data", options("data"))
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_trains_on_every_data_option(experiment, data, tmp_path, flist_dir) -> None:

@@ -12,7 +12,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from deepfill.utils.config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device
+from deepfill.cli.launch import run_hydra_command
+from deepfill.utils.config import CONFIG_DIR, resolve_device
 from deepfill.utils.errors import UserError, report_errors
 
 __all__ = ["main", "serve"]
@@ -63,9 +64,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point."""
-    register_resolvers()
-    check_overrides("demo", "deepfill-demo")
-    _hydra_main()
+    run_hydra_command("deepfill-demo", "demo", _hydra_main)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from deepfill.cli.launch import run_hydra_command
 from deepfill.evaluation.evaluate import (
     dataset_batches,
     evaluate,
@@ -33,8 +34,6 @@ from deepfill.inference import check_precision
 from deepfill.utils.checkpoints import check_weights_path
 from deepfill.utils.config import (
     CONFIG_DIR,
-    check_overrides,
-    register_resolvers,
     resolve_device,
     wandb_has_credentials,
 )
@@ -99,9 +98,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point."""
-    register_resolvers()
-    check_overrides("eval", "deepfill-eval")
-    _hydra_main()
+    run_hydra_command("deepfill-eval", "eval", _hydra_main)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,12 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 
+from deepfill.cli.launch import run_hydra_command
 from deepfill.data.datasets import IMAGE_EXTENSIONS, list_images, load_image
 from deepfill.data.masks import HOLE_THRESHOLD, read_mask
 from deepfill.inference import check_precision, inpaint_array, load_generator
 from deepfill.utils.checkpoints import check_weights_path
-from deepfill.utils.config import CONFIG_DIR, check_overrides, register_resolvers, resolve_device
+from deepfill.utils.config import CONFIG_DIR, resolve_device
 from deepfill.utils.devices import configure_cpu
 from deepfill.utils.errors import UnreadableImageError, UserError, report_errors
 from deepfill.utils.files import atomic_path, writable_dir
@@ -178,9 +179,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point."""
-    register_resolvers()
-    check_overrides("inpaint", "deepfill-inpaint")
-    _hydra_main()
+    run_hydra_command("deepfill-inpaint", "inpaint", _hydra_main)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
-from deepfill.utils.config import CONFIG_DIR, check_overrides, register_resolvers, wandb_has_credentials
+from deepfill.cli.launch import run_hydra_command
+from deepfill.utils.config import CONFIG_DIR, wandb_has_credentials
 from deepfill.utils.devices import cpu_native_bf16
 from deepfill.utils.errors import ConfigError, report_errors
 
@@ -164,13 +165,32 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if job.finished is not None:
             print(f"{out}: finished earlier (resume=true), skipping; metrics: {job.finished}", flush=True)
             return job.finished
-        last = out / "checkpoints" / "last.ckpt"
-        if resume and not cfg.get("ckpt_path") and last.is_file():
-            print(f"resuming from {last}", flush=True)
-            with open_dict(cfg):
-                cfg.ckpt_path = str(last)
+        if resume and rank_zero_only.rank == 0:
+            _remove_stale_temporaries(out)
+        if resume and not cfg.get("ckpt_path"):
+            from deepfill.utils.checkpoints import find_resume_point
+
+            point = find_resume_point(out / "checkpoints")
+            if point.skipped:
+                print(
+                    f"warning: {point.skipped}; resuming from {point.path}, the newest that loads", flush=True
+                )
+            elif point.path is not None:
+                print(f"resuming from {point.path}", flush=True)
+            if point.path is not None:
+                with open_dict(cfg):
+                    cfg.ckpt_path = str(point.path)
         job.metrics = _fit(cfg)
     return job.metrics
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    from deepfill.utils.files import remove_stale_temporaries
+
+    removed = remove_stale_temporaries(out)
+    if removed:
+        names = ", ".join(str(p.relative_to(out)) for p in removed[:3]) + (" ..." if len(removed) > 3 else "")
+        print(f"removed {len(removed)} unfinished file(s) of an interrupted write: {names}", flush=True)
 
 
 def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -200,6 +220,7 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
     )
+    _fit_validation_to_epoch(trainer, datamodule)
     if cfg.get("ckpt_path"):
         from deepfill.utils.checkpoints import check_resume_checkpoint
 
@@ -219,6 +240,30 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
         if not trainer.fast_dev_run:
             _compare_with_baselines(cfg, model, datamodule)
     return metrics
+
+
+def _fit_validation_to_epoch(trainer: pl.Trainer, datamodule) -> None:
+    """A validation interval (in batches) longer than the epoch, with validation counted per epoch
+    (``check_val_every_n_epoch`` set), is refused by Lightning; the presets' intervals are sized for
+    their full data, so shorter data (``data.train.length=56``) would not start. Validate at the end
+    of each epoch instead, and say so."""
+    interval, every = trainer.val_check_interval, trainer.check_val_every_n_epoch
+    batches_per_epoch = getattr(datamodule, "batches_per_epoch", None)
+    if not isinstance(interval, int) or every is None or batches_per_epoch is None:
+        return
+    batches = batches_per_epoch(trainer.world_size)
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    if 0 < batches < interval:
+        print(
+            f"trainer.val_check_interval={interval} is longer than an epoch ({batches} batches): "
+            f"validating at the end of every {every} epoch(s) instead",
+            flush=True,
+        )
+        trainer.val_check_interval = batches
 
 
 def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodule) -> None:
@@ -292,9 +337,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console entry point."""
-    register_resolvers()
-    check_overrides("train", "deepfill-train")
-    _hydra_main()
+    run_hydra_command("deepfill-train", "train", _hydra_main)
 
 
 if __name__ == "__main__":

@@ -253,6 +253,10 @@ class InpaintDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers,
         )
 
+    def batches_per_epoch(self, world: int = 1) -> int:
+        """Training batches each of ``world`` ranks gets per epoch (the last partial one dropped)."""
+        return len(self._dataset("train")) // max(world, 1) // self.batch_size
+
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # Called once per batch as the model consumes it (the loader's workers run ahead, so
         # the sampler's own state is not what was trained on): record the position here, from

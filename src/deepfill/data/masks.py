@@ -437,7 +437,8 @@ def write_eval_set(
             Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
         paths.append(path)
     manifest = {"preset": preset, "seed": seed, "count": count, "height": height, "width": width}
-    (out / "masks.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    with atomic_path(out / "masks.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     return paths
 
 

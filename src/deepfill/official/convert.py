@@ -23,7 +23,7 @@ from deepfill.models.generator import InpaintGenerator
 from deepfill.official.tf_checkpoint import read_tf_checkpoint
 from deepfill.utils.checkpoints import check_state_dict, read_checkpoint
 from deepfill.utils.errors import UserError, report_errors
-from deepfill.utils.files import atomic_path, writable_file
+from deepfill.utils.files import save_torch, writable_file
 
 __all__ = [
     "critic_variable_names",
@@ -242,8 +242,7 @@ def _convert(args: argparse.Namespace) -> int:
         "source": str(args.checkpoint),
         "channel_order": "bgr" if args.keep_bgr else "rgb",
     }
-    with atomic_path(out) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, out)
     count = sum(p.numel() for p in generator.parameters())
     print(f"wrote {out} ({count:,} parameters, {payload['channel_order'].upper()} input)")
     return 0

@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from deepfill.evaluation.metrics import higher_is_better, selection_metric
-from deepfill.utils.files import atomic_path
+from deepfill.utils.files import save_torch
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -37,8 +37,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     (``Trainer(plugins=[AtomicCheckpointIO()])``), so every checkpoint callback writes this way."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        with atomic_path(Path(path)) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        # Streamed to the file (no second copy in memory); a full disk raises NoSpaceError.
+        save_torch(checkpoint, path)
 
 
 class LastCheckpoint(ModelCheckpoint):

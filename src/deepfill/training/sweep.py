@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 
 from deepfill.evaluation.metrics import higher_is_better, selection_metric
 from deepfill.evaluation.tables import write_table
+from deepfill.utils.errors import NoSpaceError, UserError
 from deepfill.utils.files import atomic_path
 
 __all__ = [
@@ -54,7 +55,7 @@ REPORTED_PREFIXES = ("val/", "test/")
 FALLBACK_METRIC = selection_metric(lpips=False)
 
 
-class JobConflictError(ValueError):
+class JobConflictError(UserError):
     """A run folder already holds a run started with other overrides."""
 
 
@@ -95,7 +96,9 @@ def begin_job(folder: str | os.PathLike, overrides: Sequence[str], resume: bool)
 
     Returns the recorded metrics (skip the run) when ``resume`` is set and the folder holds a
     finished run with the same overrides; raises :class:`JobConflictError` when it holds a run
-    with other overrides.
+    with other overrides. Where it ran (launcher, devices) and how long it trains
+    (``trainer.max_epochs``, ``max_steps``, ``max_time``) do not count: a finished run given more
+    epochs continues.
     """
     folder = Path(folder)
     overrides = list(overrides)
@@ -107,7 +110,8 @@ def begin_job(folder: str | os.PathLike, overrides: Sequence[str], resume: bool)
                 f"{folder}: holds a run with other settings (there: {sorted(before - now)}, "
                 f"here: {sorted(now - before)}); give this sweep another sweep_name (or hydra.sweep.dir)"
             )
-        if previous.get("status") == "finished":
+        extended = _extent(previous.get("overrides", [])) != _extent(overrides)
+        if previous.get("status") == "finished" and not extended:
             return dict(previous.get("metrics") or {})
     folder.mkdir(parents=True, exist_ok=True)
     record = {
@@ -127,8 +131,21 @@ def begin_job(folder: str | os.PathLike, overrides: Sequence[str], resume: bool)
 _PLACEMENT_KEYS = ("launcher", "job_devices", "hydra.")
 
 
+# How long a run trains does not change the run either: a finished run given more epochs or
+# steps (same folder, resume=true) continues from its last checkpoint instead of being skipped.
+_EXTENT_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
+
+
 def _identity(overrides: Sequence[str]) -> set[str]:
-    return {o for o in overrides if not parse_override(o)[0].startswith(_PLACEMENT_KEYS)}
+    return {
+        o
+        for o in overrides
+        if not parse_override(o)[0].startswith(_PLACEMENT_KEYS) and parse_override(o)[0] not in _EXTENT_KEYS
+    }
+
+
+def _extent(overrides: Sequence[str]) -> dict[str, str]:
+    return dict(p for p in map(parse_override, overrides) if p[0] in _EXTENT_KEYS)
 
 
 def end_job(
@@ -183,7 +200,10 @@ def job_record(
     except BaseException as error:
         if write:
             status = "stopped" if _stopped(error) else "failed"
-            end_job(folder, {}, status=status, error=f"{type(error).__name__}: {error}")
+            # A full disk that stopped the run may refuse this too: the record then stays
+            # "running", which a rerun with resume=true continues like a stopped one.
+            with contextlib.suppress(NoSpaceError):
+                end_job(folder, {}, status=status, error=f"{type(error).__name__}: {error}")
         raise
     if write:
         end_job(folder, job.metrics)

@@ -11,6 +11,7 @@ from PIL import Image
 from deepfill.models.contextual_attention import flow_to_image
 from deepfill.models.generator import composite
 from deepfill.models.layers import resize_nearest
+from deepfill.utils.files import atomic_path
 
 __all__ = ["COLUMNS", "comparison_grid", "inpainting_grid", "log_grid", "to_uint8"]
 
@@ -75,5 +76,6 @@ def log_grid(trainer, key: str, grid: np.ndarray, caption: str, step: int) -> No
         if not saved and getattr(logger, "log_dir", None):
             folder = Path(logger.log_dir) / "images"
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(grid).save(folder / f"{key.replace('/', '_')}_{step:07d}.png")
+            with atomic_path(folder / f"{key.replace('/', '_')}_{step:07d}.png") as tmp:
+                Image.fromarray(grid).save(tmp, format="PNG")
             saved = True

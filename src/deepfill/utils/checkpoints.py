@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -14,10 +14,12 @@ from torch import nn
 from deepfill.utils.errors import UserError
 
 __all__ = [
+    "ResumePoint",
     "check_resume_checkpoint",
     "check_state_dict",
     "check_weights_path",
     "describe_differences",
+    "find_resume_point",
     "read_checkpoint",
 ]
 
@@ -109,3 +111,42 @@ def check_resume_checkpoint(model: nn.Module, path: str | os.PathLike, key: str 
         raise UserError(f"{key}: {path} is not a training checkpoint (no state_dict/hyper_parameters)")
     hint = describe_differences(checkpoint["hyper_parameters"], dict(getattr(model, "hparams", {})))
     check_state_dict(model, state, key, path, hint=f"trained with {hint}" if hint else "")
+
+
+class ResumePoint(NamedTuple):
+    """Where ``resume=true`` continues from: ``path`` (None: nothing to resume, start afresh) and,
+    when ``last.ckpt`` did not load, why (``skipped``: the unreadable file and the reason)."""
+
+    path: Path | None
+    skipped: str = ""
+
+
+def find_resume_point(folder: str | os.PathLike) -> ResumePoint:
+    """The checkpoint a resumed run continues from: ``<folder>/last.ckpt`` when it loads, else
+    the most recently written other checkpoint of the folder that loads.
+
+    Raises :class:`UserError` (one line) when checkpoints exist but none of them loads."""
+    folder = Path(folder)
+    last = folder / "last.ckpt"
+    if not last.is_file():
+        return ResumePoint(None)
+    try:
+        read_checkpoint(last, "resume", weights_only=False)
+        return ResumePoint(last)
+    except UserError as error:
+        reason = str(error).removeprefix("resume: ")
+    others = sorted(
+        (p for p in folder.glob("*.ckpt") if p != last and p.is_file()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for candidate in others:
+        try:
+            read_checkpoint(candidate, "resume", weights_only=False)
+        except UserError:
+            continue
+        return ResumePoint(candidate, skipped=reason)
+    raise UserError(
+        f"resume=true: {reason}, and no other checkpoint in {folder} loads; move it away to start "
+        "this run afresh, or give ckpt_path= a checkpoint to continue from"
+    )

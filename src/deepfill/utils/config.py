@@ -8,7 +8,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-__all__ = ["CONFIG_DIR", "register_resolvers", "resolve_device", "wandb_has_credentials"]
+__all__ = [
+    "CONFIG_DIR",
+    "check_overrides",
+    "composition_message",
+    "register_resolvers",
+    "resolve_device",
+    "wandb_has_credentials",
+]
 
 # conf/ sits at the top of the repository, next to src/.
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
@@ -74,7 +81,27 @@ def _flat_keys(node, prefix: str = "") -> list[str]:
     return keys
 
 
-def _composition_message(error: Exception, config_name: str, overrides: list[str]) -> str:
+def target_arguments(cfg, key: str) -> list[str]:
+    """The named arguments of the callable that instantiates node ``key`` of ``cfg`` (its
+    ``_target_``), or [] when the node has none."""
+    import inspect
+
+    from hydra.utils import get_method
+    from omegaconf import DictConfig, OmegaConf
+
+    node = OmegaConf.select(cfg, key) if key else cfg
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return []
+    try:
+        target = get_method(str(node._get_node("_target_")._value()))
+        parameters = inspect.signature(target).parameters.values()
+    except Exception:
+        return []
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters if p.kind in named]
+
+
+def composition_message(error: Exception, config_name: str, overrides: list[str]) -> str:
     import difflib
     import re
 
@@ -87,7 +114,9 @@ def _composition_message(error: Exception, config_name: str, overrides: list[str
         key = unknown.group(1)
         rest = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(key)]
         try:
-            known = _flat_keys(compose(config_name, overrides=rest))
+            base = compose(config_name, overrides=rest)
+            parent = key.rpartition(".")[0]
+            known = _flat_keys(base) + [f"{parent}.{a}" for a in target_arguments(base, parent)]
         except Exception:
             known = []
         close = difflib.get_close_matches(key, known, n=1)
@@ -119,7 +148,7 @@ def check_overrides(config_name: str, prog: str, argv: list[str] | None = None) 
 
             compose(config_name, overrides=overrides)
         except (HydraException, OmegaConfBaseException) as error:
-            message = _composition_message(error, config_name, overrides)
+            message = composition_message(error, config_name, overrides)
             print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 

@@ -1,5 +1,6 @@
-"""One error path for every command: a user's mistake ends in one line and exit status 2, an
-interruption in one line and exit status 130, and a bug in our own code keeps its traceback.
+"""One error path for every command: a user's mistake ends in one line and exit status 2, a full
+disk in one line naming the file and exit status 74, an interruption in one line and exit status
+130, and a bug in our own code keeps its traceback.
 
 User errors are the ones a user can fix by changing a key, a value or a file: :class:`UserError`
 (and :class:`ConfigError`), missing or unwritable paths, and what Lightning calls a
@@ -17,6 +18,7 @@ from typing import TypeVar
 
 __all__ = [
     "ConfigError",
+    "NoSpaceError",
     "UnreadableImageError",
     "UserError",
     "is_user_error",
@@ -31,6 +33,9 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 # Stopped by SIGTERM (128 + 15, the shell's convention): a scheduler must not read it as done.
 EXIT_TERMINATED = 143
+# A write failed for lack of space (sysexits' EX_IOERR): free space, then run the same command
+# again (with resume=true for training).
+EXIT_NO_SPACE = 74
 
 
 class UserError(ValueError):
@@ -39,6 +44,13 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
     """An invalid configuration value or key."""
+
+
+class NoSpaceError(OSError):
+    """A write failed because its disk (or quota) is full; the message names the file."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class UnreadableImageError(OSError):
@@ -153,6 +165,12 @@ def report_errors(prog: str, task: Callable[..., T], *args, **kwargs) -> T:
             raise SystemExit(EXIT_TERMINATED) from None
         raise
     except Exception as error:
+        from deepfill.utils.files import no_space_error
+
+        full = no_space_error(error)
+        if isinstance(full, NoSpaceError):
+            print(f"{prog}: error: {full}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_NO_SPACE) from None
         if not is_user_error(error):
             raise
         print(f"{prog}: error: {user_error_message(error)}", file=sys.stderr, flush=True)

@@ -1,19 +1,50 @@
 """Writing files safely: outputs checked before any work starts, and written atomically (a
 temporary file in the same folder, renamed over the target), so an interrupted or failed write
-never leaves a half-written file or a stray temporary behind."""
+never leaves a half-written file or a stray temporary behind; a write that fails for lack of
+space raises :class:`~deepfill.utils.errors.NoSpaceError` naming the file."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deepfill.utils.errors import UserError
+from deepfill.utils.errors import NoSpaceError, UserError
 
-__all__ = ["atomic_path", "writable_dir", "writable_file"]
+__all__ = [
+    "atomic_path",
+    "no_space_error",
+    "remove_stale_temporaries",
+    "save_torch",
+    "writable_dir",
+    "writable_file",
+]
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def no_space_error(error: BaseException, path: str | os.PathLike | None = None) -> BaseException:
+    """A :class:`NoSpaceError` naming ``path`` (or the error's own file) when ``error`` (or what
+    caused it) is a write that failed for lack of space; otherwise ``error`` itself."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, NoSpaceError):
+            return seen
+        if isinstance(seen, OSError) and seen.errno in _NO_SPACE:
+            where = path if path is not None else (seen.filename or "a file")
+            what = "quota exceeded" if seen.errno == errno.EDQUOT else "no space left on device"
+            return NoSpaceError(
+                seen.errno,
+                f"{where}: {what}; nothing half-written was kept. Free some space and run the same "
+                "command again (training: with resume=true it continues from the last checkpoint)",
+            )
+        seen = seen.__cause__ or seen.__context__
+    return error
 
 
 def _first_existing(path: Path) -> Path:
@@ -51,6 +82,29 @@ def writable_file(path: str | os.PathLike, key: str) -> Path:
     return path
 
 
+def _temporary_name(path: Path) -> Path:
+    # 64 random bits make a clash with another writer's temporary a non-event.
+    return path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+
+
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries :func:`atomic_path` left under ``folder`` (recursively) when its
+    process was killed mid-write (SIGKILL, a lost node: no cleanup runs). Only call it when no
+    other process writes there. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.rglob(".*.tmp"):
+        if _TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename,
@@ -59,13 +113,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The name is chosen, and the cleanup armed, before the file exists: a Ctrl-C that lands
     # between creating the file and entering the ``try`` (as with mkstemp) would leave it behind.
-    # 64 random bits make a clash with another writer's temporary a non-event.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    tmp = _temporary_name(path)
     try:
         # Mode 0666 less the umask: the permissions a plain open() would give.
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
-        raise
+        full = no_space_error(error, path)
+        if full is error:
+            raise
+        raise full from None
+
+
+def save_torch(payload: object, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically, through a file object: a full disk then raises
+    :class:`NoSpaceError` naming ``path`` (``torch.save`` to a path reports it as an opaque
+    ``RuntimeError`` of its zip writer)."""
+    import torch
+
+    path = Path(path)
+    with atomic_path(path) as tmp, tmp.open("wb") as file:
+        torch.save(payload, file)
+    return path

@@ -1,0 +1,184 @@
+"""What every Hydra command does before and around Hydra: the command line made acceptable to
+Hydra's override grammar, and every error that Hydra itself would report (a bad key in a
+multirun, a full disk while it writes its config files) turned into one line.
+
+* Values Hydra's grammar refuses unquoted (paths with non-ASCII letters, ``( ) [ ] { } = #``, or
+  a comma in a path of a single run) are quoted for it: ``input=/photos/été 2024/a.jpg`` works as
+  typed.
+* A key the config does not list, but that its object's constructor takes (any ``Trainer``
+  argument: ``trainer.limit_train_batches=4``), is added (``+trainer.limit_train_batches=4``).
+* A single run's command line is composed once before Hydra runs, so an unknown key or option
+  ends in one line and exit status 2; under ``-m`` Hydra's own errors end the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from deepfill.utils.errors import EXIT_NO_SPACE, EXIT_USER_ERROR, NoSpaceError
+
+__all__ = ["prepare_overrides", "quote_for_hydra", "run_hydra_command"]
+
+# Keys whose values are file or folder names: a comma in them is part of the name (outside -m).
+_PATH_KEYS = ("input", "output", "weights", "mask_path", "ckpt_path", "root", "flist", "dir", "path")
+
+
+def _parse(override: str):
+    """Hydra's reading of one override, or None when its grammar refuses it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        (parsed,) = OverridesParser.create().parse_overrides([override])
+    except Exception:
+        return None
+    return parsed
+
+
+def quote_for_hydra(value: str) -> str:
+    """``value`` as a single-quoted Hydra string (its quotes and the backslashes before them
+    escaped)."""
+    out, backslashes = [], 0
+    for char in value:
+        if char == "\\":
+            backslashes += 1
+            continue
+        if char == "'":
+            out.append("\\" * (2 * backslashes + 1) + "'")
+        else:
+            out.append("\\" * backslashes + char)
+        backslashes = 0
+    out.append("\\" * (2 * backslashes))  # backslashes before the closing quote
+    return "'" + "".join(out) + "'"
+
+
+def _quote_values(overrides: Sequence[str], multirun: bool) -> list[str]:
+    fixed = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or override.startswith("-") or not value or value[0] in "'\"":
+            fixed.append(override)
+            continue
+        parsed = _parse(override)
+        if key.lstrip("+~").rsplit(".", 1)[-1].endswith(_PATH_KEYS):
+            # A file name must arrive as typed (Hydra reads "a\,b" as "a,b"); a sweep of names
+            # under -m stays a sweep.
+            as_typed = parsed is not None and (
+                (multirun and parsed.is_sweep_override()) or parsed.value() == value
+            )
+        else:
+            as_typed = parsed is not None
+        if not as_typed:
+            quoted = f"{key}={quote_for_hydra(value)}"
+            if _parse(quoted) is not None:
+                override = quoted
+        fixed.append(override)
+    return fixed
+
+
+def _target_accepts(cfg: Any, key: str) -> bool:
+    """True when ``key``'s parent node is instantiated (``_target_``) by a callable that takes an
+    argument named like ``key``'s last part."""
+    from deepfill.utils.config import target_arguments
+
+    parent, _, name = key.rpartition(".")
+    return name in target_arguments(cfg, parent)
+
+
+def _first_choice(override: str) -> str:
+    """A sweep override (``a=1,2``) as the single run of its first value (``a=1``), to compose."""
+    parsed = _parse(override)
+    if parsed is None or not parsed.is_sweep_override():
+        return override
+    try:
+        values = list(parsed.sweep_string_iterator())
+    except Exception:  # an interval: the sweeper's, nothing to compose
+        return override
+    key = override.partition("=")[0]
+    return f"{key}={values[0]}" if values else override
+
+
+def _add_target_arguments(config_name: str, overrides: list[str], multirun: bool) -> list[str]:
+    """Prefix ``+`` to keys that are missing from the config but taken by their node's target."""
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from deepfill.utils.config import CONFIG_DIR
+
+    overrides = list(overrides)
+    plain = [i for i, o in enumerate(overrides) if not o.startswith("-")]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for _ in range(len(plain)):
+            probe = [_first_choice(overrides[i]) if multirun else overrides[i] for i in plain]
+            try:
+                compose(config_name, overrides=probe)
+                break
+            except (HydraException, OmegaConfBaseException) as error:
+                found = re.match(r"Could not override '([^']+)'", str(error).strip())
+                if not found:
+                    break
+                key = found.group(1)
+                index = next((i for i in plain if overrides[i].partition("=")[0] == key), None)
+                rest = [p for p, i in zip(probe, plain, strict=True) if i != index]
+                try:
+                    base = compose(config_name, overrides=rest)
+                except (HydraException, OmegaConfBaseException):
+                    break
+                if index is None or not _target_accepts(base, key):
+                    break
+                overrides[index] = "+" + overrides[index]
+    return overrides
+
+
+def prepare_overrides(config_name: str, argv: Sequence[str]) -> list[str]:
+    """The command line as Hydra should read it (see module doc): values quoted where its
+    grammar needs it, ``+`` before constructor arguments the config does not list."""
+    argv = list(argv)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return argv  # --cfg, --help, --info ...: Hydra's own
+    # `a=1 -m b=2` would leave b=2 unparsed (Hydra's argparse takes the overrides in one run).
+    argv = ["-m"] * multirun + [a for a in argv if a not in ("-m", "--multirun")]
+    overrides = _add_target_arguments(config_name, _quote_values(argv[multirun:], multirun), multirun)
+    return argv[:multirun] + overrides
+
+
+def run_hydra_command(prog: str, config_name: str, hydra_main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` function as a console command: prepare ``sys.argv``, check a single
+    run's overrides, and report Hydra's own errors in one line (exit 2; a full disk: 74)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from deepfill.utils.config import check_overrides, composition_message, register_resolvers
+    from deepfill.utils.files import no_space_error
+
+    register_resolvers()
+    sys.argv[1:] = prepare_overrides(config_name, sys.argv[1:])
+    check_overrides(config_name, prog)
+    # Hydra then raises its errors instead of printing them with its own advice.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as error:
+        from hydra import initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        from deepfill.utils.config import CONFIG_DIR
+
+        overrides = [_first_choice(a) for a in sys.argv[1:] if not a.startswith("-")]
+        GlobalHydra.instance().clear()  # Hydra's own run left it set
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            message = composition_message(error, config_name, overrides)
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except OSError as error:
+        full = no_space_error(error)
+        if not isinstance(full, NoSpaceError):
+            raise
+        print(f"{prog}: error: {full}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_NO_SPACE) from None
