@@ -319,3 +319,53 @@ def test_a_sweep_killed_mid_job_is_finished_by_rerunning_it(tmp_path) -> None:
     assert records["0"]["attempts"] == 1  # finished before: skipped
     assert records["1"]["attempts"] == 2 and records["1"]["status"] == "finished"
     assert "2 of 2 runs finished" in (sweep / "results.md").read_text()
+
+
+def test_metrics_csv_keeps_the_rows_before_the_resumed_step_and_never_ends_in_half_a_row(
+    tmp_path, monkeypatch
+) -> None:
+    import csv
+    import errno
+
+    from deepfill.training.loggers import CSVLogger
+    from deepfill.utils.errors import NoSpaceError
+
+    def rows() -> list[dict]:
+        with (tmp_path / "csv" / "metrics.csv").open() as file:
+            return list(csv.DictReader(file))
+
+    first = CSVLogger(tmp_path, name="csv", version="")
+    for step in range(10):
+        first.log_metrics({"train/loss": float(step)}, step=step)
+    first.save()
+    # Killed after step 9, resumed from a checkpoint at step 6: steps 6-9 are trained again.
+    resumed = CSVLogger(tmp_path, name="csv", version="")
+    for step in range(6, 12):
+        resumed.log_metrics({"train/loss": 100.0 + step, "val/psnr": 20.0}, step=step)
+    resumed.save()
+    assert [(r["step"], r["train/loss"]) for r in rows()] == [(str(s), f"{s}.0") for s in range(6)] + [
+        (str(s), f"{100.0 + s}") for s in range(6, 12)
+    ]
+    assert rows()[0]["val/psnr"] == "" and rows()[-1]["val/psnr"] == "20.0"
+    # An append that fails part-way (a full disk) is cut back: the file ends in a whole row.
+    resumed.log_metrics({"train/loss": 1.0, "val/psnr": 21.0}, step=12)
+    real_open = Path.open
+
+    def failing_open(self, mode="r", *args, **kwargs):
+        file = real_open(self, mode, *args, **kwargs)
+        if mode == "a":
+            file.write("12,1.0,2")  # half a row reaches the disk, then the disk is full
+            file.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return file
+
+    monkeypatch.setattr(Path, "open", failing_open)
+    with pytest.raises(NoSpaceError, match=r"metrics\.csv: no space left on device"):
+        resumed.save()
+    monkeypatch.undo()
+    assert len(rows()) == 12 and rows()[-1]["step"] == "11"
+    # A fresh run (from step 0) in the same folder replaces the old rows, as Lightning's does.
+    fresh = CSVLogger(tmp_path, name="csv", version="")
+    fresh.log_metrics({"train/loss": 5.0}, step=0)
+    fresh.save()
+    assert [r["train/loss"] for r in rows()] == ["5.0"]
