@@ -88,6 +88,10 @@ def test_sweep_analysis_notebook_on_a_real_sweep(monkeypatch, tmp_path) -> None:
     sweep = tmp_path / "sweeps" / "nb"
     notebook = execute(NOTEBOOKS[3], monkeypatch, DEEPFILL_NB_SWEEP=str(sweep), DEEPFILL_NB_METRIC="val/psnr")
     text = text_output(notebook)
-    assert "2 finished runs; swept: ['model.optimizer.lr']; ranked by val/psnr" in text
-    assert "best by val/psnr: job " in text and "deepfill-eval weights=" in text
-    assert images(notebook) == 2
+    assert "2 finished runs; swept: ['model.optimizer.lr']; seeds: [42]; ranked by val/psnr" in text
+    assert "| reference |" in text and "One run per setting: no interval" in text
+    assert "on 2 images: PSNR" in text and "bootstrap 95% interval over images" in text
+    assert "best setting by mean val/psnr: {'model.optimizer.lr': " in text
+    assert "deepfill-eval weights=" in text
+    # The interval plot, the metrics per setting, the per-image differences, the curves.
+    assert images(notebook) == 4

@@ -158,7 +158,7 @@ def test_job_record_skips_finished_runs_and_refuses_other_settings(tmp_path) -> 
     assert read_record(run)["status"] == "running"
 
 
-def test_results_table_lists_every_run_best_first(tmp_path) -> None:
+def test_results_tables_list_every_run_and_every_setting_best_first(tmp_path) -> None:
     settings = {"0": ("3", 20.0), "1": ("5", 22.5), "2": ("7", None)}
     for job, (ksize, psnr) in settings.items():
         begin_job(tmp_path / job, ["+sweep=attention", f"model.generator.attention.ksize={ksize}"], True)
@@ -169,7 +169,7 @@ def test_results_table_lists_every_run_best_first(tmp_path) -> None:
     assert [r["model.generator.attention.ksize"] for r in rows] == ["3", "5", "7"]
     assert "+sweep" not in rows[0]  # the same for every run: not a swept setting
     csv_path, md_path = write_results_table(tmp_path, rows, "val/psnr")
-    with csv_path.open() as f:
+    with (tmp_path / "results_jobs.csv").open() as f:
         table = list(csv.DictReader(f))
     assert [(r["job"], r["status"]) for r in table] == [
         ("1", "finished"),
@@ -177,13 +177,26 @@ def test_results_table_lists_every_run_best_first(tmp_path) -> None:
         ("2", "running"),
     ]
     assert float(table[0]["val/psnr"]) == 22.5
-    assert list(table[0])[:4] == ["job", "status", "model.generator.attention.ksize", "val/psnr"]
+    assert list(table[0])[:5] == ["job", "status", "model.generator.attention.ksize", "seed", "val/psnr"]
+    jobs_md = (tmp_path / "results_jobs.md").read_text()
+    assert "2 of 3 runs finished; sorted by val/psnr (higher is better)" in jobs_md
+    # These records were written by hand, without a seed override or a run config: no seed.
+    assert jobs_md.index("| 1 | finished | 5 |  | 22.5") < jobs_md.index("| 0 | finished | 3 |  | 20")
+    with csv_path.open() as f:
+        per_setting = list(csv.DictReader(f))
+    assert [(r["model.generator.attention.ksize"], r["n"]) for r in per_setting] == [
+        ("5", "1"),
+        ("3", "1"),
+        ("7", "0"),
+    ]
+    assert float(per_setting[0]["val/psnr_mean"]) == 22.5 and per_setting[0]["val/psnr_ci_low"] == "nan"
     md = md_path.read_text()
-    assert "2 of 3 runs finished; sorted by val/psnr (higher is better)" in md
-    assert md.index("| 1 | finished | 5 | 22.5") < md.index("| 0 | finished | 3 | 20")
+    assert "One run per setting: no interval and no verdict" in md
+    assert "| 1 | 5 | 1 | 22.5 | 2.5 | n=1: no interval |" in md
+    assert "| 3 | 7 | 0 |  |  | no finished run |" in md
     # Lower is better for LPIPS: the same runs in the same order.
     write_results_table(tmp_path, rows, "val/lpips")
-    with csv_path.open() as f:
+    with (tmp_path / "results_jobs.csv").open() as f:
         assert [r["job"] for r in csv.DictReader(f)] == ["1", "0", "2"]
 
 
@@ -201,9 +214,14 @@ def test_sweep_table_cli_rebuilds_a_table(tmp_path) -> None:
     end_job(tmp_path / "0", {"val/psnr": 18.0})
     begin_job(tmp_path / "1", ["model.optimizer.lr=0.0002"], True)
     end_job(tmp_path / "1", {"val/psnr": 19.0})
-    result = run_cli("deepfill-sweep-table", str(tmp_path), "--metric", "val/psnr", cwd=tmp_path)
+    result = run_cli("deepfill-sweep-table", str(tmp_path), "--metric", "val/psnr", "--plot", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "| 1 | finished | 0.0002 | 19 |" in result.stdout
+    assert "| 1 | 0.0002 | 1 | 19 | 1 | n=1: no interval |" in result.stdout
+    assert "| 2 | 0.0001 | 1 | 18 |  | reference |" in result.stdout
+    from PIL import Image
+
+    with Image.open(tmp_path / "results.png") as picture:
+        assert picture.size[0] > 300 and picture.size[1] > 100
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_cli("deepfill-sweep-table", str(empty), cwd=tmp_path)
@@ -225,7 +243,9 @@ def test_every_sweep_preset_composes_and_its_values_are_valid(name, tmp_path) ->
     assert cfg.hydra.sweep.dir.endswith(f"sweeps/{name}")
     assert cfg.group == cfg.sweep_name == cfg.logger.wandb.group  # one W&B group per sweep
     assert cfg.logger.wandb.name == f"{name}-0"
-    params = cfg.hydra.sweeper.get("params") or {}
+    params = dict(cfg.hydra.sweeper.get("params") or {})
+    # Every multirun sweeps the seed: one seed unless replicates says more.
+    assert str(params.pop("seed")) == str(cfg.seed)
     if name == "custom":
         assert not params
         return
@@ -253,7 +273,14 @@ def test_optuna_preset_optimises_the_metric_in_its_direction(tmp_path) -> None:
     assert sweeper.direction == "minimize"  # val/lpips
     assert sweeper.storage == f"sqlite:///{tmp_path}/sweeps/optuna_loss_weights/optuna.db"
     assert sweeper.n_jobs == 1
-    assert set(sweeper.params) == {"model.loss.l1", "model.loss.ae", "model.loss.gan", "model.loss.gp"}
+    assert set(sweeper.params) == {
+        "seed",
+        "model.loss.l1",
+        "model.loss.ae",
+        "model.loss.gan",
+        "model.loss.gp",
+    }
+    assert str(sweeper.params.seed) == str(cfg.seed)  # one seed for every trial: no replicates
     cfg = compose_cfg(["+sweep=optuna_loss_weights", "optimized_metric=val/psnr"], tmp_path)
     assert cfg.hydra.sweeper.direction == "maximize"
 
@@ -304,7 +331,7 @@ def test_2x2_sweep_runs_two_jobs_at_once_on_distinct_devices_writes_the_table_an
     result = run_cli("deepfill-train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = tmp_path / "sweeps" / "grid"
-    with (sweep / "results.csv").open() as f:
+    with (sweep / "results_jobs.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
     assert {(r["model.loss.l1"], r["model.optimizer.lr"]) for r in rows} == {
@@ -319,7 +346,8 @@ def test_2x2_sweep_runs_two_jobs_at_once_on_distinct_devices_writes_the_table_an
     psnr = [float(r["val/psnr"]) for r in rows]
     assert psnr == sorted(psnr, reverse=True)
     assert len(set(psnr)) > 1  # the settings reached the runs
-    assert "4 of 4 runs finished" in (sweep / "results.md").read_text()
+    assert "4 of 4 runs finished" in (sweep / "results_jobs.md").read_text()
+    assert "4 setting(s), 4 of 4 runs finished" in (sweep / "results.md").read_text()
     # Each worker process holds one device of the pool for all its jobs, no two workers the same
     # one, and jobs on one device never overlap in time. (Which worker takes which job, and
     # whether the second worker is up before the first finishes everything, is up to joblib.)
@@ -375,7 +403,7 @@ def test_optuna_search_runs_trials_and_continues_its_study(tmp_path) -> None:
     result = run_cli("deepfill-train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(collect_results(sweep)) == 4
-    with (sweep / "results.csv").open() as f:
+    with (sweep / "results_jobs.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 4
 
 
@@ -395,17 +423,18 @@ def test_a_table_ranks_by_psnr_when_its_metric_was_not_computed(tmp_path) -> Non
         begin_job(tmp_path / job, [f"model.optimizer.lr={job}"], True)
         end_job(tmp_path / job, {"val/psnr": psnr, "val/ssim": 0.5})
     _, md_path = write_results_table(tmp_path, collect_results(tmp_path), "val/lpips")
-    md = md_path.read_text()
+    md = (tmp_path / "results_jobs.md").read_text()
     assert "val/lpips was not computed; sorted by val/psnr (higher is better)" in md
     assert md.index("| 1 | finished") < md.index("| 0 | finished")
+    assert "val/lpips was not computed; ranked by the mean val/psnr (higher is better)" in md_path.read_text()
 
 
 def test_rows_without_a_metric_keep_numeric_job_order(tmp_path) -> None:
     for job in ("10", "9", "20261123-221000_0"):
         begin_job(tmp_path / job, [f"model.optimizer.lr={job}"], True)
     rows = collect_results(tmp_path)
-    csv_path, _ = write_results_table(tmp_path, rows, None)
-    with csv_path.open() as f:
+    write_results_table(tmp_path, rows, None)
+    with (tmp_path / "results_jobs.csv").open() as f:
         assert [r["job"] for r in csv.DictReader(f)] == ["9", "10", "20261123-221000_0"]
 
 

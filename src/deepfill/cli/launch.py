@@ -66,7 +66,9 @@ def _quote_values(overrides: Sequence[str], multirun: bool) -> list[str]:
             # A file name must arrive as typed (Hydra reads "a\,b" as "a,b"); a sweep of names
             # under -m stays a sweep.
             as_typed = parsed is not None and (
-                (multirun and parsed.is_sweep_override()) or parsed.value() == value
+                (multirun and parsed.is_sweep_override())
+                or isinstance(parsed.value(), list | dict)  # [a, b]: a list of names, as typed
+                or parsed.value() == value
             )
         else:
             as_typed = parsed is not None

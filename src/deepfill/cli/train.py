@@ -88,8 +88,20 @@ def _loggers(cfg: DictConfig) -> list:
                     flush=True,
                 )
             logger_cfg = OmegaConf.merge(logger_cfg, {"offline": offline})
+            if _multirun():
+                from deepfill.training.sweep import setting_job_type
+
+                # The sweep is the group; each setting a job type, shared by its replicates.
+                logger_cfg = OmegaConf.merge(logger_cfg, {"job_type": setting_job_type(_task_overrides())})
         loggers.append(instantiate(logger_cfg))
     return loggers
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _task_overrides() -> list[str]:
@@ -137,6 +149,27 @@ def _check_multirun_ddp(cfg: DictConfig) -> None:
     )
 
 
+def _check_replicates(cfg: DictConfig) -> None:
+    """``replicates`` acts in a grid multirun (one job per setting and seed); elsewhere it would be
+    silently ignored."""
+
+    replicates = cfg.get("replicates", 1)
+    if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
+        raise ConfigError(f"replicates: must be a whole number >= 1, got {replicates!r}")
+    if replicates == 1:
+        return
+    if not _multirun():
+        raise ConfigError(
+            f"replicates={replicates} needs a multirun: add -m (e.g. deepfill-train -m +sweep=custom "
+            f"replicates={replicates} ...); a single run has one seed (seed=...)"
+        )
+    if _optuna_sweep():
+        raise ConfigError(
+            "replicates: an Optuna search runs one seed per trial; rerun its best trials with seeds "
+            "by `deepfill-sweep-table <sweep folder> --export-best 3 --replicates 3`"
+        )
+
+
 def _optuna_sweep() -> bool:
     from hydra.core.hydra_config import HydraConfig
 
@@ -156,6 +189,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from deepfill.utils.validation import validate_config
 
     validate_config(cfg)
+    _check_replicates(cfg)
     _check_multirun_ddp(cfg)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path: no such file: {cfg.ckpt_path}")
@@ -273,7 +307,7 @@ def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodu
     if not spec:
         return
     from deepfill.evaluation.evaluate import compare_with_baselines, comparison_lines
-    from deepfill.evaluation.tables import write_table
+    from deepfill.evaluation.tables import write_csv, write_table
 
     dataset = getattr(datamodule, "datasets", {}).get("val")
     if dataset is None:
@@ -281,12 +315,16 @@ def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodu
         return
     generator = model.generator
     device = next(generator.parameters()).device
+    records: list[dict] = []
     rows = compare_with_baselines(
-        generator, dataset, spec.get("limit"), int(spec.get("batch_size", 8)), spec.baselines, device
+        generator, dataset, spec.get("limit"), int(spec.get("batch_size", 8)), spec.baselines, device, records
     )
     out = Path(cfg.paths.output_dir)
     columns = ["method", "images", "psnr", "ssim", "l1_hole", "l2_hole"]
     _, md_path = write_table(rows, columns, out / "comparison.csv", out / "comparison.md")
+    # Per image, for the evaluation noise of a comparison (the spread over images, a paired
+    # bootstrap between runs: notebooks/04_sweep_analysis.ipynb).
+    write_csv(records, ["method", "image", "hole_ratio", *columns[2:]], out / "comparison_images.csv")
     images = rows[0]["images"] if rows else 0
     print(f"final model vs baselines on {images} validation images with fixed masks ({md_path}):", flush=True)
     print("\n".join(comparison_lines(rows)), flush=True)

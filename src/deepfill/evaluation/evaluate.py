@@ -80,8 +80,10 @@ def evaluate(
     methods: dict[str, Method],
     lpips_net: torch.nn.Module | None = None,
 ) -> list[dict]:
-    """Run every method on every batch; returns one record per (method, image)."""
+    """Run every method on every batch; returns one record per (method, image): the image's
+    index in the order of the batches, its hole ratio and its metrics."""
     records = []
+    seen = 0
     for image, mask in batches:
         ratios = mask.float().mean(dim=(1, 2, 3)).cpu()
         for name, method in methods.items():
@@ -90,9 +92,10 @@ def evaluate(
             completed = composite(output, image, mask)
             values = per_image_metrics(completed, image, mask, lpips_net)
             for i in range(image.shape[0]):
-                record = {"method": name, "hole_ratio": float(ratios[i])}
+                record = {"method": name, "image": seen + i, "hole_ratio": float(ratios[i])}
                 record |= {k: float(v[i]) for k, v in values.items()}
                 records.append(record)
+        seen += image.shape[0]
     return records
 
 
@@ -213,17 +216,21 @@ def compare_with_baselines(
     batch_size: int = 8,
     baselines=tuple(BASELINES),
     device: str | torch.device = "cpu",
+    records: list[dict] | None = None,
 ) -> list[dict]:
     """The generator and the baselines on the first ``limit`` items of an evaluation dataset,
-    with their fixed masks: one summary row per method (all images), as ``deepfill-eval``."""
+    with their fixed masks: one summary row per method (all images), as ``deepfill-eval``.
+    ``records``, when given, receives the per-image records (:func:`evaluate`)."""
     was_training = generator.training
     generator.eval()
     try:
         batches = dataset_batches(dataset, limit, batch_size, device)
-        rows = summarise(evaluate(batches, methods_with_baselines(generator, baselines)))
+        per_image = evaluate(batches, methods_with_baselines(generator, baselines))
     finally:
         generator.train(was_training)
-    return [row for row in rows if row["hole_ratio"] == "all"]
+    if records is not None:
+        records.extend(per_image)
+    return [row for row in summarise(per_image) if row["hole_ratio"] == "all"]
 
 
 def comparison_lines(rows: list[dict]) -> list[str]:

@@ -9,12 +9,21 @@ from typing import Any
 
 from deepfill.utils.files import atomic_path
 
-__all__ = ["write_table"]
+__all__ = ["write_csv", "write_table"]
 
 
 def _replace_atomically(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> Path:
+    """``rows`` as CSV with ``columns`` (missing cells empty, other keys left out), atomically."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def write_table(
@@ -29,10 +38,7 @@ def write_table(
 
     ``title`` (markdown, optional) goes above the markdown table; floats there use ``float_format``.
     """
-    with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, columns, csv_path)
 
     def cell(value: Any) -> str:
         return format(value, float_format) if isinstance(value, float) else str(value)

@@ -49,6 +49,17 @@ def ensure_dir(path: str) -> str:
     return path
 
 
+def replicate_seeds(replicates, seed) -> str:
+    """The seeds of a multirun's replicates, as a sweep value: ``3, 42`` -> ``"42,43,44"``."""
+    from deepfill.utils.errors import ConfigError
+
+    if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
+        raise ConfigError(f"replicates: must be a whole number >= 1, got {replicates!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed: must be a whole number, got {seed!r}")
+    return ",".join(str(seed + i) for i in range(replicates))
+
+
 _RESOLVERS = {
     "half": lambda x: int(x) // 2,
     "scale": lambda x, factor: round(int(x) * float(factor)),
@@ -56,13 +67,15 @@ _RESOLVERS = {
     "device_count": device_count,
     "direction": optimization_direction,
     "ensure_dir": ensure_dir,
+    "replicate_seeds": replicate_seeds,
 }
 
 
 def register_resolvers() -> None:
     """``${half:x}`` (integer half, e.g. the local critic's crop), ``${scale:x,f}`` (``x * f``
     rounded), ``${mul:a,b}``,
-    ``${device_count:pool}``, ``${direction:metric}`` and ``${ensure_dir:path}``."""
+    ``${device_count:pool}``, ``${direction:metric}``, ``${ensure_dir:path}`` and
+    ``${replicate_seeds:replicates,seed}``."""
     for name, function in _RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
