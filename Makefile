@@ -17,7 +17,7 @@ EXPERIMENT ?= quickstart
 
 ARGS ?=
 
-.PHONY: help install train sweep eval inpaint demo test test-all test-browser browser lint format bench clean
+.PHONY: help install train sweep study eval inpaint demo test test-all test-browser browser lint format bench clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,9 @@ train: $(STAMP) ## train the quickstart model on the embedded sample data (ARGS=
 
 sweep: $(STAMP) ## run a sweep: make sweep SWEEP=attention|dilation|loss_weights|optuna_loss_weights [EXPERIMENT=quickstart] [ARGS="launcher=local_gpus"]
 	$(BIN)/deepfill-train -m experiment=$(EXPERIMENT) +sweep=$(SWEEP) $(ARGS)
+
+study: $(STAMP) ## the replicated ablation: attention on/off and its patch size, 3 seeds each (about 70 min on 2 CPU cores)
+	$(BIN)/deepfill-train -m experiment=ca_ablation +sweep=ca_study $(ARGS)
 
 eval: $(STAMP) ## score a model: make eval ARGS="weights=W.ckpt data=folder data.val.root=photos/"
 	$(BIN)/deepfill-eval $(ARGS)

@@ -43,6 +43,7 @@ TINY_TRAIN = [
 ]
 # Sweep presets: pin all but one swept key (command-line values beat the preset's grid).
 TINY_SWEEPS = {
+    "ca_study": ["replicates=2", "+arm=attention_k3,no_attention"],
     "attention": [
         "model.generator.attention.ksize=3",
         "model.generator.attention.rate=2",
@@ -173,11 +174,15 @@ def check_outputs(tokens: list[str], result: subprocess.CompletedProcess, ws: di
     program = Path(tokens[0]).name
     out = result.stdout
     if program == "deepfill-train" and "-m" in tokens:
-        table = re.search(r"sweep results: \S+ and (\S+results\.csv)", out)
+        table = re.search(r"sweep results: \S+ and (\S+)results\.csv", out)
         assert table, out[-2000:]
-        with open(table.group(1)) as f:
-            rows = list(csv.DictReader(f))
-        assert rows and all(r["status"] == "finished" and float(r["val/psnr"]) > 0 for r in rows)
+        with open(f"{table.group(1)}results_jobs.csv") as f:
+            jobs = list(csv.DictReader(f))
+        assert jobs and all(r["status"] == "finished" and float(r["val/psnr"]) > 0 for r in jobs)
+        with open(f"{table.group(1)}results.csv") as f:
+            settings = list(csv.DictReader(f))
+        assert sum(int(r["n"]) for r in settings) == len(jobs)
+        assert Path(f"{table.group(1)}results.png").is_file()
     elif program == "deepfill-train":
         match = re.search(r"checkpoints: .*?(\S+last\.ckpt)", out)
         assert match and Path(match.group(1)).is_file(), out[-2000:]

@@ -369,3 +369,14 @@ def test_metrics_csv_keeps_the_rows_before_the_resumed_step_and_never_ends_in_ha
     fresh.log_metrics({"train/loss": 5.0}, step=0)
     fresh.save()
     assert [r["train/loss"] for r in rows()] == ["5.0"]
+
+
+def test_a_resumed_run_goes_on_logging_to_the_same_wandb_run(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folder = tmp_path / "run"
+    for epochs in (1, 2):
+        result = _train(folder, f"trainer.max_epochs={epochs}", "logger=wandb_csv")
+        assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted(p.name for p in (folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    assert len({name.rsplit("-", 1)[1] for name in runs}) == 1, runs  # one W&B run id, resumed

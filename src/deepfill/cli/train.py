@@ -88,13 +88,27 @@ def _loggers(cfg: DictConfig) -> list:
                     flush=True,
                 )
             logger_cfg = OmegaConf.merge(logger_cfg, {"offline": offline})
+            previous = _previous_wandb_run(Path(cfg.paths.output_dir)) if cfg.get("resume") else None
+            if previous:
+                # Resumed in its folder: the same W&B run goes on (its history is not split in two).
+                with open_dict(logger_cfg):
+                    logger_cfg.id, logger_cfg.resume = previous, "allow"
             if _multirun():
                 from deepfill.training.sweep import setting_job_type
 
                 # The sweep is the group; each setting a job type, shared by its replicates.
-                logger_cfg = OmegaConf.merge(logger_cfg, {"job_type": setting_job_type(_task_overrides())})
+                with open_dict(logger_cfg):
+                    logger_cfg.job_type = setting_job_type(_task_overrides())
         loggers.append(instantiate(logger_cfg))
     return loggers
+
+
+def _previous_wandb_run(out: Path) -> str | None:
+    """The id of the W&B run an earlier attempt of this run folder logged to (W&B names its run
+    folders ``run-<time>-<id>`` / ``offline-run-<time>-<id>``), or None."""
+    folders = sorted((out / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    folders = [p for p in folders if p.is_dir() and not p.is_symlink()]
+    return folders[-1].name.rsplit("-", 1)[-1] if folders else None
 
 
 def _multirun() -> bool:

@@ -569,12 +569,55 @@ def _settings_markdown(
             mean, std = row[f"{m}_mean"], row[f"{m}_std"]
             cells.append(_number(mean) + ("" if math.isnan(std) else f" ± {_number(std, 2)}"))
         lines.append("| " + " | ".join(cells) + " |")
+    if len(settings) > 1 and others:
+        lines += [
+            "",
+            "Differences to the reference in every metric, paired by seed, with their 95% intervals:",
+            "",
+        ]
+        header = [*params, "n", *[f"{m} difference" for m in others]]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in settings:
+            if row["reference"]:
+                continue
+            cells = [*[str(row.get(p, "")) for p in params], str(row[f"{others[0]}_diff_n"])]
+            cells += [
+                _interval(row[f"{m}_diff"], row[f"{m}_diff_ci_low"], row[f"{m}_diff_ci_high"]) for m in others
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += _baseline_lines(sweep_dir)
     if most < 2:
         lines += [
             "",
             "One run per setting: no interval and no verdict; run the sweep with replicates=3 for them.",
         ]
     return lines
+
+
+def _baseline_lines(sweep_dir: Path) -> list[str]:
+    """The classical baselines each run was compared with at its end (its ``comparison.csv``:
+    the same validation images and fixed masks for every run, so any run's rows serve)."""
+    import csv
+
+    for path in sorted(sweep_dir.glob("*/comparison.csv"), key=lambda p: _job_order(p.parent.name)):
+        with path.open(newline="") as file:
+            rows = [r for r in csv.DictReader(file) if r.get("method") != "deepfill"]
+        if not rows:
+            continue
+        columns = [c for c in ("psnr", "ssim", "l1_hole", "l2_hole") if c in rows[0]]
+        lines = [
+            "",
+            f"Classical baselines on the same {rows[0].get('images', '?')} validation images and masks "
+            f"(deterministic; from run {path.parent.name}):",
+            "",
+            "| method | " + " | ".join(columns) + " |",
+            "|" + "---|" * (len(columns) + 1),
+        ]
+        lines += [
+            "| " + " | ".join([r["method"], *(_number(float(r[c])) for c in columns)]) + " |" for r in rows
+        ]
+        return lines
+    return []
 
 
 def plot_results(sweep_dir: str | os.PathLike, metrics: Sequence[str] | None = None) -> Path:
@@ -686,7 +729,8 @@ class ResultsTable(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        params = [k for k in (config.hydra.sweeper.get("params") or {}) if k != SEED_KEY] or None
+        swept = [k.lstrip("+~") for k in (config.hydra.sweeper.get("params") or {})]
+        params = [k for k in swept if k != SEED_KEY] or None
         rows = collect_results(sweep_dir, params)
         if not rows:
             print(f"sweep {sweep_dir}: no run records found", flush=True)
@@ -695,3 +739,5 @@ class ResultsTable(Callback):
         csv_path, md_path = write_results_table(sweep_dir, rows, metric, config.get("reference"))
         print(f"sweep results: {md_path} and {csv_path} (per run: results_jobs.csv)", flush=True)
         print(md_path.read_text(), flush=True)
+        if any(r["status"] == "finished" for r in rows):
+            print(f"sweep picture: {plot_results(sweep_dir, [metric] if metric else None)}", flush=True)
