@@ -4,6 +4,7 @@ checkpoint that no longer loads. Nothing already written is lost, and the same c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -58,9 +59,12 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     ]
 
 
-def _kill_at_random_moments(folder: Path, extra: list[str], kills: int, rng: np.random.Generator) -> int:
-    """Start the run, SIGKILL it at a random moment once it is under way, start it again with the
-    same command; ``kills`` times, then let it finish. Returns how many kills landed."""
+def _kill_at_random_moments(
+    folder: Path, extra: list[str], kills: int, rng: np.random.Generator, duration: float
+) -> int:
+    """Start the run, SIGKILL it at a random moment once it is under way (within the first half
+    of ``duration``, an uninterrupted run's time from its record to its end), start it again with
+    the same command; ``kills`` times, then let it finish. Returns how many kills landed."""
     landed = 0
     for _ in range(kills):
         process = subprocess.Popen(
@@ -72,7 +76,7 @@ def _kill_at_random_moments(folder: Path, extra: list[str], kills: int, rng: np.
         deadline = time.monotonic() + 120
         while _status(folder) != "running" and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(float(rng.uniform(0.0, 3.0)))
+        time.sleep(float(rng.uniform(0.0, 0.5 * duration)))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             landed += 1
@@ -90,8 +94,10 @@ def test_sigkill_at_random_moments_then_the_same_command_ends_with_the_uninterru
     extra = ["trainer.max_epochs=5"]
     straight = _train(tmp_path / "straight", *extra)
     assert straight.returncode == 0, straight.stderr[-2000:]
+    record = json.loads((tmp_path / "straight" / "job.json").read_text())
+    duration = record["ended"] - record["started"]
     folder = tmp_path / "killed"
-    landed = _kill_at_random_moments(folder, extra, kills=kills, rng=np.random.default_rng(seed))
+    landed = _kill_at_random_moments(folder, extra, kills, np.random.default_rng(seed), duration)
     assert landed >= 2  # most kills must land before the run ends by itself
     assert _status(folder) in ("running", "finished")
     final = _train(folder, *extra)
@@ -249,10 +255,12 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
     )
     assert process.stdout.readline().strip() == "saved"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        partial = [p for p in target.parent.glob(".last.ckpt.*.tmp") if p.stat().st_size > 0]
-        if partial:
-            break
+    partial: list[Path] = []
+    while not partial and time.monotonic() < deadline:
+        for path in target.parent.glob(".last.ckpt.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):  # renamed between listing and looking
+                if path.stat().st_size > 0:
+                    partial.append(path)
         time.sleep(0.001)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
@@ -309,7 +317,8 @@ def test_a_sweep_killed_mid_job_is_finished_by_rerunning_it(tmp_path) -> None:
     deadline = time.monotonic() + 120
     while _status(sweep / "1") != "running" and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(float(np.random.default_rng(0).uniform(0.5, 2.0)))
+    first = json.loads((sweep / "0" / "job.json").read_text())  # finished: its length is known
+    time.sleep(float(np.random.default_rng(0).uniform(0.1, 0.4)) * (first["ended"] - first["started"]))
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and its job, as a lost node would
     process.wait(timeout=60)
     assert _status(sweep / "0") == "finished" and _status(sweep / "1") == "running"

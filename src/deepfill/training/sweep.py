@@ -414,7 +414,7 @@ def aggregate_settings(
         for members in groups.values()
     ]
     out = []
-    for setting, members, values in zip(settings, groups.values(), by_seed, strict=True):
+    for index, (setting, members, values) in enumerate(zip(settings, groups.values(), by_seed, strict=True)):
         # A seed counts once (a search can run one setting with one seed twice: the later run).
         seeds = list(dict.fromkeys(r[SEED_KEY] for r in members if r["status"] == "finished"))
         row: dict[str, Any] = dict(setting)
@@ -423,7 +423,8 @@ def aggregate_settings(
             summary = summarise_values(values[m].values())
             row |= {f"{m}_mean": summary.mean, f"{m}_std": summary.std}
             row |= {f"{m}_ci_low": summary.ci_low, f"{m}_ci_high": summary.ci_high}
-            diff = paired_difference(values[m], by_seed[ref][m])
+            # The reference against itself: no difference to report.
+            diff = paired_difference(values[m], by_seed[ref][m] if index != ref else {})
             row |= {
                 f"{m}_diff": diff.mean,
                 f"{m}_diff_ci_low": diff.ci_low,
