@@ -23,6 +23,17 @@ from deepfill.training.sweep import (
 )
 from deepfill.utils.errors import UserError
 
+# The quickstart recipe, tiny: one epoch of 2 batches, every phase.
+ONE_EPOCH_QUICKSTART = [
+    "experiment=quickstart",
+    *TINY,
+    "data.train.length=4",
+    "data.val.length=2",
+    "model.pretrain_coarse_steps=1",
+    "model.reconstruction_steps=1",
+    "trainer.max_epochs=1",
+]
+
 
 # ----------------------------------------------------------------------------- the statistics
 @pytest.mark.parametrize("n", [2, 3, 5, 12])
@@ -199,13 +210,7 @@ def test_a_replicated_sweep_runs_each_setting_with_each_seed_and_resumes_by_skip
         "replicates=2",
         f"paths.log_dir={tmp_path}",
         "optimized_metric=val/psnr",
-        "experiment=quickstart",
-        *TINY,
-        "data.train.length=4",
-        "data.val.length=2",
-        "model.pretrain_coarse_steps=1",
-        "model.reconstruction_steps=1",
-        "trainer.max_epochs=1",
+        *ONE_EPOCH_QUICKSTART,
         "baseline_comparison.limit=2",
     ]
     result = run_cli("deepfill-train", *args, cwd=tmp_path)
@@ -257,13 +262,7 @@ def test_the_best_trials_of_a_search_rerun_with_replicate_seeds(tmp_path) -> Non
     search = tmp_path / "search"
     shared = [
         "+sweep=optuna_loss_weights",
-        "experiment=quickstart",
-        *TINY,
-        "data.train.length=4",
-        "data.val.length=2",
-        "model.pretrain_coarse_steps=1",
-        "model.reconstruction_steps=1",
-        "trainer.max_epochs=1",
+        *ONE_EPOCH_QUICKSTART,
         "baseline_comparison=null",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]

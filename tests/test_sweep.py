@@ -244,8 +244,9 @@ def test_every_sweep_preset_composes_and_its_values_are_valid(name, tmp_path) ->
     assert cfg.group == cfg.sweep_name == cfg.logger.wandb.group  # one W&B group per sweep
     assert cfg.logger.wandb.name == f"{name}-0"
     params = dict(cfg.hydra.sweeper.get("params") or {})
-    # Every multirun sweeps the seed: one seed unless replicates says more.
-    assert str(params.pop("seed")) == str(cfg.seed)
+    # Every multirun sweeps the seed: seed, seed+1, ... for the preset's replicates.
+    seeds = ",".join(str(cfg.seed + i) for i in range(cfg.replicates))
+    assert str(params.pop("seed")) == seeds
     if name == "custom":
         assert not params
         return
