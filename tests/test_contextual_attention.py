@@ -297,3 +297,32 @@ def test_second_derivatives_through_the_layer() -> None:
     mask = torch.zeros(1, 1, 6, 6, dtype=torch.float64)
     mask[..., 2:4, 2:4] = 1
     assert torch.autograd.gradgradcheck(lambda x: layer(x, x, mask)[0], (f,))
+
+
+def _subnormals(x: torch.Tensor) -> int:
+    magnitude = x.detach().abs()
+    return int(((magnitude > 0) & (magnitude < torch.finfo(x.dtype).tiny)).sum())
+
+
+def test_no_subnormal_values_where_every_known_patch_scores_far_below_the_hole() -> None:
+    """Hole features pointing away from every known patch: the masked softmax gives the known
+    patches weights below float32's normal range (the zeroed hole scores win). Such weights
+    must come out as zeros: subnormal operands make CPU arithmetic several times slower in
+    any process that does not flush them (a user's own script), and they carry nothing."""
+    channels = 16
+    g = torch.Generator().manual_seed(0)
+    f = torch.ones(2, channels, 32, 32) / channels**0.5 + 0.3 * torch.randn(2, channels, 32, 32, generator=g)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    f = torch.where(mask.bool(), -3.0 * f, f)
+    y, offsets = ContextualAttention(rate=2)(f, f, mask)
+    y_loop, offsets_loop = contextual_attention_loop(f, f, mask, rate=2)
+    assert _subnormals(y_loop) > 0  # the case does reach the subnormal range
+    assert _subnormals(y) == 0
+    torch.testing.assert_close(y, y_loop, atol=2e-5, rtol=1e-5)
+    assert torch.equal(offsets, offsets_loop)  # still the best known patch, however small its weight
+    x = f.clone().requires_grad_(True)
+    y_grad, _ = ContextualAttention(rate=2)(x, x, mask)
+    (y_grad * torch.randn(y_grad.shape, generator=g)).sum().backward()
+    assert _subnormals(y_grad) == 0 and _subnormals(x.grad) == 0
+    torch.testing.assert_close(y_grad, y, atol=1e-6, rtol=1e-5)
