@@ -436,3 +436,19 @@ def test_inference_padding_equals_torch_pad(layout) -> None:
     x.requires_grad_(True)
     pad_zeros(x, (0, 1, 0, 1)).sum().backward()  # with autograd it is F.pad itself
     assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_training_after_inference_in_one_process() -> None:
+    """Inpaint under inference_mode, then train at the same size (a notebook, a fine-tuning
+    script): nothing the first forward cached may be an inference tensor."""
+    from deepfill.models import layers
+
+    layers._device_index.cache_clear()
+    generator = deepfill.InpaintGenerator(cnum=4)
+    image, mask = torch.rand(2, 3, 40, 56) * 2 - 1, torch.zeros(2, 1, 40, 56)
+    mask[..., 8:24, 16:40] = 1
+    with torch.inference_mode():
+        generator(image, mask)
+    _, x2, _ = generator.train()(image, mask)
+    x2.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in generator.parameters())

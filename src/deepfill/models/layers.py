@@ -244,7 +244,10 @@ def resize_is_repeat(size: tuple[int, int], out_size: tuple[int, int]) -> bool:
 @functools.lru_cache(maxsize=64)
 def _device_index(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
     # One host-to-device copy per size and device, not one per forward (a copy stalls a GPU).
-    return align_corners_index(in_size, out_size, device)
+    # Made outside inference mode even when first asked for inside it: a cached inference
+    # tensor could not be saved for a later backward (inpaint, then train, in one process).
+    with torch.inference_mode(False):
+        return align_corners_index(in_size, out_size, device)
 
 
 def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
