@@ -15,62 +15,23 @@ import numpy as np
 import pytest
 import torch
 
-from deepfill.official.convert import (
-    critic_variable_names,
-    load_official_critics,
-    load_official_v1,
-    tf_variable_names,
-)
-from deepfill.training.losses import LossWeights, critic_loss, generator_loss, local_patches
-
-GOLDEN = "train_step_256.npz"
-# inpaint.yml, the configuration the golden was produced with.
-OFFICIAL = LossWeights(coarse=1.2, l1=1.2, ae=1.2, gan=0.001, global_wgan=1.0, gp=10.0)
-GAMMA = 0.9
+from deepfill.official.convert import critic_variable_names, tf_variable_names
+from deepfill.official.goldens import TRAINING_STEP_GOLDEN, training_step_case, training_step_losses
 
 
 @pytest.fixture(scope="module")
 def step(goldens) -> dict:
-    path = goldens / GOLDEN
+    path = goldens / TRAINING_STEP_GOLDEN
     if not path.is_file():
         pytest.fail(f"{path} not found; set DEEPFILL_GOLDENS to the official_v1 folder")
-    data = np.load(path)
-    golden = {k: data[k] for k in data.files}
-    image = torch.from_numpy(golden["batch_uint8"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    n, _, height, width = image.shape
-    top, left, box_h, box_w = (int(v) for v in golden["bbox"])
-    shrink_h, shrink_w = (int(v) for v in golden["shrink"])
-    assert box_h == box_w, "the local critic takes square patches"
-    mask = torch.zeros(1, 1, height, width)  # official bbox2mask: one mask for the batch
-    mask[..., top + shrink_h : top + box_h - shrink_h, left + shrink_w : left + box_w - shrink_w] = 1
-    # Weights stay in the official BGR order: the batch is fed as the official graph was fed.
-    generator = load_official_v1(path, bgr_to_rgb=False).train()
-    global_critic, local_critic = load_official_critics(
-        path, image_size=height, local_size=box_h, bgr_to_rgb=False
-    )
-    origins = local_patches(mask.expand(n, -1, -1, -1), box_h)
-    x1, x2, _ = generator(image, mask)
-    g = generator_loss(
-        image, mask, x1, x2, origins, box_h, OFFICIAL, "box", GAMMA, critics=(global_critic, local_critic)
-    )
-    fake = x2 * mask + image * (1 - mask)
-    d = critic_loss(
-        global_critic,
-        local_critic,
-        image,
-        fake,
-        mask,
-        origins,
-        alpha_global=torch.from_numpy(golden["gp_alpha_global"]).flatten(),
-        alpha_local=torch.from_numpy(golden["gp_alpha_local"]).flatten(),
-        gp_weight=OFFICIAL.gp,
-    )
-    tf_names = {tf: ("g", generator, name) for name, tf in tf_variable_names(generator).items()}
-    for critic, which in ((global_critic, "global"), (local_critic, "local")):
+    case = training_step_case(goldens)
+    g, d, origins = training_step_losses(case)
+    tf_names = {tf: ("g", case.generator, name) for name, tf in tf_variable_names(case.generator).items()}
+    for critic, which in ((case.global_critic, "global"), (case.local_critic, "local")):
         tf_names |= {tf: ("d", critic, name) for name, tf in critic_variable_names(critic, which).items()}
     return {
-        "golden": golden,
-        "bbox": (top, left),
+        "golden": case.golden,
+        "bbox": case.bbox[:2],
         "origins": origins,
         "g": g,
         "d": d,

@@ -1,0 +1,149 @@
+"""The official graph's reference outputs (``official_v1`` goldens) as inputs to this project's
+networks and losses: the generator case (``gen_256.npz``) and the training step
+(``train_step_256.npz``). Used by the parity tests and by ``deepfill-selftest`` on any device.
+
+The goldens are NHWC and BGR (the official channel order); the cases below are NCHW, and the
+training step keeps BGR weights and inputs, as the official graph was fed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
+from deepfill.official.convert import load_official_critics, load_official_v1
+from deepfill.training.losses import (
+    CriticLoss,
+    GeneratorLoss,
+    LossWeights,
+    critic_loss,
+    generator_loss,
+    local_patches,
+)
+
+__all__ = [
+    "GENERATOR_GOLDEN",
+    "OFFICIAL_GAMMA",
+    "OFFICIAL_LOSS",
+    "TRAINING_STEP_GOLDEN",
+    "TrainingStepCase",
+    "generator_case",
+    "training_step_case",
+    "training_step_losses",
+]
+
+GENERATOR_GOLDEN = "gen_256.npz"
+TRAINING_STEP_GOLDEN = "train_step_256.npz"
+# inpaint.yml, the configuration the training-step golden was produced with.
+OFFICIAL_LOSS = LossWeights(coarse=1.2, l1=1.2, ae=1.2, gan=0.001, global_wgan=1.0, gp=10.0)
+OFFICIAL_GAMMA = 0.9
+
+
+def _nchw(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: official golden not found (expected the official_v1 goldens folder)"
+        )
+    data = np.load(path)
+    return {k: data[k] for k in data.files}
+
+
+def generator_case(folder: str | os.PathLike) -> dict[str, torch.Tensor | InpaintGenerator]:
+    """The generator golden in RGB: ``generator`` (official weights, RGB input), ``image``
+    (1,3,256,256) in [-1,1], ``mask`` (1,1,256,256), 1 = hole, and the official ``x_stage1``,
+    ``x_stage2`` (1,3,256,256) and ``flow`` (1,3,64,64), all RGB."""
+    path = Path(folder) / GENERATOR_GOLDEN
+    golden = _read(path)
+    case = {key: _nchw(golden[key]) for key in ("image", "x_stage1", "x_stage2", "flow")}
+    case = {key: value.flip(1) for key, value in case.items()}  # BGR -> RGB
+    case["mask"] = _nchw(golden["mask"])
+    case["generator"] = load_official_v1(path)
+    return case
+
+
+@dataclass
+class TrainingStepCase:
+    """One official training step: its batch, mask, local patch, interpolation factors, the
+    networks with its weights (BGR, as the official graph was fed) and the golden arrays."""
+
+    image: torch.Tensor  # (N,3,H,W) in [-1,1], BGR
+    mask: torch.Tensor  # (1,1,H,W), 1 = hole, one for the batch (official bbox2mask)
+    bbox: tuple[int, int, int, int]  # top, left, height, width of the local patch
+    alpha_global: torch.Tensor  # (N,)
+    alpha_local: torch.Tensor  # (N,)
+    generator: InpaintGenerator
+    global_critic: GlobalCritic
+    local_critic: LocalCritic
+    golden: dict[str, np.ndarray]
+
+
+def training_step_case(folder: str | os.PathLike) -> TrainingStepCase:
+    """Everything of ``train_step_256.npz`` (batch, bbox, shrink, interpolation factors, weights)
+    comes from the file, so any file of that format gives a case."""
+    path = Path(folder) / TRAINING_STEP_GOLDEN
+    golden = _read(path)
+    image = torch.from_numpy(golden["batch_uint8"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    _, _, height, width = image.shape
+    top, left, box_h, box_w = (int(v) for v in golden["bbox"])
+    shrink_h, shrink_w = (int(v) for v in golden["shrink"])
+    if box_h != box_w:
+        raise ValueError(f"{path}: bbox {box_h}x{box_w}: the local critic takes square patches")
+    mask = torch.zeros(1, 1, height, width)
+    mask[..., top + shrink_h : top + box_h - shrink_h, left + shrink_w : left + box_w - shrink_w] = 1
+    generator = load_official_v1(path, bgr_to_rgb=False).train()
+    global_critic, local_critic = load_official_critics(
+        path, image_size=height, local_size=box_h, bgr_to_rgb=False
+    )
+    return TrainingStepCase(
+        image=image,
+        mask=mask,
+        bbox=(top, left, box_h, box_w),
+        alpha_global=torch.from_numpy(golden["gp_alpha_global"]).flatten(),
+        alpha_local=torch.from_numpy(golden["gp_alpha_local"]).flatten(),
+        generator=generator,
+        global_critic=global_critic,
+        local_critic=local_critic,
+        golden=golden,
+    )
+
+
+def training_step_losses(
+    case: TrainingStepCase, device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None
+) -> tuple[GeneratorLoss, CriticLoss, torch.Tensor]:
+    """The generator's and the critics' losses of the case's step, computed by the functions the
+    training step calls, on ``device`` (the case's networks move there), inside an autocast
+    region of ``autocast_dtype`` when given. Returns ``(generator loss, critic loss, origins)``,
+    origins (N,2) being the local patches."""
+    device = torch.device(device)
+    for net in (case.generator, case.global_critic, case.local_critic):
+        net.to(device)
+    image, mask = case.image.to(device), case.mask.to(device)
+    box = case.bbox[2]
+    origins = local_patches(mask.expand(image.shape[0], -1, -1, -1), box)
+    critics = (case.global_critic, case.local_critic)
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        x1, x2, _ = case.generator(image, mask)
+        g = generator_loss(
+            image, mask, x1, x2, origins, box, OFFICIAL_LOSS, "box", OFFICIAL_GAMMA, critics=critics
+        )
+        fake = x2 * mask + image * (1 - mask)
+        d = critic_loss(
+            *critics,
+            image,
+            fake,
+            mask,
+            origins,
+            alpha_global=case.alpha_global.to(device),
+            alpha_local=case.alpha_local.to(device),
+            gp_weight=OFFICIAL_LOSS.gp,
+        )
+    return g, d, origins
