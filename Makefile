@@ -17,7 +17,7 @@ EXPERIMENT ?= quickstart
 
 ARGS ?=
 
-.PHONY: help install train sweep study eval inpaint demo test test-all test-browser browser lint format bench clean
+.PHONY: help install train sweep study eval inpaint demo test test-all test-browser browser lint format bench gpu-check clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,7 +50,7 @@ demo: $(STAMP) ## the browser demo on http://127.0.0.1:7860 (ARGS="weights=W.pt 
 	$(BIN)/deepfill-demo $(ARGS)
 
 test: $(STAMP) ## run the test suite (fast tests)
-	$(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not browser" --durations=15 $(PYTEST_ARGS)
 
 # Debian's Chromium and its driver (nothing is downloaded at test time).
 browser:
@@ -74,6 +74,10 @@ format: $(STAMP) ## apply ruff fixes and formatting
 
 bench: $(STAMP) ## run the benchmarks (2 CPU threads); writes benchmarks/results/*.json
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/api.py
+
+gpu-check: $(STAMP) ## before a long run on a new node: parity, a training iteration per precision, speed, DDP (at most 5 min; ARGS="--goldens DIR")
+	$(BIN)/deepfill-selftest $(ARGS)
 
 clean: ## remove caches and outputs (keeps .venv; `rm -rf .venv` to drop it)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info outputs multirun

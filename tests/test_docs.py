@@ -167,6 +167,9 @@ def tiny(tokens: list[str], ws: dict) -> list[str]:
         return [*tokens, logs]
     if program == "deepfill-make-masks":
         return [t if t != "1000" else "4" for t in tokens]
+    if program == "deepfill-selftest":
+        small = ["--sizes", "64", "--train-size", "64", "--train-batch", "1", "--precisions", "float32"]
+        return [*tokens, *small, "--out", str(ws["dir"] / "selftest")]
     return tokens
 
 
@@ -198,6 +201,9 @@ def check_outputs(tokens: list[str], result: subprocess.CompletedProcess, ws: di
         assert Path(ws["dir"] / tokens[2]).is_file(), out
     elif program == "deepfill-make-masks":
         assert len(list((ws["dir"] / tokens[1]).glob("*.png"))) == 4, out
+    elif program == "deepfill-selftest":
+        assert out.strip().splitlines()[-1].startswith("deepfill-selftest: PASS"), out[-2000:]
+        assert (ws["dir"] / "selftest" / "report.md").is_file()
 
 
 @pytest.mark.parametrize("command", COMMANDS)
