@@ -79,6 +79,7 @@ CASES = [
     (INPAINT, ["weights={ws}/garbage.pt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "garbage.pt is not a readable PyTorch checkpoint"),
     (INPAINT, ["weights={ws}/trunc.ckpt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "trunc.ckpt is not a readable PyTorch checkpoint"),
     (INPAINT, ["weights={ws}/garbage.npz", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "garbage.npz: not a readable .npz"),
+    (INPAINT, ["weights={ws}/nowhere.pt", "input={ws}/imgs", "compile=maybe"], "compile: expected true or false, got 'maybe'"),
     (INPAINT, ["weights={ws}/w.pt", "input={ws}/dup", "mask_path={ws}/imgs"], "would both be written as x.png"),
     (INPAINT, ["weights={ws}/emptydir", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "weights: the folder {ws}/emptydir holds no weights"),
     (INPAINT, ["weights={ws}/w.pt", "input={ws}/été 2024/a(1), b=c #2.jpg"], "input: no such file or folder: {ws}/été 2024/a(1), b=c #2.jpg"),

@@ -45,6 +45,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def check_compile(value: object) -> bool:
+    """The ``compile`` key of the inference commands: true or false."""
+    from deepfill.utils.errors import UserError
+
+    if not isinstance(value, bool):
+        raise UserError(f"compile: expected true or false, got {value!r}")
+    return value
+
+
 def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> InpaintGenerator:
     """A Lightning checkpoint of training (``.ckpt``), converted official weights (``.pt``),
     an official TF checkpoint (folder or prefix) or an ``.npz`` of official variables."""

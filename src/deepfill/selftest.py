@@ -9,7 +9,7 @@ Parts, each a :class:`Check` (pass, fail, skip, info):
 - the official training step on the device (``train_step_256.npz``), per precision: finite, and
   every loss term close to the official float32 values;
 - one training iteration of the paper's model through Lightning (5 critic batches, then the
-  generator's), per precision: finite losses and weights, and its images/s;
+  generator's), per precision, and compiled too on GPUs: finite losses and weights, images/s;
 - inference time and peak memory at the given sizes;
 - DDP across all visible GPUs when there are two or more: a few steps, equal weights after.
 
@@ -78,6 +78,7 @@ class SelfTestOptions:
     budget_s: float = 300.0
     ddp: bool = True  # across all visible GPUs when there are two or more
     precisions: tuple[str, ...] | None = None  # None: what the device supports
+    compile: bool | None = None  # also time compiled training iterations; None: on GPUs only
 
 
 def precisions_for(device: torch.device) -> tuple[str, ...]:
@@ -221,9 +222,12 @@ def training_step_parity(goldens: Path, device: torch.device, precision: str) ->
     return Check(name, "pass" if ok else "fail", detail, figures)
 
 
-def training_iteration(device: torch.device, precision: str, size: int, batch: int) -> Check:
+def training_iteration(
+    device: torch.device, precision: str, size: int, batch: int, compile: bool = False
+) -> Check:
     """The paper's model through Lightning: a warm-up iteration, then one timed iteration
-    (5 critic batches and the generator's)."""
+    (5 critic batches and the generator's); ``compile``: its networks through torch.compile
+    (the warm-up iteration compiles)."""
     import pytorch_lightning as pl
 
     from deepfill.data import masks
@@ -232,11 +236,16 @@ def training_iteration(device: torch.device, precision: str, size: int, batch: i
     from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
     from deepfill.training.module import DeepFillModule
 
-    name = f"training iteration {device.type} {precision}"
+    name = f"training iteration {device.type} {precision}" + (" compiled" if compile else "")
     per_iteration = 6
     torch.manual_seed(0)
     module = DeepFillModule(
-        InpaintGenerator(), GlobalCritic(size), LocalCritic(size // 2), n_critic=5, lpips=False
+        InpaintGenerator(),
+        GlobalCritic(size),
+        LocalCritic(size // 2),
+        n_critic=5,
+        lpips=False,
+        compile=compile,
     )
     data = InpaintDataModule(
         train=SampleImages("train", size, length=batch * per_iteration * 2),
@@ -411,12 +420,17 @@ def run_selftest(options: SelfTestOptions, out: Path, say: Callable[[str], None]
         for precision in precisions:
             add(f"parity {kind} {precision}", generator_parity, options.goldens, device, precision)
             add(f"training step {kind} {precision}", training_step_parity, options.goldens, device, precision)
+    train = (options.train_size, options.train_batch)
     for precision in precisions:
-        size, batch = options.train_size, options.train_batch
-        add(f"training iteration {kind} {precision}", training_iteration, device, precision, size, batch)
+        add(f"training iteration {kind} {precision}", training_iteration, device, precision, *train)
     for size in options.sizes:
         for precision in precisions:
             add(f"inference {kind} {precision} {size}²", inference, device, precision, size)
+    if (kind == "cuda") if options.compile is None else options.compile:
+        # Last: compiling takes minutes, and the budget should go to the other parts first.
+        for precision in precisions:
+            name = f"training iteration {kind} {precision} compiled"
+            add(name, training_iteration, device, precision, *train, True)
     if options.goldens is None:
         record(Check("parity", "skip", "no goldens folder given (--goldens <official_v1 folder>)"))
     if len(devices) >= 2 and options.ddp:

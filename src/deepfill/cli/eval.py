@@ -59,7 +59,7 @@ def _batches(cfg: DictConfig, device: str) -> Iterator[tuple[torch.Tensor, torch
 def run(cfg: DictConfig) -> list[dict]:
     """Evaluate ``cfg.weights`` and the baselines; writes the tables; returns the summary rows."""
     from deepfill.evaluation.metrics import InpaintingMetrics
-    from deepfill.inference import load_generator
+    from deepfill.inference import check_compile, load_generator
 
     configure_cpu()
     device = resolve_device(cfg.device)
@@ -67,9 +67,12 @@ def run(cfg: DictConfig) -> list[dict]:
     check_weights_path(cfg.weights)
     writable_dir(cfg.output, "output")
     precision = check_precision(cfg.get("precision", "fp32"))
+    compile_ = check_compile(cfg.get("compile", False))
     methods_with_baselines(torch.nn.Identity(), cfg.baselines)
     batches = _batches(cfg, device)
     generator = load_generator(cfg.weights, device)
+    if compile_:
+        generator.compile_stages()
     methods = methods_with_baselines(generator, cfg.baselines, precision)
     metrics = InpaintingMetrics(lpips=cfg.lpips, lpips_required=cfg.lpips_required)
     lpips_net = metrics.lpips.net.to(device) if metrics.lpips is not None else None

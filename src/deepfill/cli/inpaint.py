@@ -28,7 +28,7 @@ from PIL import Image
 from deepfill.cli.launch import run_hydra_command
 from deepfill.data.datasets import IMAGE_EXTENSIONS, list_images, load_image
 from deepfill.data.masks import HOLE_THRESHOLD, read_mask
-from deepfill.inference import check_precision, inpaint_array, load_generator
+from deepfill.inference import check_compile, check_precision, inpaint_array, load_generator
 from deepfill.utils.checkpoints import check_weights_path
 from deepfill.utils.config import CONFIG_DIR, resolve_device
 from deepfill.utils.devices import configure_cpu
@@ -138,6 +138,7 @@ def run(cfg: DictConfig) -> list[Path]:
     configure_cpu()
     device = resolve_device(cfg.device)
     check_precision(cfg.get("precision", "fp32"))
+    compile_ = check_compile(cfg.get("compile", False))
     check_weights_path(cfg.weights)
     jobs = pairs(Path(cfg.input), Path(cfg.mask_path) if cfg.get("mask_path") else None)
     output, targets = _targets(cfg, jobs)
@@ -146,6 +147,8 @@ def run(cfg: DictConfig) -> list[Path]:
     if clash:
         raise UserError(f"output: {clash[0]} would overwrite an input; choose another output folder")
     generator = load_generator(cfg.weights, device)
+    if compile_:
+        generator.compile_stages()
     written, skipped = [], []
     from rich.progress import track
 

@@ -46,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
         budget_s=args.budget,
         ddp=not args.no_ddp,
         precisions=tuple(args.precisions) if args.precisions else None,
+        compile={"auto": None, "yes": True, "no": False}[args.compile],
     )
     out = args.out or Path("outputs") / "selftest" / time.strftime("%Y-%m-%d_%H-%M-%S")
     start = time.monotonic()
@@ -75,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=300.0, help="seconds for all checks")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None)
     parser.add_argument("--no-ddp", action="store_true", help="skip the multi-GPU check")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="also time compiled training iterations (auto: on GPUs)",
+    )
     args = parser.parse_args(argv)
     for name in ("train_size", "train_batch"):
         value = getattr(args, name)

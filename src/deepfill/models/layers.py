@@ -65,11 +65,26 @@ def _box(index: tuple, shape: tuple[int, ...]) -> list[tuple[int, int]]:
     box = []
     for axis, size in enumerate(shape):
         part = index[axis] if axis < len(index) else slice(None)
-        start, stop, step = part.indices(size)
-        if step != 1:
+        if part.step not in (None, 1):
             raise ValueError("sum_into takes unit-step slices only")
+        # slice.indices by hand: torch.compile traces this, not slice.indices.
+        start = _clip_bound(part.start, size, 0)
+        stop = _clip_bound(part.stop, size, size)
         box.append((start, max(start, stop)))
     return box
+
+
+def _volume(box: list[tuple[int, int]]) -> int:
+    volume = 1
+    for start, stop in box:  # a loop: torch.compile does not trace math.prod over a generator
+        volume *= stop - start
+    return volume
+
+
+def _clip_bound(bound: int | None, size: int, default: int) -> int:
+    if bound is None:
+        return default
+    return min(max(bound + size if bound < 0 else bound, 0), size)
 
 
 def _slabs(outer: list[tuple[int, int]], inner: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
@@ -101,7 +116,7 @@ def sum_into(out: torch.Tensor, pieces: list) -> torch.Tensor:
     if not pieces:
         return out.zero_()
     boxes = [_box(index, shape) for index, _ in pieces]
-    volumes = [math.prod(stop - start for start, stop in box) for box in boxes]
+    volumes = [_volume(box) for box in boxes]
     order = sorted(range(len(pieces)), key=volumes.__getitem__, reverse=True)
     first = order[0]
     whole = [(0, size) for size in shape]
@@ -112,7 +127,8 @@ def sum_into(out: torch.Tensor, pieces: list) -> torch.Tensor:
     # add(out=) is not differentiable: pieces that need gradients (a double backward through a
     # caller's adjoint) take the copy-then-add path.
     tracked = torch.is_grad_enabled() and any(piece.requires_grad for _, piece in pieces)
-    if rest and not tracked:
+    # torch.compile takes no out= view either; its fused kernels make the one pass anyway.
+    if rest and not tracked and not torch.compiler.is_compiling():
         second = rest.pop(0)
         both = [(max(a, c), min(b, d)) for (a, b), (c, d) in zip(boxes[first], boxes[second], strict=True)]
         if all(lo < hi for lo, hi in both):
@@ -235,10 +251,17 @@ def _resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> tuple[int, int
     return (fh, fw) if _is_plain_repeat(rows, fh) and _is_plain_repeat(cols, fw) else None
 
 
+@torch.compiler.assume_constant_result
+def _constant_resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> tuple[int, int] | None:
+    # A function of the sizes alone: torch.compile runs it once and keeps the result instead
+    # of tracing its index comparisons (data-dependent to the tracer).
+    return _resize_plan(in_h, in_w, out_h, out_w)
+
+
 def resize_is_repeat(size: tuple[int, int], out_size: tuple[int, int]) -> bool:
     """Whether TF's align-corners nearest resize from ``size`` to ``out_size`` repeats each pixel
     an integer number of times (PyTorch's plain nearest mode)."""
-    return _resize_plan(int(size[0]), int(size[1]), int(out_size[0]), int(out_size[1])) is not None
+    return _constant_resize_plan(int(size[0]), int(size[1]), int(out_size[0]), int(out_size[1])) is not None
 
 
 @functools.lru_cache(maxsize=64)
@@ -264,11 +287,13 @@ def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool =
         return F.interpolate(x, size=(out_h, out_w), mode="nearest")
     # Integer upscales (the generator's x2) map dst -> dst // factor exactly, which is
     # PyTorch's nearest mode: use its kernel, several times faster than two gathers.
-    factors = _resize_plan(height, width, out_h, out_w)
+    factors = _constant_resize_plan(height, width, out_h, out_w)
     if factors is not None:
         return F.interpolate(x, scale_factor=factors, mode="nearest")
-    rows = _device_index(height, out_h, x.device)
-    cols = _device_index(width, out_w, x.device)
+    # torch.compile does not honour lru_cache (it traces the function, and warns): compute.
+    index = align_corners_index if torch.compiler.is_compiling() else _device_index
+    rows = index(height, out_h, x.device)
+    cols = index(width, out_w, x.device)
     return x.index_select(-2, rows).index_select(-1, cols)
 
 

@@ -108,7 +108,12 @@ def box_discount(
     if not 0 < gamma <= 1:
         raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
     device = torch.device("cpu") if device is None else torch.device(device)
-    return _box_discount_on(int(height), int(width), float(gamma), device, dtype)
+    if torch.compiler.is_compiling():  # traced into the graph as constants; no cache there
+        return _box_discount_cpu.__wrapped__(height, width, gamma).to(device=device, dtype=dtype)
+    # Made outside inference mode even when first asked for inside it (validation): a cached
+    # inference tensor could not be saved for a later training step's backward.
+    with torch.inference_mode(False):
+        return _box_discount_on(int(height), int(width), float(gamma), device, dtype)
 
 
 def nearest_known_discount(
