@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -150,19 +149,10 @@ def main() -> None:
             + f" {unit}; API / commands {row['api_over_commands']:.2f}",
             flush=True,
         )
-    machine = {
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "python": platform.python_version(),
-    }
-    result = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
-    out = args.out or RESULTS / "api-cpu.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
-    print(f"results written to {out}")
+    from run import _machine, write_results  # this folder's other benchmark program
+
+    result = {"machine": _machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    write_results(result, args.out or RESULTS / "api-cpu.json")
 
 
 if __name__ == "__main__":

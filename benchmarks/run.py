@@ -785,7 +785,13 @@ def main() -> None:
         results["precision"] = precision(args)
     if args.what == "versus":
         results["versus"] = versus(args)
-    out = args.out or RESULTS / f"{args.what}-{results['machine']['device'].replace(' ', '_')}.json"
+    write_results(
+        results, args.out or RESULTS / f"{args.what}-{results['machine']['device'].replace(' ', '_')}.json"
+    )
+
+
+def write_results(results: dict, out: Path) -> None:
+    """The JSON file of a benchmark run, written whole then renamed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2))
