@@ -68,14 +68,26 @@ def readme_commands() -> list[str]:
     return commands
 
 
-COMMANDS = readme_commands()
+# `make test` is this suite: checked by what it runs (below), not run from inside itself.
+COMMANDS = [c for c in readme_commands() if c != "make test"]
 
 
 def test_readme_commands_are_found_and_all_are_project_commands() -> None:
     assert len(COMMANDS) >= 20
+    assert "make train" in COMMANDS and "make test" in readme_commands()  # the two commands
     for command in COMMANDS:
         program = command.split()[0]
         assert program == "make" or program.startswith("deepfill-"), command
+
+
+def test_make_test_runs_this_suite_without_the_slow_and_browser_tests() -> None:
+    dry = subprocess.run(["make", "-n", "-C", str(REPO), "test"], capture_output=True, text=True, check=True)
+    (line,) = [line for line in dry.stdout.splitlines() if " -m pytest " in line]
+    tokens = shlex.split(line)
+    assert Path(tokens[0]).parent.parent.name == ".venv"  # the environment make creates
+    assert tokens[tokens.index("-m", 2) + 1] == "not slow and not browser"
+    # No path narrows it: pytest collects tests/ (pyproject's testpaths), this file included.
+    assert not [t for t in tokens[3:] if not t.startswith("-") and Path(REPO, t).exists()]
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +132,9 @@ def workspace(tmp_path_factory) -> dict:
     return {"dir": ws, "ckpt": None}
 
 
-def resolve_make(command: str) -> list[str] | None:
-    """The deepfill command a README `make ...` line runs (None for `make test`: this suite)."""
+def resolve_make(command: str) -> list[str]:
+    """The deepfill command a README `make ...` line runs."""
     tokens = shlex.split(command)
-    if tokens[1] == "test":
-        return None
     dry = subprocess.run(
         ["make", "-n", "-C", str(REPO), *tokens[1:]], capture_output=True, text=True, check=True
     )
@@ -209,12 +219,7 @@ def check_outputs(tokens: list[str], result: subprocess.CompletedProcess, ws: di
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_command_runs(command, workspace) -> None:
     tokens = shlex.split(command)
-    if tokens[0] == "make":
-        tokens = resolve_make(command)
-        if tokens is None:
-            return  # `make test` is what runs this very test
-    else:
-        tokens = [str(BIN / tokens[0]), *tokens[1:]]
+    tokens = resolve_make(command) if tokens[0] == "make" else [str(BIN / tokens[0]), *tokens[1:]]
     tokens = substitute(tokens, workspace)
     if Path(tokens[0]).name == "deepfill-demo":
         # A server that runs until stopped (tests/test_demo.py starts and drives it): check

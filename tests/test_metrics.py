@@ -9,8 +9,11 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from deepfill.evaluation import metrics as metrics_module
 from deepfill.evaluation.metrics import (
+    METRICS,
     InpaintingMetrics,
     LPIPSMetric,
+    Metric,
+    higher_is_better,
     hole_l1,
     hole_l2,
     image_metrics,
@@ -111,3 +114,47 @@ def test_metrics_inside_bf16_autocast_equal_float32() -> None:
         torch.testing.assert_close(under_autocast[name], value, rtol=1e-4, atol=1e-4)
     for name in ("psnr", "ssim", "l1_hole", "l2_hole"):
         assert totals[name] == pytest.approx(reference[name].mean().item(), rel=1e-4, abs=1e-4)
+
+
+def test_each_metric_ranks_a_perfect_fill_above_a_poor_one_in_its_registered_direction() -> None:
+    """The registry's direction, checked against the metric itself (a direction guessed from a
+    name would rank a sweep or keep a checkpoint the wrong way round)."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 64, 64, generator=g)
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    poor = target * (1 - mask) + 0.5 * mask
+    net = LPIPSMetric(pretrained_backbone=False).net
+    perfect_values = image_metrics(target * (1 - mask) + target * mask + 1e-3 * mask, target, mask, net)
+    poor_values = image_metrics(poor, target, mask, net)
+    assert set(perfect_values) == set(METRICS)
+    for name, spec in METRICS.items():
+        better = perfect_values[name] > poor_values[name]
+        worse = perfect_values[name] < poor_values[name]
+        assert bool((better if spec.higher_is_better else worse).all()), name
+
+
+def test_directions_of_logged_names_table_columns_and_losses() -> None:
+    assert higher_is_better("val/psnr") and higher_is_better("test/ssim_mean")
+    assert higher_is_better("val/psnr_diff_ci_low")
+    assert not higher_is_better("val/lpips") and not higher_is_better("val/l1_hole_ci_high")
+    assert not higher_is_better("train/g_loss") and not higher_is_better("d_loss")
+    with pytest.raises(ValueError, match="val/ms_ssim: not a metric of this project"):
+        higher_is_better("val/ms_ssim")  # once guessed lower-is-better from its name
+
+
+def test_a_new_metric_is_one_registry_entry(monkeypatch) -> None:
+    """Registered once, it is computed per image, ranked in its direction and summarised."""
+    from deepfill.evaluation.evaluate import comparison_lines
+
+    def max_error(a, b, mask):
+        return (a - b).abs().amax(dim=(1, 2, 3))
+
+    monkeypatch.setitem(METRICS, "max_error", Metric("max_error", False, "max error", ".3f", "", max_error))
+    target = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(1, 1, 16, 16)
+    values = image_metrics(target + 0.25, target, mask)
+    assert values["max_error"].tolist() == pytest.approx([0.25])
+    assert not higher_is_better("val/max_error_mean")
+    row = {"method": "deepfill", "images": 1} | {k: float(v) for k, v in values.items()}
+    assert "max error 0.250" in comparison_lines([row])[0]

@@ -330,6 +330,14 @@ def test_wandb_offline_run_holds_metrics_and_images(tmp_path, monkeypatch) -> No
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     logger = WandbLogger(project="deepfill-test", save_dir=str(tmp_path), offline=True)
     module = make_module(n_critic=1, log_images_every_n_steps=1)
+    defined: dict[str, str] = {}
+    define_metric = logger.experiment.define_metric
+
+    def spy(name, *args, **kwargs):
+        defined[name] = kwargs.get("summary")
+        return define_metric(name, *args, **kwargs)
+
+    monkeypatch.setattr(logger.experiment, "define_metric", spy)
     trainer = make_trainer(
         tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=logger, log_every_n_steps=1
     )
@@ -343,6 +351,9 @@ def test_wandb_offline_run_holds_metrics_and_images(tmp_path, monkeypatch) -> No
     records = b"".join(p.read_bytes() for p in run_dir.glob("run-*.wandb"))
     for key in (b"val/psnr", b"val/ssim", b"val/lpips", b"train/d_loss", b"train/g_loss", b"train/gp"):
         assert key in records, key
+    # The run summary keeps each validation metric's best value, in the registry's direction.
+    assert defined["val/psnr"] == "max" and defined["val/ssim"] == "max"
+    assert defined["val/lpips"] == "min" and defined["val/l1_hole"] == "min"
 
 
 def test_generator_is_rebuilt_from_a_checkpoint(tmp_path) -> None:

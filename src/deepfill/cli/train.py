@@ -321,6 +321,7 @@ def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodu
     if not spec:
         return
     from deepfill.evaluation.evaluate import compare_with_baselines, comparison_lines
+    from deepfill.evaluation.metrics import network_free_metrics
     from deepfill.evaluation.tables import write_csv, write_table
 
     dataset = getattr(datamodule, "datasets", {}).get("val")
@@ -334,7 +335,7 @@ def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodu
         generator, dataset, spec.get("limit"), int(spec.get("batch_size", 8)), spec.baselines, device, records
     )
     out = Path(cfg.paths.output_dir)
-    columns = ["method", "images", "psnr", "ssim", "l1_hole", "l2_hole"]
+    columns = ["method", "images", *network_free_metrics()]
     _, md_path = write_table(rows, columns, out / "comparison.csv", out / "comparison.md")
     # Per image, for the evaluation noise of a comparison (the spread over images, a paired
     # bootstrap between runs: notebooks/04_sweep_analysis.ipynb).

@@ -17,14 +17,13 @@ import numpy as np
 import torch
 
 from deepfill.data.masks import FolderMasks, read_mask, resize_mask
-from deepfill.evaluation.metrics import METRIC_NAMES, image_metrics, to_unit
+from deepfill.evaluation.metrics import METRIC_NAMES, METRICS, image_metrics, to_unit
 from deepfill.evaluation.tables import write_table
 from deepfill.models import composite
 from deepfill.utils.errors import UserError
 
 __all__ = [
     "BASELINES",
-    "METRICS",
     "biharmonic_fill",
     "compare_with_baselines",
     "comparison_lines",
@@ -38,7 +37,6 @@ __all__ = [
     "write_tables",
 ]
 
-METRICS = METRIC_NAMES
 BINS = np.linspace(0.0, 1.0, 11)
 
 Method = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -114,7 +112,7 @@ def summarise(records: list[dict]) -> list[dict]:
                 groups.append((f"{int(lo * 100)}-{int(hi * 100)}%", members))
         for name, members in groups:
             row = {"method": method, "hole_ratio": name, "images": len(members)}
-            for metric in METRICS:
+            for metric in METRIC_NAMES:
                 present = [m[metric] for m in members if metric in m]
                 if present:
                     row[metric] = float(np.mean(present))
@@ -123,7 +121,7 @@ def summarise(records: list[dict]) -> list[dict]:
 
 
 def write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
-    columns = ["method", "hole_ratio", "images", *[m for m in METRICS if any(m in r for r in rows)]]
+    columns = ["method", "hole_ratio", "images", *[m for m in METRIC_NAMES if any(m in r for r in rows)]]
     return write_table(rows, columns, out_dir / "metrics.csv", out_dir / "metrics.md")
 
 
@@ -234,9 +232,15 @@ def compare_with_baselines(
 
 
 def comparison_lines(rows: list[dict]) -> list[str]:
-    """One line per method: PSNR, SSIM and L1 in the hole (images in [0,1])."""
-    return [
-        f"{row['method']:<11s} PSNR {row['psnr']:6.2f} dB   SSIM {row['ssim']:.3f}   "
-        f"L1 in the hole {row['l1_hole']:.4f}   ({row['images']} images)"
-        for row in rows
-    ]
+    """One line per method with the summary metrics of the registry (PSNR, SSIM, L1 in the
+    hole; images in [0,1])."""
+    shown = [spec for spec in METRICS.values() if spec.in_summary]
+    lines = []
+    for row in rows:
+        cells = [
+            f"{spec.display} {row[spec.name]:{spec.format}}" + (f" {spec.unit}" if spec.unit else "")
+            for spec in shown
+            if spec.name in row
+        ]
+        lines.append(f"{row['method']:<11s} " + "   ".join(cells) + f"   ({row['images']} images)")
+    return lines

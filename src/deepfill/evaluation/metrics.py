@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,21 +26,24 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 __all__ = [
     "ALEXNET_URL",
+    "METRICS",
     "METRIC_NAMES",
     "ImageMean",
     "InpaintingMetrics",
     "LPIPSMetric",
+    "Metric",
     "alexnet_weights_path",
     "higher_is_better",
     "hole_l1",
     "hole_l2",
     "image_metrics",
+    "metric_spec",
+    "network_free_metrics",
     "psnr",
     "selection_metric",
     "to_unit",
 ]
 
-METRIC_NAMES = ("psnr", "ssim", "lpips", "l1_hole", "l2_hole")
 # PSNR of an image restored exactly (MSE 0) would be infinite and swamp any mean: cap at 100 dB.
 _MIN_MSE = 1e-10
 
@@ -62,9 +67,71 @@ def hole_l2(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return ((prediction - target).square() * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1)
 
 
+def _ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One evaluation metric: everything else (validation logs, checkpoint selection, sweep
+    tables and their order, the baseline comparison, Optuna's direction) reads these fields.
+
+    ``compute(completed, target, mask) -> (N,)`` per image, images in [0,1], mask 1 = hole;
+    None for LPIPS, which needs its network (:func:`image_metrics`)."""
+
+    name: str  # the key of logs and tables: val/<name>, <name>_mean
+    higher_is_better: bool
+    display: str  # the name in printed lines
+    format: str  # of one value in printed lines
+    unit: str
+    compute: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None
+    in_summary: bool = True  # in the one-line summaries and the baseline comparison
+    progress_bar: bool = False  # shown in the training progress bar
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("psnr", True, "PSNR", "6.2f", "dB", lambda a, b, m: psnr(a, b), progress_bar=True),
+        Metric("ssim", True, "SSIM", ".3f", "", _ssim),
+        Metric("lpips", False, "LPIPS", ".4f", "", None, in_summary=False, progress_bar=True),
+        Metric("l1_hole", False, "L1 in the hole", ".4f", "", hole_l1),
+        Metric("l2_hole", False, "L2 in the hole", ".4f", "", hole_l2, in_summary=False),
+    )
+}
+METRIC_NAMES = tuple(METRICS)
+# Table columns a metric may carry (results.csv: val/psnr_mean, val/psnr_ci_low, ...).
+_SUFFIXES = ("_mean", "_std", "_ci_low", "_ci_high", "_diff", "_diff_ci_low", "_diff_ci_high", "_diff_n")
+
+
+def network_free_metrics() -> list[str]:
+    """The metrics computed without a network (all but LPIPS): what the baseline comparison
+    at the end of training reports."""
+    return [name for name, spec in METRICS.items() if spec.compute is not None]
+
+
+def metric_spec(metric: str) -> Metric | None:
+    """The registered metric a logged or tabulated name refers to (``val/psnr``,
+    ``test/l1_hole_mean``, ``lpips``), or None."""
+    base = metric.rsplit("/", 1)[-1]
+    for suffix in _SUFFIXES:
+        if base.endswith(suffix) and base[: -len(suffix)] in METRICS:
+            base = base[: -len(suffix)]
+            break
+    return METRICS.get(base)
+
+
 def higher_is_better(metric: str) -> bool:
-    """PSNR and SSIM grow with quality; LPIPS and the hole errors shrink (``val/psnr`` -> True)."""
-    return metric.rsplit("/", 1)[-1].split("_")[0] in ("psnr", "ssim")
+    """From the registry (``val/psnr`` -> True, ``val/lpips`` -> False); a loss (a name that ends
+    in ``loss``) is minimised. Any other name is refused, not guessed: ranking a sweep or keeping
+    a checkpoint the wrong way round would go unnoticed."""
+    spec = metric_spec(metric)
+    if spec is not None:
+        return spec.higher_is_better
+    if metric.rsplit("/", 1)[-1].endswith("loss"):
+        return False
+    known = ", ".join(f"<split>/{name}" for name in METRICS)
+    raise ValueError(f"{metric}: not a metric of this project ({known}, or a loss), its direction is unknown")
 
 
 def selection_metric(lpips: bool, split: str = "val") -> str:
@@ -94,14 +161,12 @@ def image_metrics(
     Computed in float32 whatever the autocast state."""
     with torch.no_grad(), _float32_region(completed.device):
         a, b, m = completed.detach().float(), target.detach().float(), mask.detach().float()
-        values = {
-            "psnr": psnr(a, b),
-            "ssim": structural_similarity_index_measure(a, b, data_range=1.0, reduction="none"),
-            "l1_hole": hole_l1(a, b, m),
-            "l2_hole": hole_l2(a, b, m),
-        }
-        if lpips_net is not None:
-            values["lpips"] = lpips_net(a * 2 - 1, b * 2 - 1).flatten().float()
+        values = {}
+        for name, spec in METRICS.items():
+            if spec.compute is not None:
+                values[name] = spec.compute(a, b, m)
+            elif name == "lpips" and lpips_net is not None:
+                values[name] = lpips_net(a * 2 - 1, b * 2 - 1).flatten().float()
     return values
 
 

@@ -60,7 +60,9 @@ class BestCheckpoint(LastCheckpoint):
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("filename", "best-{epoch:03d}-{step:07d}")
-        super().__init__(monitor=selection_metric(lpips=False), mode="max", save_top_k=1, **kwargs)
+        monitor = selection_metric(lpips=False)
+        mode = "max" if higher_is_better(monitor) else "min"
+        super().__init__(monitor=monitor, mode=mode, save_top_k=1, **kwargs)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         metrics = getattr(pl_module, "val_metrics", None)

@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.profiler import record_function
 
-from deepfill.evaluation.metrics import InpaintingMetrics, to_unit
+from deepfill.evaluation.metrics import METRICS, InpaintingMetrics, to_unit
 from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic, composite
 from deepfill.training.losses import LossWeights, critic_loss, generator_loss, local_patches
 from deepfill.training.resume import normalize_loops
@@ -221,6 +221,15 @@ class DeepFillModule(pl.LightningModule):
     def on_train_start(self) -> None:
         # After any checkpoint restore: the one read of the counters per fit.
         self._counts = {name: int(getattr(self, name)) for name in _COUNTERS}
+        # W&B's run summary keeps each validation metric's best value, in the registry's
+        # direction (its default is the last value).
+        from pytorch_lightning.loggers import WandbLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                for name, spec in METRICS.items():
+                    best = "max" if spec.higher_is_better else "min"
+                    logger.experiment.define_metric(f"val/{name}", summary=best)
 
     def _set_count(self, name: str, value: int) -> None:
         self._counts[name] = value
@@ -396,7 +405,7 @@ class DeepFillModule(pl.LightningModule):
         completed = composite(x2, image, mask)
         self.val_metrics.update(to_unit(completed), to_unit(image), mask)
         for name, metric in self.val_metrics.metrics().items():
-            self.log(f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=name in ("psnr", "lpips"))
+            self.log(f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=METRICS[name].progress_bar)
         if batch_idx == 0:
             self._maybe_log_images("val/samples", image, mask, x1, x2, offsets, force=True)
 

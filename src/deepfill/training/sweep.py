@@ -28,7 +28,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from deepfill.evaluation.metrics import higher_is_better, selection_metric
+from deepfill.evaluation.metrics import METRIC_NAMES, METRICS, higher_is_better, selection_metric
 from deepfill.evaluation.tables import write_csv, write_table
 from deepfill.utils.errors import NoSpaceError, UserError
 from deepfill.utils.files import atomic_path
@@ -605,7 +605,7 @@ def _baseline_lines(sweep_dir: Path) -> list[str]:
             rows = [r for r in csv.DictReader(file) if r.get("method") != "deepfill"]
         if not rows:
             continue
-        columns = [c for c in ("psnr", "ssim", "l1_hole", "l2_hole") if c in rows[0]]
+        columns = [c for c in METRIC_NAMES if c in rows[0]]
         lines = [
             "",
             f"Classical baselines on the same {rows[0].get('images', '?')} validation images and masks "
@@ -642,7 +642,7 @@ def plot_results(sweep_dir: str | os.PathLike, metrics: Sequence[str] | None = N
     # The asked ones first, then the usual ones: three panels at most.
     preferred = [
         *(metrics or []),
-        *(f"{split}/{m}" for split in ("val", "test") for m in ("psnr", "ssim", "l1_hole")),
+        *(f"{split}/{m}" for split in ("val", "test") for m, spec in METRICS.items() if spec.in_summary),
     ]
     metrics = [m for m in dict.fromkeys(preferred) if m in available][:3] or available[:3]
     labels = [setting_label(s, params) for s in settings]
