@@ -115,6 +115,7 @@ CASES = [
     (TRAIN, ["-m", "data.batch_sze=2,3"], "data.batch_sze: unknown key (did you mean 'data.batch_size'?)"),
     (TRAIN, ["+model.generator.attention.kszie=5"], "model.generator.attention.kszie: unknown key for ContextualAttention (did you mean 'ksize'?)"),
     (TRAIN, ["model.generator.cnum=abc"], "model.generator.cnum: expected an integer, got 'abc'"),
+    (TRAIN, ["model.compile=maybe"], "model.compile: expected true or false, got 'maybe'"),
     (TRAIN, ["callbacks.signal.requeue_signal=FOO"], "callbacks.signal.requeue_signal: 'FOO' is not a signal of this system"),
     pytest.param(TRAIN, ["trainer=gpu"], "trainer.accelerator=gpu: no CUDA GPU", marks=NO_GPU),
     (TRAIN, ["ckpt_path={ws}/trunc.ckpt"], "trunc.ckpt is not a readable PyTorch checkpoint"),

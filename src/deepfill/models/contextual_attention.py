@@ -476,11 +476,10 @@ class ContextualAttention(nn.Module):
             # and a user's script does not (generator at 256^2: 1.4x). A weight above 2^-64
             # times a feature above 2^-62 stays normal, and the zeroed weights of a row sum to
             # at most (h*w) * 2^-64 (2^-48 at 1024^2), below float32 rounding of any row with a
-            # weight above 2^-24. The offsets above still come from the unchanged weights.
-            if grad:
-                attn = F.threshold(attn, _NEGLIGIBLE_WEIGHT, 0.0)
-            else:
-                F.threshold_(attn, _NEGLIGIBLE_WEIGHT, 0.0)
+            # weight above 2^-24. The offsets above still come from the unchanged weights. In
+            # place also with autograd (attn is a fresh product): no second score-sized tensor
+            # kept for the backward.
+            F.threshold_(attn, _NEGLIGIBLE_WEIGHT, 0.0)
             strip = self._paste(p, attn, r1 - r0)
             canvas[:, :, r0 * r : r0 * r + strip.shape[-2]] += strip
         top, _ = tf_same_padding(height, 2 * r, r)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -128,6 +128,12 @@ class DeepFillModule(pl.LightningModule):
         ):
             if value < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {value!r}")
+        if not isinstance(compile, bool):
+            raise ValueError(f"model.compile must be true or false, got {compile!r}")
+        if not isinstance(compile_options, Mapping | None):
+            raise ValueError(
+                f"model.compile_options must be a mapping of torch.compile arguments, got {compile_options!r}"
+            )
         self.automatic_optimization = False
         if compile:
             # In place: parameter names, and so checkpoints, stay those of the eager modules.
