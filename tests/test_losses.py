@@ -341,3 +341,18 @@ def test_precomputed_hole_distance_gives_the_same_nearest_known_discount() -> No
     assert distance[-3, 0, 0, 0] == 30
     expected = nearest_known_discount(mask, 0.9)
     torch.testing.assert_close(nearest_known_discount(mask, 0.9, distance), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_the_discount_first_made_in_inference_mode_serves_a_later_backward() -> None:
+    """Validation (inference mode) may ask for the cached discount first; training then
+    multiplies it into a loss that is differentiated."""
+    from deepfill.training import losses
+
+    losses._box_discount_on.cache_clear()
+    losses._box_discount_cpu.cache_clear()
+    with torch.inference_mode():
+        losses.box_discount(24, 24, 0.9)
+    prediction = torch.zeros(1, 3, 24, 24, requires_grad=True)
+    loss = losses.discounted_l1(torch.ones(1, 3, 24, 24), prediction, losses.box_discount(24, 24, 0.9))
+    loss.backward()
+    assert prediction.grad is not None and torch.isfinite(prediction.grad).all()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -264,13 +264,34 @@ def resize_is_repeat(size: tuple[int, int], out_size: tuple[int, int]) -> bool:
     return _constant_resize_plan(int(size[0]), int(size[1]), int(out_size[0]), int(out_size[1])) is not None
 
 
-@functools.lru_cache(maxsize=64)
+def cached_tensor(maxsize: int) -> Callable:
+    """``functools.lru_cache`` for a function of plain values that returns a tensor (a constant
+    of the model: resize indices, a discount mask), made once per arguments and device.
+
+    The tensor is made outside inference mode even when first asked for inside it: a cached
+    inference tensor could not be saved for a later backward (inpaint, then train, in one
+    process). Under torch.compile the function is traced instead (dynamo ignores lru_cache)."""
+
+    def decorate(function: Callable) -> Callable:
+        cached = functools.lru_cache(maxsize=maxsize)(function)
+
+        @functools.wraps(function)
+        def call(*args):
+            if torch.compiler.is_compiling():
+                return function(*args)
+            with torch.inference_mode(False):
+                return cached(*args)
+
+        call.cache_clear = cached.cache_clear
+        return call
+
+    return decorate
+
+
+@cached_tensor(maxsize=64)
 def _device_index(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
     # One host-to-device copy per size and device, not one per forward (a copy stalls a GPU).
-    # Made outside inference mode even when first asked for inside it: a cached inference
-    # tensor could not be saved for a later backward (inpaint, then train, in one process).
-    with torch.inference_mode(False):
-        return align_corners_index(in_size, out_size, device)
+    return align_corners_index(in_size, out_size, device)
 
 
 def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
@@ -290,10 +311,8 @@ def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool =
     factors = _constant_resize_plan(height, width, out_h, out_w)
     if factors is not None:
         return F.interpolate(x, scale_factor=factors, mode="nearest")
-    # torch.compile does not honour lru_cache (it traces the function, and warns): compute.
-    index = align_corners_index if torch.compiler.is_compiling() else _device_index
-    rows = index(height, out_h, x.device)
-    cols = index(width, out_w, x.device)
+    rows = _device_index(height, out_h, x.device)
+    cols = _device_index(width, out_w, x.device)
     return x.index_select(-2, rows).index_select(-1, cols)
 
 

@@ -5,7 +5,6 @@ Conventions: images (N,3,H,W) in [-1,1]; masks (N,1,H,W) (or (1,1,H,W)), 1 = hol
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 from deepfill.models.critics import Critic
 from deepfill.models.generator import composite
+from deepfill.models.layers import cached_tensor
 
 __all__ = [
     "CriticLoss",
@@ -73,7 +73,7 @@ def hole_boxes(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(empty[:, None], torch.zeros_like(boxes), boxes)
 
 
-@functools.lru_cache(maxsize=16)
+@cached_tensor(maxsize=16)
 def _box_discount_on(
     height: int, width: int, gamma: float, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -81,7 +81,7 @@ def _box_discount_on(
     return _box_discount_cpu(height, width, gamma).to(device=device, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=16)
+@cached_tensor(maxsize=16)
 def _box_discount_cpu(height: int, width: int, gamma: float) -> torch.Tensor:
     i = torch.arange(height, dtype=torch.float64)
     j = torch.arange(width, dtype=torch.float64)
@@ -108,12 +108,7 @@ def box_discount(
     if not 0 < gamma <= 1:
         raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
     device = torch.device("cpu") if device is None else torch.device(device)
-    if torch.compiler.is_compiling():  # traced into the graph as constants; no cache there
-        return _box_discount_cpu.__wrapped__(height, width, gamma).to(device=device, dtype=dtype)
-    # Made outside inference mode even when first asked for inside it (validation): a cached
-    # inference tensor could not be saved for a later training step's backward.
-    with torch.inference_mode(False):
-        return _box_discount_on(int(height), int(width), float(gamma), device, dtype)
+    return _box_discount_on(int(height), int(width), float(gamma), device, dtype)
 
 
 def nearest_known_discount(
