@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,tf,demo
+EXTRAS ?= dev,tf,demo,onnx
 PYTEST_ARGS ?=
 # apt-get as root, else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -17,7 +17,7 @@ EXPERIMENT ?= quickstart
 
 ARGS ?=
 
-.PHONY: help install train sweep study eval inpaint demo test test-all test-browser browser lint format bench gpu-check clean
+.PHONY: help install train sweep study eval inpaint export demo test test-all test-browser browser lint format bench gpu-check clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install deepfill (editable) with dev + tf extras
+install: $(STAMP) ## create .venv and install deepfill (editable) with dev, tf, demo and onnx extras
 
 train: $(STAMP) ## train the quickstart model on the embedded sample data (ARGS="key=value ..." to override)
 	$(BIN)/deepfill-train experiment=quickstart $(ARGS)
@@ -45,6 +45,9 @@ eval: $(STAMP) ## score a model: make eval ARGS="weights=W.ckpt data=folder data
 
 inpaint: $(STAMP) ## fill holes: make inpaint ARGS="weights=W.pt input=photo.jpg mask_path=mask.png"
 	$(BIN)/deepfill-inpaint $(ARGS)
+
+export: $(STAMP) ## the generator as one ONNX file: make export ARGS="weights=W.pt output=model.onnx [precision=fp16]"
+	$(BIN)/deepfill-export $(ARGS)
 
 demo: $(STAMP) ## the browser demo on http://127.0.0.1:7860 (ARGS="weights=W.pt port=8000")
 	$(BIN)/deepfill-demo $(ARGS)
@@ -75,6 +78,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 bench: $(STAMP) ## run the benchmarks (2 CPU threads); writes benchmarks/results/*.json
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/api.py
+	$(BIN)/python benchmarks/deploy.py --fp16
 
 gpu-check: $(STAMP) ## before a long run on a new node: parity, a training iteration per precision, speed, DDP (at most 5 min; ARGS="--goldens DIR")
 	$(BIN)/deepfill-selftest $(ARGS)

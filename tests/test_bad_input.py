@@ -29,6 +29,7 @@ def ws(tmp_path_factory) -> Path:
     (root / "garbage.npz").write_bytes(b"PK\x03\x04 not a zip")
     (root / "trunc.ckpt").write_bytes(b"PK\x03\x04" + bytes(60))
     (root / "afile").write_text("a file, not a folder")
+    (root / "fake.onnx").write_bytes(b"not an ONNX model")
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
     for folder in ("imgs", "trunc", "dup", "fake", "masks_one", "masks_empty", "masks_trunc", "emptydir"):
@@ -70,6 +71,7 @@ INPAINT = "deepfill-inpaint"
 EVAL = "deepfill-eval"
 TRAIN = "deepfill-train"
 DEMO = "deepfill-demo"
+EXPORT = "deepfill-export"
 TRAIN_FAST = ("debug=fast_dev_run", "logger=csv", "data.batch_size=1")
 
 # (command, arguments, what the error line must contain); {ws} is the workspace.
@@ -122,6 +124,17 @@ CASES = [
     (TRAIN, ["ckpt_path={ws}/cnum16.ckpt", "model.generator.cnum=8"], "trained with generator.cnum: 16 in the file, 8 here"),
     (TRAIN, ["data=folder", "data.train.root={ws}/fake", "data.val.root={ws}/imgs"], "4 of 4 images are unreadable"),
     (TRAIN, ["experiment=quickstart", "data=folder", "data.train.root={ws}/fake", "data.val.root={ws}/imgs"], "4 of 4 images are unreadable"),
+    (INPAINT, ["weights={ws}/fake.onnx", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "fake.onnx is not a readable ONNX model"),
+    (INPAINT, ["weights={ws}/fake.onnx", "input={ws}/imgs/a.png", "compile=true"], "compile: an .onnx model runs in onnxruntime"),
+    (INPAINT, ["weights={ws}/fake.onnx", "input={ws}/imgs/a.png", "precision=bf16"], "precision: an .onnx model runs in the precision it was exported in"),
+    (EXPORT, ["output={ws}/m.onnx"], "weights: required"),
+    (EXPORT, ["weights={ws}/w.pt", "output={ws}/model.txt"], "output: expected a file name ending in .onnx, got {ws}/model.txt"),
+    (EXPORT, ["weights={ws}/w.pt", "output={ws}/afile/model.onnx"], "output: {ws}/afile is a file; expected a folder"),
+    (EXPORT, ["weights={ws}/garbage.pt", "output={ws}/m.onnx"], "garbage.pt is not a readable PyTorch checkpoint"),
+    (EXPORT, ["weights={ws}/fake.onnx", "output={ws}/m.onnx"], "weights: {ws}/fake.onnx is an export already"),
+    (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "precision=fp8"], "precision: must be one of fp32, fp16, got 'fp8'"),
+    (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "check_size=[60,64]"], "check_size: must be multiples of 8, got (60, 64)"),
+    (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "check_size=256"], "check_size: expected [height, width], got 256"),
     ("deepfill-convert", ["{ws}/garbage.pt", "{ws}/out.pt"], "garbage.pt is not a readable PyTorch checkpoint"),
     ("deepfill-convert", ["{ws}/garbage.npz", "{ws}/imgs"], "output: {ws}/imgs is a folder"),
     ("deepfill-make-masks", ["{ws}/masks_new", "--size", "0", "64"], "size must be at least 16x16, got 0x64"),
@@ -152,7 +165,7 @@ def test_bad_input_ends_in_one_line(ws, tmp_path, command, args, expected) -> No
         if any("cnum16" in a for a in args):
             _resume_checkpoint(ws)
         args = [*TRAIN_FAST, *args]
-    if command in (INPAINT, EVAL, TRAIN):
+    if command in (INPAINT, EVAL, TRAIN, EXPORT):
         args = [*args, f"hydra.run.dir={tmp_path}/run"]
     before = sorted(p.relative_to(ws).as_posix() for p in ws.rglob("*"))
     result = run_cli(command, *args, cwd=tmp_path)

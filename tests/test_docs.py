@@ -207,6 +207,9 @@ def check_outputs(tokens: list[str], result: subprocess.CompletedProcess, ws: di
         match = re.search(r"wrote (\d+) inpainted image\(s\) to (\S+)", out)
         assert match and int(match.group(1)) >= 1, out[-2000:]
         assert len(list((ws["dir"] / match.group(2)).glob("*.png"))) >= int(match.group(1))
+    elif program == "deepfill-export":
+        output = next(t.split("=", 1)[1] for t in tokens if t.startswith("output="))
+        assert Path(ws["dir"] / output).is_file() and "onnxruntime matches PyTorch" in out, out[-2000:]
     elif program == "deepfill-convert":
         assert Path(ws["dir"] / tokens[2]).is_file(), out
     elif program == "deepfill-make-masks":

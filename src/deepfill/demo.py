@@ -67,13 +67,14 @@ def _official_folder(folder: Path) -> bool:
 
 def find_weights(roots: Sequence[str | Path]) -> list[WeightsOption]:
     """Weights under ``roots``, newest first: training checkpoints (``.ckpt``, labelled with their
-    run folder), converted official weights (``.pt``, ``.npz``) and official checkpoint folders."""
+    run folder), converted official weights (``.pt``, ``.npz``), ONNX exports (``.onnx``, run by
+    onnxruntime) and official checkpoint folders."""
     found: dict[Path, float] = {}
     for root in map(Path, roots):
         if not root.is_dir():
             continue
         for path in root.rglob("*"):
-            if path.is_file() and path.suffix in (".ckpt", ".pt", ".npz"):
+            if path.is_file() and path.suffix in (".ckpt", ".pt", ".npz", ".onnx"):
                 found[path] = path.stat().st_mtime
             elif path.is_dir() and _official_folder(path):
                 found[path] = (path / "checkpoint").stat().st_mtime
@@ -84,6 +85,8 @@ def find_weights(roots: Sequence[str | Path]) -> list[WeightsOption]:
             kind = f"training run {path.parent.parent.name}, {path.name}"
         elif path.is_dir():
             kind = f"official checkpoint {path.name}/"
+        elif path.suffix == ".onnx":
+            kind = f"ONNX export {path.name}"
         else:
             kind = f"converted weights {path.name}"
         options.append(WeightsOption(f"{kind} ({when}) - {path}", path))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from deepfill.data.datasets import to_tensor
 from deepfill.models import InpaintGenerator, composite, flow_to_image, inpaint_padded
@@ -56,12 +57,18 @@ def check_compile(value: object) -> bool:
 
 def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> InpaintGenerator:
     """A Lightning checkpoint of training (``.ckpt``), converted official weights (``.pt``),
-    an official TF checkpoint (folder or prefix) or an ``.npz`` of official variables."""
+    an official TF checkpoint (folder or prefix) or an ``.npz`` of official variables; or an
+    ONNX export (``.onnx``, from ``deepfill-export``) as a :class:`deepfill.deploy.OnnxGenerator`,
+    run by onnxruntime and called the same way."""
     from deepfill.official.convert import load_official_v1
     from deepfill.official.tf_checkpoint import CheckpointError
     from deepfill.training.module import DeepFillModule
 
     path = Path(weights)
+    if path.suffix.lower() == ".onnx":
+        from deepfill.deploy import OnnxGenerator
+
+        return OnnxGenerator(path, device)
     if path.suffix == ".ckpt":
         generator = DeepFillModule.generator_from_checkpoint(str(path))
     else:
@@ -75,6 +82,13 @@ def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> I
                 f"converted weights (.pt), an .npz, or an official TF checkpoint folder ({error})"
             ) from None
     return generator.to(device).eval()
+
+
+def generator_device(generator) -> torch.device:
+    """Where ``generator`` runs: its parameters' device, or an ONNX model's ``device``."""
+    if isinstance(generator, nn.Module):
+        return next(generator.parameters()).device
+    return generator.device
 
 
 @dataclass
@@ -105,7 +119,12 @@ def inpaint_array(
         raise ValueError(f"image must be (H,W,3) uint8, got {image.shape} {image.dtype}")
     if hole.shape != image.shape[:2]:
         raise ValueError(f"hole must be (H,W) = {image.shape[:2]}, got {hole.shape}")
-    device = next(generator.parameters()).device
+    device = generator_device(generator)
+    if precision != "fp32" and not isinstance(generator, nn.Module):
+        raise ValueError(
+            f"precision: an ONNX model runs in the precision it was exported in ({generator.precision}); "
+            f"got precision={precision!r}, use fp32 (or export with precision=fp16)"
+        )
     context = autocast(device, precision)
     x = to_tensor(image).unsqueeze(0).to(device)
     mask = torch.from_numpy(np.asarray(hole, dtype=bool).astype(np.float32))[None, None].to(device)

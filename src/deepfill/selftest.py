@@ -21,7 +21,6 @@ skipped, never silently dropped.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import platform
@@ -36,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from deepfill.utils.logs import quiet_loggers
 
 __all__ = [
     "FLOAT32_GENERATOR_TOLERANCE",
@@ -91,20 +92,6 @@ def precisions_for(device: torch.device) -> tuple[str, ...]:
     from deepfill.utils.devices import cpu_native_bf16
 
     return ("float32", "bf16") if cpu_native_bf16() else ("float32",)
-
-
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Lightning's start-up lines (devices, tips) between the report's lines, no."""
-    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 @contextmanager
@@ -439,7 +426,7 @@ def run_selftest(options: SelfTestOptions, out: Path, say: Callable[[str], None]
         record(Check("ddp", "skip", "no GPU visible (DDP across GPUs needs two or more)"))
     else:
         record(Check("ddp", "skip", "one GPU visible (DDP across GPUs needs two or more)"))
-    with _quiet_lightning():
+    with quiet_loggers("pytorch_lightning", "lightning.pytorch"):  # start-up lines, tips
         for name, part in parts:
             _run_part(name, part, start, options.budget_s, record)
     return checks

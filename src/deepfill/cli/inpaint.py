@@ -4,6 +4,7 @@
     deepfill-inpaint weights=places2_v1.pt input=photo.jpg mask_path=photo_mask.png output=filled.png
     deepfill-inpaint weights=outputs/.../checkpoints/last.ckpt input=photos/ mask_path=masks/ output=filled/
     deepfill-inpaint weights=release_places2_256/ input=cutout.png          # holes = transparent pixels
+    deepfill-inpaint weights=places2_v1.onnx input=photo.jpg mask_path=photo_mask.png  # onnxruntime
 
 Images of any size (padded to a multiple of the model's and cropped back; known pixels are kept
 exactly). Masks follow :func:`deepfill.data.masks.read_mask`: hole where the value is >= 128 of 255
@@ -140,6 +141,16 @@ def run(cfg: DictConfig) -> list[Path]:
     check_precision(cfg.get("precision", "fp32"))
     compile_ = check_compile(cfg.get("compile", False))
     check_weights_path(cfg.weights)
+    if Path(cfg.weights).suffix.lower() == ".onnx":
+        if cfg.get("precision", "fp32") != "fp32":
+            raise UserError(
+                "precision: an .onnx model runs in the precision it was exported in; use precision=fp32 "
+                "(deepfill-export precision=fp16 makes a half-precision model)"
+            )
+        if compile_:
+            raise UserError(
+                "compile: an .onnx model runs in onnxruntime, not torch.compile; use compile=false"
+            )
     jobs = pairs(Path(cfg.input), Path(cfg.mask_path) if cfg.get("mask_path") else None)
     output, targets = _targets(cfg, jobs)
     inputs = {p.resolve() for image, mask, _ in jobs for p in (image, mask) if p is not None}

@@ -425,7 +425,13 @@ class ContextualAttention(nn.Module):
             paste_dtype = torch.bfloat16
         with torch.autocast(device_type=device, enabled=False):
             wide = [None if x is None else _at_least_float32(x) for x in (f, b, mask)]
-            return self._attend(*wide, paste_dtype=paste_dtype)
+            y, offsets = (
+                self._attend_dense(*wide)
+                if torch.compiler.is_exporting()
+                else self._attend(*wide, paste_dtype=paste_dtype)
+            )
+        # A half-precision model (no autocast) goes on in its own precision.
+        return (y if paste_dtype is not None else y.to(f.dtype)), offsets
 
     def _attend(
         self,
@@ -486,6 +492,93 @@ class ContextualAttention(nn.Module):
         left, _ = tf_same_padding(width, 2 * r, r)
         y = canvas[:, :, top : top + height, left : left + width] / 4.0
         return y, offsets.view(n, 2, h, w)
+
+    # ------------------------------------------------------------------ export form
+    def _attend_dense(
+        self, f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same function as :meth:`_attend`, for graph exporters (ONNX), at any H and W.
+
+        The chunk loop of :meth:`_attend` depends on the input size, and the official paste
+        convolves with kernels cut from the input, which exporters refuse. Here every step is a
+        tensor operation whose shapes follow the input: patch scores as unfolded foreground
+        patches times normalised background patches; the fuse as sums of diagonal shifts of the
+        whole score matrix (the official identity-kernel convolution) in raster, then in
+        column-major order; the paste as the phase product of :meth:`_prepare`, its four shifts
+        taken on the background phases and on the output grid, so that nothing larger than the
+        score matrix is made. No chunks: memory is a few (H*W / rate^2)^2 score matrices.
+        """
+        n, c, height, width = f.shape
+        r, k = self.rate, self.ksize
+        h, w = height // r, width // r
+        lb = h * w
+        # 'SAME' padding of the 2r x 2r, stride r paste on a multiple of r: r in total.
+        padded = F.pad(b, (r // 2, r - r // 2, r // 2, r - r // 2))
+        phases = padded.view(n, c, h + 1, r, w + 1, r).permute(0, 2, 4, 1, 3, 5)  # (N, h+1, w+1, C, r, r)
+        paste = phases.reshape(n, (h + 1) * (w + 1), c * r * r)
+        if r > 1:
+            f = resize_nearest(f, (h, w))
+            b = resize_nearest(b, (h, w))
+            if mask is not None:
+                mask = resize_nearest(mask, (h, w))
+        before = (k - 1) // 2
+        same = (before, k - 1 - before, before, k - 1 - before)
+        # Patch scores as k*k shifted copies of the pixel Gram matrix (see _scores), the
+        # shifts separable: columns of both grids, then rows.
+        squared = F.unfold(F.pad(b.square().sum(dim=1, keepdim=True), same), k).sum(dim=1, keepdim=True)
+        inv_norm = 1.0 / squared.sqrt().clamp_min(1e-4)  # (N, 1, Lb)
+        gram = torch.bmm(f.reshape(n, c, lb).transpose(1, 2), b.reshape(n, c, lb))
+        grid = F.pad(gram.view(n, h, w, h, w), (before, k - 1 - before, 0, 0, before, k - 1 - before))
+        by_columns = grid[:, :, 0:w, :, 0:w]
+        for u in range(1, k):
+            by_columns = by_columns + grid[:, :, u : u + w, :, u : u + w]
+        grid = F.pad(by_columns, (0, 0, before, k - 1 - before, 0, 0, before, k - 1 - before))
+        scores = grid[:, 0:h, :, 0:h]
+        for u in range(1, k):
+            scores = scores + grid[:, u : u + h, :, u : u + h]
+        scores = scores.reshape(n, lb, lb) * inv_norm  # (N, Lf, Lb)
+        if mask is None:
+            valid = torch.ones_like(inv_norm)
+        else:
+            hole = F.unfold(F.pad(mask.to(f.dtype), same), k).amax(dim=1, keepdim=True)
+            valid = (hole == 0).to(f.dtype)  # (N, 1, Lb)
+        if self.fuse:
+            scores = self._diagonal_sum(scores, lb)
+            # Column-major order of both axes (the official second pass), then back to raster.
+            columns = scores.view(n, h, w, h, w).permute(0, 2, 1, 4, 3).reshape(n, lb, lb)
+            columns = self._diagonal_sum(columns, lb)
+            scores = columns.view(n, w, h, w, h).permute(0, 2, 1, 4, 3).reshape(n, lb, lb)
+        attn = torch.softmax(scores * (valid * self.softmax_scale), dim=-1) * valid
+        index = torch.argmax(attn, dim=-1)  # first index of the largest weight, as max()
+        pos = torch.arange(lb, device=f.device)
+        # (x // w, x - (x // w) * w): the exporter has no remainder by a symbolic size.
+        src_row, row = index // w, pos // w
+        offsets = torch.stack([src_row - row, (index - src_row * w) - (pos - row * w)], dim=1)
+        attn = torch.where(attn < _NEGLIGIBLE_WEIGHT, torch.zeros_like(attn), attn)  # see _attend
+        # Paste: A'[o, q'] = sum_s attn[o - s, q' - s] over s in {0,1}^2 on (h+1, w+1) grids,
+        # one axis pair at a time, then one product with the background phases.
+        grid = attn.view(n, h, w, h, w)
+        rows = F.pad(grid, (0, 0, 0, 1, 0, 0, 0, 1)) + F.pad(grid, (0, 0, 1, 0, 0, 0, 1, 0))
+        both = F.pad(rows, (0, 1, 0, 0, 0, 1, 0, 0)) + F.pad(rows, (1, 0, 0, 0, 1, 0, 0, 0))
+        shifted = both.view(n, (h + 1) * (w + 1), (h + 1) * (w + 1))
+        canvas = torch.bmm(shifted, paste).view(n, h + 1, w + 1, c, r, r).permute(0, 3, 1, 4, 2, 5)
+        canvas = canvas.reshape(n, c, (h + 1) * r, (w + 1) * r)
+        y = canvas[:, :, r // 2 : r // 2 + height, r // 2 : r // 2 + width] / 4.0
+        return y, offsets.view(n, 2, h, w)
+
+    def _diagonal_sum(self, scores: torch.Tensor, length: int) -> torch.Tensor:
+        """``out[i, j] = sum_d scores[i + d, j + d]`` over the fuse kernel's offsets d, zeros
+        outside: the official convolution of the score image with an identity kernel."""
+        k = self.fuse_k
+        before = (k - 1) // 2
+        padded = F.pad(scores, (before, k - 1 - before, before, k - 1 - before))
+        out = padded[:, :length, :length]
+        for a in range(1, k):
+            out = out + padded[:, a : a + length, a : a + length]
+        return out
+
+
+_SHIFTS = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
 # ---------------------------------------------------------------------- flow colouring

@@ -28,7 +28,13 @@ from .layers import (
     upsample_conv3x3,
 )
 
-__all__ = ["CoarseGenerator", "InpaintGenerator", "RefineGenerator", "inpaint_padded"]
+__all__ = [
+    "CoarseGenerator",
+    "InpaintGenerator",
+    "RefineGenerator",
+    "check_generator_inputs",
+    "inpaint_padded",
+]
 
 
 class GenConv(SameConv2d):
@@ -76,9 +82,12 @@ class GenDeconv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         size = (height * 2, width * 2)
-        # TF's align-corners x2 resize is a plain pixel repeat for every practical size (checked
-        # per size); then the 3x3 convolution of the repeated pixels is four 2x2 convolutions.
-        if not self.align_corners or resize_is_repeat((height, width), size):
+        # TF's align-corners x2 resize is a plain pixel repeat: source index
+        # round(i * (h-1)/(2h-1)) is i // 2 with a margin of 0.5/(2h-1) to the rounding point,
+        # far above float32 error for any practical size (checked per size; an exported graph,
+        # whose sizes are symbolic, relies on it up to 2048 pixels, which a test checks). Then
+        # the 3x3 convolution of the repeated pixels is four 2x2 convolutions.
+        if not self.align_corners or torch.compiler.is_exporting() or resize_is_repeat((height, width), size):
             return self.conv.activate(upsample_conv3x3(x, self.conv.weight, self.conv.bias))
         return self.conv(resize_nearest(x, size, self.align_corners))
 
@@ -318,24 +327,7 @@ class InpaintGenerator(nn.Module):
 
         ``check_mask=False`` skips the test that the mask is binary: it reads the mask's values
         back to the host, which stalls a GPU's queue; for masks binary by construction."""
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f"image must be (N,3,H,W), got {tuple(image.shape)}")
-        if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, image.shape[0]):
-            raise ValueError(f"mask must be (1 or N,1,H,W) with N={image.shape[0]}, got {tuple(mask.shape)}")
-        if mask.shape[-2:] != image.shape[-2:]:
-            raise ValueError(
-                f"mask size {tuple(mask.shape[-2:])} does not match image size {tuple(image.shape[-2:])}"
-            )
-        height, width = image.shape[-2:]
-        if height % self.multiple or width % self.multiple:
-            raise ValueError(
-                f"image height and width must be divisible by {self.multiple}, got {height}x{width}; "
-                "use deepfill.models.inpaint_padded for other sizes"
-            )
-        # Reading values back is a graph break for torch.compile: compiled callers pass binary
-        # masks by construction (the training step) or checked them before.
-        if check_mask and not torch.compiler.is_compiling() and not torch.all((mask == 0) | (mask == 1)):
-            raise ValueError("mask must be binary (0 = known, 1 = hole)")
+        check_generator_inputs(image, mask, self.multiple, check_mask)
 
     def forward(
         self, image: torch.Tensor, mask: torch.Tensor, check_mask: bool = True
@@ -353,6 +345,32 @@ class InpaintGenerator(nn.Module):
         x = composite(x_stage1, x_in, mask)
         x_stage2, offsets = self.refine(x, mask)
         return x_stage1, x_stage2, offsets
+
+
+def check_generator_inputs(
+    image: torch.Tensor, mask: torch.Tensor, multiple: int, check_mask: bool = True
+) -> None:
+    """One clear ``ValueError`` line for inputs a generator with size ``multiple`` cannot take:
+    image (N,3,H,W), mask (1 or N,1,H,W) of the same size and binary, H and W multiples."""
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (N,3,H,W), got {tuple(image.shape)}")
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, image.shape[0]):
+        raise ValueError(f"mask must be (1 or N,1,H,W) with N={image.shape[0]}, got {tuple(mask.shape)}")
+    if mask.shape[-2:] != image.shape[-2:]:
+        raise ValueError(
+            f"mask size {tuple(mask.shape[-2:])} does not match image size {tuple(image.shape[-2:])}"
+        )
+    height, width = image.shape[-2:]
+    if height % multiple or width % multiple:
+        raise ValueError(
+            f"image height and width must be divisible by {multiple}, got {height}x{width}; "
+            "use deepfill.models.inpaint_padded for other sizes"
+        )
+    # Reading values back is a graph break for torch.compile and impossible while exporting:
+    # compiled callers pass binary masks by construction (the training step) or checked them.
+    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    if check_mask and not tracing and not torch.all((mask == 0) | (mask == 1)):
+        raise ValueError("mask must be binary (0 = known, 1 = hole)")
 
 
 def composite(output: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

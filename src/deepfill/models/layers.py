@@ -9,7 +9,6 @@ outputs, so they live here once.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -46,7 +45,7 @@ def tf_same_padding(size: int, kernel: int, stride: int = 1, dilation: int = 1) 
     TF puts the odd extra pixel at the end (bottom/right), unlike a symmetric PyTorch pad.
     """
     effective = (kernel - 1) * dilation + 1
-    out = math.ceil(size / stride)
+    out = -(-size // stride)  # ceil in integers: also for a graph exporter's symbolic sizes
     total = max((out - 1) * stride + effective - size, 0)
     return total // 2, total - total // 2
 
@@ -151,6 +150,12 @@ def sum_into(out: torch.Tensor, pieces: list) -> torch.Tensor:
     return out
 
 
+def _exporting() -> bool:
+    """Whether a graph exporter (``torch.export``, hence ONNX) is tracing: layers then take
+    their plain formulation, valid at any input size, instead of the CPU-tuned one."""
+    return torch.compiler.is_exporting()
+
+
 def _is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
@@ -167,7 +172,7 @@ def pad_zeros(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
     Without autograd the result is written once: ``F.pad`` fills the whole output with zeros
     before copying ``x`` in, a second pass over memory that only the border needs.
     """
-    if (x.requires_grad and torch.is_grad_enabled()) or x.dim() != 4 or min(pad) < 0:
+    if (x.requires_grad and torch.is_grad_enabled()) or x.dim() != 4 or min(pad) < 0 or _exporting():
         return F.pad(x, pad)
     left, right, top, bottom = pad
     n, c, height, width = x.shape
@@ -236,6 +241,16 @@ def align_corners_index(in_size: int, out_size: int, device: torch.device | None
     return index.to(device) if device is not None else index
 
 
+def _traced_align_corners_index(in_size, out_size, device: torch.device) -> torch.Tensor:
+    """:func:`align_corners_index` from tensor operations only, for sizes that an exporter keeps
+    symbolic (the same float32 product and rounding; a 1-pixel output reads pixel 0)."""
+    one = torch.ones((), dtype=torch.float32, device=device)
+    scale = (one * (in_size - 1)) / (one * (out_size - 1)).clamp_min(1.0)
+    product = torch.arange(out_size, device=device).to(torch.float32) * scale
+    index = torch.floor(product.double() + 0.5).long()
+    return torch.minimum(index, torch.ones((), dtype=torch.long, device=device) * (in_size - 1))
+
+
 def _is_plain_repeat(index: torch.Tensor, factor: int) -> bool:
     return torch.equal(index, torch.arange(index.numel(), device=index.device) // factor)
 
@@ -301,6 +316,13 @@ def resize_nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool =
     resize of the official code; ``False`` is PyTorch's ``mode="nearest"``.
     """
     height, width = x.shape[-2:]
+    if _exporting():
+        # Sizes are symbolic: the indices are computed in the graph (no size-specific plan).
+        if not align_corners:
+            return F.interpolate(x, size=tuple(size), mode="nearest")
+        rows = _traced_align_corners_index(height, size[0], x.device)
+        cols = _traced_align_corners_index(width, size[1], x.device)
+        return x.index_select(-2, rows).index_select(-1, cols)
     out_h, out_w = int(size[0]), int(size[1])
     if (out_h, out_w) == (height, width):
         return x
@@ -375,7 +397,21 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if _is_channels_last(x):
         kernels = kernels.contiguous(memory_format=torch.channels_last)
     y = F.conv2d(x, kernels, None if bias is None else bias.repeat(4), padding=1)
+    if _exporting():
+        return _interleave(y, weight.shape[0])
     return _Interleave.apply(y, weight.shape[0])
+
+
+def _interleave(y: torch.Tensor, channels: int) -> torch.Tensor:
+    """:class:`_Interleave`'s forward from views and one reshape (for graph exporters)."""
+    n, _, height, width = y.shape
+    height, width = height - 1, width - 1
+    blocks = []
+    for phase in range(4):
+        a, b = divmod(phase, 2)
+        blocks.append(y[:, phase * channels : (phase + 1) * channels, a : a + height, b : b + width])
+    stacked = torch.stack(blocks, dim=2).view(n, channels, 2, 2, height, width)
+    return stacked.permute(0, 1, 4, 2, 5, 3).reshape(n, channels, 2 * height, 2 * width)
 
 
 _ELU_CHUNK = 1 << 18  # elements per piece: 1 MiB of float32 stays in the L2 cache
@@ -399,7 +435,7 @@ def elu_(x: torch.Tensor) -> torch.Tensor:
     by at most a few float32 ulps. Not for tensors that need gradients (:func:`elu` is the one
     for training).
     """
-    flat = _dense_view(x) if x.device.type == "cpu" else None
+    flat = _dense_view(x) if x.device.type == "cpu" and not _exporting() else None
     if flat is None:
         return F.elu_(x)
     scratch = flat.new_empty(min(flat.numel(), _ELU_CHUNK))
@@ -436,6 +472,6 @@ def elu(x: torch.Tensor) -> torch.Tensor:
     gradient from the result. Elsewhere it is ``F.elu``. Same values and gradients as
     ``F.elu`` to a few float32 ulps; ``x`` is overwritten.
     """
-    if x.device.type != "cpu" or _dense_view(x) is None:
+    if x.device.type != "cpu" or _exporting() or _dense_view(x) is None:
         return F.elu(x)
     return _TrainingELU.apply(x)

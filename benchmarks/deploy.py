@@ -1,0 +1,219 @@
+"""onnxruntime against the PyTorch path, side by side: generator time and peak memory per size.
+
+The generator is exported once (``deepfill.deploy.export_onnx``, fp32; ``--fp16`` adds the
+half-precision export), then every size is timed in fresh processes, alternating between the
+ways in each round so that all see the same machine state: the PyTorch path as the commands
+run it (``configure_cpu()``, inference mode) and the .onnx file through
+``deepfill.deploy.OnnxGenerator`` (onnxruntime's CPU provider), both with the same thread count.
+Each process also reports its peak resident memory (``ru_maxrss``: model, libraries and the
+largest working set of the run).
+
+    python benchmarks/deploy.py                                  # 256², 512², 1024²
+    python benchmarks/deploy.py --sizes 512 --weights places2_v1.pt --fp16
+    python benchmarks/deploy.py --quality --weights last.ckpt --photos held_out/   # fp16 vs fp32
+
+``--quality`` scores the fp32 and fp16 exports and the PyTorch generator on photos it never saw
+(``--photos``: a folder, else scikit-image's held-out coffee and rocket), 256x256 centre crops,
+a box and a free-form hole each: PSNR inside the hole against the photo, and of the fp16
+export against the fp32 one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+_CHILD = """
+import json, resource, statistics, time, torch
+torch.set_num_threads({threads})
+size, way, path = {size}, {way!r}, {path!r}
+if way == "pytorch":
+    from deepfill.utils.devices import configure_cpu
+    configure_cpu()
+    generator = torch.load(path, weights_only=False).eval()
+else:
+    from deepfill.deploy import OnnxGenerator
+    generator = OnnxGenerator(path, threads={threads})
+image = torch.rand(1, 3, size, size) * 2 - 1
+mask = torch.zeros(1, 1, size, size)
+mask[..., size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = 1
+times = []
+with torch.inference_mode():
+    generator(image, mask)
+    for _ in range({repeats}):
+        start = time.perf_counter()
+        generator(image, mask)
+        times.append(time.perf_counter() - start)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+print(json.dumps({{"seconds": statistics.median(times), "peak_rss_gib": peak}}))
+"""
+
+
+def _child(way: str, path: Path, size: int, args: argparse.Namespace) -> dict:
+    repeats = max(1, args.repeats // 2) if size >= 1024 else args.repeats
+    code = _CHILD.format(threads=args.threads, size=size, way=way, path=str(path), repeats=repeats)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise SystemExit(f"benchmark child ({way} {size}²) failed:\n{run.stderr[-2000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _photos(folder: Path | None, size: int) -> list:
+    import numpy as np
+    from PIL import Image
+
+    from deepfill.data.datasets import _sample_photo
+
+    if folder is None:
+        pictures = [(name, _sample_photo(name)) for name in ("coffee", "rocket")]
+    else:
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        pictures = [(p.name, np.asarray(Image.open(p).convert("RGB"))) for p in files]
+    out = []
+    for name, photo in pictures:
+        image = Image.fromarray(photo)
+        scale = size / min(image.size)
+        image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))))
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        out.append((name, np.asarray(image.crop((left, top, left + size, top + size)))))
+    return out
+
+
+def _quality(generator, exports: dict[str, Path], args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    from deepfill.data import masks
+    from deepfill.deploy import OnnxGenerator
+    from deepfill.inference import inpaint_array
+
+    ways = {"pytorch": generator, **{f"onnxruntime {p}": OnnxGenerator(path) for p, path in exports.items()}}
+    holes = {"box": masks.centered_rectangle, "free-form": masks.medium}
+    scores: dict[str, dict[str, list[float]]] = {kind: {name: [] for name in ways} for kind in holes}
+    versus: dict[str, list[float]] = {kind: [] for kind in holes}
+
+    def psnr(a, b) -> float:
+        mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+        return 10 * np.log10(255.0**2 / max(mse, 1e-10))
+
+    photos = _photos(args.photos, args.quality_size)
+    for i, (_, photo) in enumerate(photos):
+        for kind, make in holes.items():
+            size = args.quality_size
+            hole = make(size, size, np.random.default_rng(i))[0].numpy() > 0.5
+            results = {name: inpaint_array(way, photo, hole).completed for name, way in ways.items()}
+            for name, completed in results.items():
+                scores[kind][name].append(psnr(completed[hole], photo[hole]))
+            if "onnxruntime fp16" in results:
+                versus[kind].append(
+                    psnr(results["onnxruntime fp16"][hole], results["onnxruntime fp32"][hole])
+                )
+    torch.set_num_threads(args.threads)
+    table = {
+        kind: {name: float(np.mean(values)) for name, values in by_way.items()}
+        for kind, by_way in scores.items()
+    }
+    for kind in holes:
+        line = ", ".join(f"{name} {value:.2f} dB" for name, value in table[kind].items())
+        extra = f"; fp16 against fp32 {np.mean(versus[kind]):.1f} dB" if versus[kind] else ""
+        print(f"hole PSNR, {kind}, {len(photos)} photos: {line}{extra}", flush=True)
+    return {
+        "photos": [name for name, _ in photos],
+        "size": args.quality_size,
+        "hole_psnr_db": table,
+        "fp16_vs_fp32_psnr_db": {kind: float(np.mean(v)) for kind, v in versus.items() if v},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument(
+        "--repeats", type=int, default=4, help="timed runs per process (half at 1024² and up)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of fresh processes")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="weights (default: a Glorot-initialised model)"
+    )
+    parser.add_argument("--fp16", action="store_true", help="also time the fp16 export")
+    parser.add_argument("--quality", action="store_true", help="score the exports instead of timing them")
+    parser.add_argument("--photos", type=Path, default=None, help="--quality: a folder of held-out photos")
+    parser.add_argument("--quality-size", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(SRC))
+    import torch
+
+    from deepfill.deploy import export_onnx
+    from deepfill.inference import load_generator
+    from deepfill.models import InpaintGenerator
+
+    torch.manual_seed(0)
+    generator = load_generator(args.weights) if args.weights else InpaintGenerator().eval()
+    folder = Path(tempfile.mkdtemp(prefix="deepfill-onnx-bench-"))
+    ways = {"pytorch": folder / "generator.pt"}
+    torch.save(generator, ways["pytorch"])
+    precisions = ["fp32", "fp16"] if args.fp16 else ["fp32"]
+    exports = {}
+    for precision in precisions:
+        report = export_onnx(generator, folder / f"generator_{precision}.onnx", precision)
+        ways[f"onnxruntime {precision}"] = report.path
+        exports[precision] = {"seconds": report.seconds, "megabytes": report.megabytes}
+        print(f"exported {precision} in {report.seconds:.0f} s ({report.megabytes:.1f} MB)", flush=True)
+    if args.quality:
+        from run import _machine, write_results  # this folder's other benchmark program
+
+        torch.set_num_threads(args.threads)
+        exported = {p: Path(ways[f"onnxruntime {p}"]) for p in precisions}
+        result = {"machine": _machine(), "args": {k: str(v) for k, v in vars(args).items()}}
+        result["quality"] = _quality(generator, exported, args)
+        write_results(result, args.out or RESULTS / "onnx-quality-cpu.json")
+        return
+    rows = []
+    for size in args.sizes:
+        runs: dict[str, list[dict]] = {name: [] for name in ways}
+        for _ in range(args.rounds):
+            for name, path in ways.items():
+                way = "pytorch" if name == "pytorch" else "onnx"
+                runs[name].append(_child(way, path, size, args))
+        medians = {name: statistics.median(r["seconds"] for r in values) for name, values in runs.items()}
+        peaks = {name: max(r["peak_rss_gib"] for r in values) for name, values in runs.items()}
+        row = {"size": size, "median_s": medians, "peak_rss_gib": peaks, "runs": runs}
+        row["onnxruntime_over_pytorch"] = medians["onnxruntime fp32"] / medians["pytorch"]
+        rows.append(row)
+        print(
+            f"generator {size}²: "
+            + ", ".join(f"{name} {medians[name]:.3f} s (peak RSS {peaks[name]:.2f} GiB)" for name in ways)
+            + f"; onnxruntime / PyTorch {row['onnxruntime_over_pytorch']:.2f}",
+            flush=True,
+        )
+    import onnxruntime
+
+    from run import _machine, write_results  # this folder's other benchmark program
+
+    machine = {**_machine(), "onnxruntime": onnxruntime.__version__}
+    result = {
+        "machine": machine,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "exports": exports,
+        "rows": rows,
+    }
+    write_results(result, args.out or RESULTS / "onnx-cpu.json")
+
+
+if __name__ == "__main__":
+    main()

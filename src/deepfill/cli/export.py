@@ -1,0 +1,71 @@
+"""``deepfill-export``: the whole generator, contextual attention included, as one ONNX file.
+
+    deepfill-export weights=places2_v1.pt output=places2_v1.onnx
+    deepfill-export weights=outputs/.../checkpoints/best.ckpt output=model_fp16.onnx precision=fp16
+
+Any weights ``deepfill-inpaint`` reads. The graph takes any batch size and any height and width
+that are multiples of the model's (8 for the paper's model); ``deepfill-inpaint`` and
+``deepfill-demo`` run the file with onnxruntime (``weights=model.onnx``). The file is written only
+after onnxruntime reproduced the PyTorch generator on a check batch (see
+:mod:`deepfill.deploy`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, ListConfig
+
+from deepfill.cli.launch import run_hydra_command
+from deepfill.deploy import ONNX_OPSET, ExportReport, export_onnx
+from deepfill.inference import load_generator
+from deepfill.utils.checkpoints import check_weights_path
+from deepfill.utils.config import CONFIG_DIR
+from deepfill.utils.errors import UserError, report_errors
+
+__all__ = ["main", "run"]
+
+
+def _check_size(value: object) -> tuple[int, int]:
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise UserError(f"check_size: expected [height, width], got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def run(cfg: DictConfig) -> ExportReport:
+    """Export ``cfg.weights`` to ``cfg.output``; returns what was written and checked."""
+    value = cfg.check_size
+    check_size = _check_size(list(value) if isinstance(value, ListConfig) else value)
+    check_weights_path(cfg.weights)
+    if Path(cfg.weights).suffix.lower() == ".onnx":
+        raise UserError(f"weights: {cfg.weights} is an export already; give the weights it was made from")
+    generator = load_generator(cfg.weights, "cpu")
+    print(f"exporting {cfg.weights} to ONNX (opset {ONNX_OPSET}, {cfg.precision}) ...", flush=True)
+    report = export_onnx(generator, cfg.output, cfg.precision, check_size)
+    height, width = report.check_size
+    print(
+        f"wrote {report.path} ({report.megabytes:.1f} MB, {report.precision}) in {report.seconds:.0f} s; "
+        f"onnxruntime matches PyTorch at {height}x{width} (max abs difference {report.max_abs_diff:.1e})",
+        flush=True,
+    )
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
+def _hydra_main(cfg: DictConfig) -> None:
+    report_errors("deepfill-export", run, cfg)
+
+
+def main() -> None:
+    """Console entry point."""
+    run_hydra_command("deepfill-export", "export", _hydra_main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Deployment: the whole generator, contextual attention included, as one ONNX graph.
+
+    report = export_onnx(load_generator("places2_v1.pt"), "places2_v1.onnx")
+    generator = OnnxGenerator("places2_v1.onnx")          # onnxruntime, no PyTorch model
+    x_stage1, x_stage2, offsets = generator(image, mask)   # as InpaintGenerator
+
+The graph: inputs ``image`` (N,3,H,W) float32 RGB in [-1,1] and ``mask`` (N,1,H,W) float32,
+1 = hole, one mask per sample; outputs ``x_stage1``, ``x_stage2`` (N,3,H,W) float32 in [-1,1] and
+``offsets`` (N,2,H/(4*rate),W/(4*rate)) int64, as the PyTorch generator returns them. N, H and W
+are dynamic: any H and W that are multiples of the model's ``multiple`` (stored in the model's
+metadata, 8 for the paper's model); other sizes are padded outside the graph
+(:func:`deepfill.models.inpaint_padded` works with :class:`OnnxGenerator` too).
+
+Exporter: ``torch.onnx.export(dynamo=True)`` (``torch.export`` then onnxscript), opset 18. The
+TorchScript exporter records the input sizes as constants wherever the model computes with
+them (the 'SAME' paddings, the resize indices, the attention's patch grid), so its graph is right
+at the traced size only; ``torch.export`` keeps them symbolic and checks every shape guard
+against the declared dynamic dimensions. While exporting, the layers take their plain
+formulations (``torch.compiler.is_exporting()``): ELU instead of the in-place CPU one, F.pad
+instead of the write-once pad, the resize indices computed in the graph, and contextual
+attention without chunks (:meth:`ContextualAttention._attend_dense`): the official paste is a
+transposed convolution with kernels cut from the input, which no exporter takes, and is a
+matrix product of the attention weights with the background's phases here. Tests check each of
+those forms against the PyTorch path.
+
+``precision="fp16"``: the weights and activations in float16, inputs and outputs still float32;
+contextual attention's scores, softmax and offsets stay float32 (a float16 softmax over
+thousands of patches with scale 10 overflows).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepfill.models.generator import InpaintGenerator, check_generator_inputs
+from deepfill.utils.errors import UserError
+from deepfill.utils.files import atomic_path, writable_file
+from deepfill.utils.logs import quiet_loggers
+
+__all__ = [
+    "EXPORT_PRECISIONS",
+    "ONNX_FORMAT",
+    "ONNX_OPSET",
+    "ExportReport",
+    "OnnxGenerator",
+    "export_onnx",
+    "import_onnxruntime",
+]
+
+EXPORT_PRECISIONS = ("fp32", "fp16")
+ONNX_OPSET = 18
+ONNX_FORMAT = "deepfill-v1-generator"  # metadata "deepfill.format" of every export
+INPUT_NAMES = ("image", "mask")
+OUTPUT_NAMES = ("x_stage1", "x_stage2", "offsets")
+# Largest exported side: the dynamic dimensions' bound, and the range over which the x2
+# align-corners resize is known to be a plain repeat (tests/test_layers.py checks it).
+MAX_SIDE = 2048
+# Export parity check (max abs difference of x_stage2 against PyTorch at the check size).
+TOLERANCE = {"fp32": 1e-4, "fp16": 0.1}
+_MISSING = (
+    "the ONNX extra is not installed ({name} missing): pip install 'deepfill[onnx]' "
+    "(onnx, onnxscript and onnxruntime)"
+)
+
+
+def import_onnxruntime():
+    """``onnxruntime``, or one :class:`UserError` line saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(_MISSING.format(name="onnxruntime")) from None
+    return onnxruntime
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` wrote and checked."""
+
+    path: Path
+    precision: str
+    megabytes: float
+    seconds: float
+    check_size: tuple[int, int]
+    max_abs_diff: float  # x_stage2, onnxruntime against the PyTorch float32 generator
+
+
+class _ExportForm(nn.Module):
+    """The generator with float32 inputs and outputs whatever its own precision."""
+
+    def __init__(self, generator: InpaintGenerator, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.generator = generator
+        self.dtype = dtype
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor):
+        x_stage1, x_stage2, offsets = self.generator(
+            image.to(self.dtype), mask.to(self.dtype), check_mask=False
+        )
+        return x_stage1.float(), x_stage2.float(), offsets
+
+
+def _check_inputs(generator: InpaintGenerator, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of two different images and masks of ``size`` (fixed seed)."""
+    height, width = size
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, height, width, generator=g) * 2 - 1
+    mask = torch.zeros(2, 1, height, width)
+    mask[0, :, height // 4 : height // 2, width // 3 : 2 * width // 3] = 1
+    mask[1, :, height // 2 : 7 * height // 8, width // 8 : width // 2] = 1
+    return image, mask
+
+
+def _dynamic_shapes(multiple: int) -> dict:
+    blocks = MAX_SIDE // multiple
+    # Dim minimum 2: torch.export treats sizes 0 and 1 as special; the graph still runs at one
+    # block (checked by the tests), the bound only concerns tracing.
+    height = multiple * torch.export.Dim("height_blocks", min=2, max=blocks)
+    width = multiple * torch.export.Dim("width_blocks", min=2, max=blocks)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    return {"image": {0: batch, 2: height, 3: width}, "mask": {0: batch, 2: height, 3: width}}
+
+
+def _write_model(program, path: Path, generator: InpaintGenerator, precision: str) -> None:
+    """Save ``program`` to ``path`` as one file with readable axis names and our metadata."""
+    import onnx
+
+    with atomic_path(path) as tmp:
+        program.save(str(tmp), external_data=False)
+        model = onnx.load(str(tmp))
+        # The exporter names axes by their expressions ("8*height_blocks"): say what they are.
+        image_dims = model.graph.input[0].type.tensor_type.shape.dim
+        names = {
+            image_dims[axis].dim_param: name for axis, name in ((0, "batch"), (2, "height"), (3, "width"))
+        }
+        for value in list(model.graph.input) + list(model.graph.output):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param in names:
+                    dim.dim_param = names[dim.dim_param]
+        metadata = {
+            "deepfill.format": ONNX_FORMAT,
+            "deepfill.multiple": str(generator.multiple),
+            "deepfill.precision": precision,
+            "deepfill.generator": json.dumps(generator.config, sort_keys=True),
+            "deepfill.inputs": "image (N,3,H,W) float32 RGB in [-1,1]; mask (N,1,H,W) float32, 1 = hole",
+        }
+        del model.metadata_props[:]
+        for key, value in metadata.items():
+            model.metadata_props.add(key=key, value=value)
+        model.producer_name = "deepfill"
+        onnx.save(model, str(tmp))
+
+
+def export_onnx(
+    generator: InpaintGenerator,
+    output: str | Path,
+    precision: str = "fp32",
+    check_size: tuple[int, int] = (256, 256),
+) -> ExportReport:
+    """Export ``generator`` to the ONNX file ``output`` and check it with onnxruntime.
+
+    precision: ``"fp32"`` or ``"fp16"`` (see the module docstring). check_size: (H, W) of the
+    check run (a batch of two, different masks), multiples of ``generator.multiple``. The file is
+    written atomically, and only when onnxruntime's ``x_stage2`` matches the PyTorch generator's
+    within :data:`TOLERANCE`; otherwise :class:`RuntimeError` and nothing is written."""
+    try:
+        import onnxscript.optimizer
+    except ImportError:
+        raise UserError(_MISSING.format(name="onnxscript")) from None
+    ort = import_onnxruntime()
+    if precision not in EXPORT_PRECISIONS:
+        raise UserError(f"precision: must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise UserError(f"output: expected a file name ending in .onnx, got {output}")
+    writable_file(output, "output")
+    multiple = generator.multiple
+    if any(side % multiple or side < multiple for side in check_size):
+        raise UserError(f"check_size: must be multiples of {multiple}, got {tuple(check_size)}")
+    start = time.perf_counter()
+    reference = copy.deepcopy(generator).cpu().float().eval()
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    form = _ExportForm(copy.deepcopy(reference).to(dtype), dtype).eval()
+    example = _check_inputs(reference, (2 * multiple * 4, 3 * multiple * 4))
+    with torch.no_grad(), warnings.catch_warnings(), quiet_loggers("onnx_ir", "onnxscript", "torch.onnx"):
+        # The exporter's notes on axis names it merged are about its own bookkeeping.
+        warnings.filterwarnings("ignore", message=".*axis name.*")
+        program = torch.onnx.export(
+            form,
+            example,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            dynamic_shapes=_dynamic_shapes(multiple),
+            verbose=False,
+        )
+        # Fold what depends on the weights alone (the upsampling layers' phase kernels) into
+        # constants too: the default limits leave tensors above 8192 values to every run.
+        program.model = onnxscript.optimizer.optimize(
+            program.model, input_size_limit=1 << 24, output_size_limit=1 << 24
+        )
+    with atomic_path(output) as final:
+        _write_model(program, final, reference, precision)
+        image, mask = _check_inputs(reference, tuple(check_size))
+        session = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"image": image.numpy(), "mask": mask.numpy()})
+        with torch.no_grad():
+            expected = reference(image, mask)
+        diff = float(np.abs(got[1] - expected[1].numpy()).max())
+        if not diff <= TOLERANCE[precision]:
+            raise RuntimeError(
+                f"export check failed: onnxruntime's x_stage2 differs from PyTorch's by {diff:.3g} "
+                f"(tolerance {TOLERANCE[precision]:g} for {precision}); nothing was written"
+            )
+    return ExportReport(
+        path=output,
+        precision=precision,
+        megabytes=output.stat().st_size / 2**20,
+        seconds=time.perf_counter() - start,
+        check_size=tuple(check_size),
+        max_abs_diff=diff,
+    )
+
+
+class OnnxGenerator:
+    """An exported generator run by onnxruntime; called like :class:`InpaintGenerator`.
+
+    ``generator(image, mask) -> (x_stage1, x_stage2, offsets)`` with image (N,3,H,W) in [-1,1]
+    and mask (1 or N,1,H,W), 1 = hole, as tensors; H and W multiples of :attr:`multiple`.
+    device: ``"cpu"``, or ``"cuda"`` when onnxruntime has the CUDA execution provider.
+    threads: onnxruntime's intra-op threads (None: its default, one per core)."""
+
+    def __init__(
+        self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None
+    ) -> None:
+        ort = import_onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"weights: no such file: {self.path}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError(
+                    "device: this onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu), "
+                    "or use device=cpu"
+                )
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        options.log_severity_level = 3  # onnxruntime's warnings are not the user's business
+        # No memory arena: it grows by powers of two and keeps what it took, so that repeated
+        # 1024² runs held 21 GiB with it against about 9 GiB without, at the same speed.
+        options.enable_cpu_mem_arena = False
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own types for unreadable models
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"weights: {self.path} is not a readable ONNX model ({first})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        inputs = tuple(i.name for i in self.session.get_inputs())
+        outputs = tuple(o.name for o in self.session.get_outputs())
+        if meta.get("deepfill.format") != ONNX_FORMAT or inputs != INPUT_NAMES or outputs != OUTPUT_NAMES:
+            raise UserError(
+                f"weights: {self.path} is an ONNX model but not a DeepFill generator export "
+                f"(inputs {list(inputs)}, outputs {list(outputs)}); make one with deepfill-export"
+            )
+        self.multiple = int(meta["deepfill.multiple"])
+        self.precision = meta.get("deepfill.precision", "fp32")
+        self.config = json.loads(meta.get("deepfill.generator", "{}"))
+
+    def __repr__(self) -> str:
+        return f"OnnxGenerator({str(self.path)!r}, precision={self.precision}, device={self.device})"
+
+    def eval(self) -> OnnxGenerator:
+        return self
+
+    def check_inputs(self, image: torch.Tensor, mask: torch.Tensor, check_mask: bool = True) -> None:
+        """The same checks and messages as :meth:`InpaintGenerator.check_inputs`."""
+        check_generator_inputs(image, mask, self.multiple, check_mask)
+
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor, check_mask: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.check_inputs(image, mask, check_mask)
+        n = image.shape[0]
+        feed = {
+            "image": image.detach().float().cpu().contiguous().numpy(),
+            "mask": mask.detach().float().cpu().expand(n, -1, -1, -1).contiguous().numpy(),
+        }
+        try:
+            outputs = self.session.run(None, feed)
+        except Exception as error:  # onnxruntime's own error types
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise RuntimeError(
+                f"onnxruntime could not run {self.path.name} on a {n}x3x{image.shape[-2]}x{image.shape[-1]} "
+                f"input: {first}"
+            ) from None
+        return tuple(torch.from_numpy(o).to(self.device) for o in outputs)

@@ -1,0 +1,310 @@
+"""ONNX export: the export forms of the layers, onnxruntime parity at several sizes (a narrow
+model; the official weights against the official graph), the .onnx file in the commands and the
+demo, the README's torch-free snippet, half precision and bad input."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, run_cli
+from deepfill.deploy import ONNX_FORMAT, OnnxGenerator, export_onnx
+from deepfill.inference import inpaint_array, load_generator
+from deepfill.models import ContextualAttention, InpaintGenerator, inpaint_padded
+from deepfill.models.layers import (
+    _Interleave,
+    _interleave,
+    _traced_align_corners_index,
+    align_corners_index,
+    resize_is_repeat,
+)
+from deepfill.official.goldens import generator_case
+from deepfill.utils.errors import UserError
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is installed by `make install`")
+
+
+def _batch(n: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images with n different holes (a box each, at a different place)."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(n, 3, height, width, generator=g) * 2 - 1
+    mask = torch.zeros(n, 1, height, width)
+    for i in range(n):
+        top = (i * height // 5) % (height // 2)
+        left = (i * width // 3) % (width // 2)
+        mask[i, :, top : top + height // 3 + 1, left : left + width // 3 + 3] = 1
+    return image, mask
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory) -> tuple[InpaintGenerator, Path]:
+    """A cnum-8 generator and its fp32 export."""
+    torch.manual_seed(0)
+    generator = InpaintGenerator(cnum=8).eval()
+    path = tmp_path_factory.mktemp("onnx") / "narrow.onnx"
+    report = export_onnx(generator, path, check_size=(64, 96))
+    assert report.path == path and path.is_file() and report.max_abs_diff < 1e-4
+    return generator, path
+
+
+# ---------------------------------------------------------------- export forms of the layers
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize(("ksize", "rate", "fuse_k"), [(3, 2, 3), (3, 1, 3), (5, 2, 5), (4, 3, 4), (1, 2, 1)])
+@pytest.mark.parametrize("size", [(24, 24), (24, 36), (12, 48)])
+def test_the_exported_attention_equals_the_chunked_one(fuse, ksize, rate, fuse_k, size) -> None:
+    height, width = size
+    if height % rate or width % rate:
+        pytest.skip("size not divisible by the rate")
+    layer = ContextualAttention(ksize=ksize, rate=rate, fuse_k=fuse_k, fuse=fuse, chunk_size=7)
+    f = torch.randn(2, 8, height, width)
+    mask = torch.zeros(2, 1, height, width)
+    mask[0, :, 3:15, 5:17] = 1
+    mask[1, :, 8:20, 2:10] = 1
+    for m in (mask, None):
+        y, offsets = layer._attend(f, f, m)
+        y_dense, offsets_dense = layer._attend_dense(f, f, m)
+        torch.testing.assert_close(y_dense, y, atol=1e-4, rtol=1e-4)
+        assert torch.equal(offsets_dense, offsets)
+
+
+def test_the_in_graph_resize_indices_equal_the_official_ones() -> None:
+    for in_size, out_size in [(64, 32), (63, 17), (256, 64), (8, 1), (5, 5), (31, 62), (1000, 250)]:
+        assert torch.equal(
+            _traced_align_corners_index(in_size, out_size, torch.device("cpu")),
+            align_corners_index(in_size, out_size),
+        )
+
+
+def test_the_x2_upsampling_is_a_pixel_repeat_at_every_exported_size() -> None:
+    # The exported graph upsamples by repeating pixels at any size (it cannot check per size).
+    assert all(resize_is_repeat((side, side + 8), (2 * side, 2 * side + 16)) for side in range(1, 1025))
+
+
+def test_the_exported_interleave_equals_the_autograd_one() -> None:
+    y = torch.randn(2, 4 * 3, 6, 9)
+    assert torch.equal(_interleave(y, 3), _Interleave.apply(y, 3))
+
+
+# ---------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize(("n", "height", "width"), [(2, 256, 256), (2, 512, 512), (2, 200, 328), (1, 8, 8)])
+def test_onnxruntime_matches_pytorch_at_any_size_and_batch(narrow, n, height, width) -> None:
+    generator, path = narrow
+    image, mask = _batch(n, height, width)
+    with torch.no_grad():
+        expected = generator(image, mask)
+    got = OnnxGenerator(path)(image, mask)
+    assert [tuple(t.shape) for t in got] == [tuple(t.shape) for t in expected]
+    assert (got[1] - expected[1]).abs().max().item() < 1e-4  # x_stage2
+    assert (got[0] - expected[0]).abs().max().item() < 1e-4
+    assert got[2].dtype == torch.int64
+    assert (got[2] == expected[2]).float().mean().item() > 0.99  # argmax ties may flip
+
+
+def test_one_mask_for_the_batch_is_broadcast(narrow) -> None:
+    generator, path = narrow
+    image, mask = _batch(3, 64, 80)
+    with torch.no_grad():
+        expected = generator(image, mask[:1])
+    got = OnnxGenerator(path)(image, mask[:1])
+    assert (got[1] - expected[1]).abs().max().item() < 1e-4
+
+
+def test_official_weights_reproduce_the_official_graph(goldens, tmp_path) -> None:
+    case = generator_case(goldens)
+    path = export_onnx(case["generator"], tmp_path / "official.onnx").path
+    x_stage1, x_stage2, _ = OnnxGenerator(path)(case["image"], case["mask"])
+    # The tolerance of the PyTorch generator's parity test.
+    assert (x_stage1 - case["x_stage1"]).abs().max().item() < 1e-3
+    assert (x_stage2 - case["x_stage2"]).abs().max().item() < 1e-3
+    with torch.no_grad():
+        _, expected, _ = case["generator"](case["image"], case["mask"])
+    assert (x_stage2 - expected).abs().max().item() < 1e-4
+
+
+def test_the_file_says_what_it_is(narrow) -> None:
+    import onnx
+
+    _, path = narrow
+    model = onnx.load(str(path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["deepfill.format"] == ONNX_FORMAT and meta["deepfill.multiple"] == "8"
+    assert meta["deepfill.precision"] == "fp32" and '"cnum": 8' in meta["deepfill.generator"]
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.input, *model.graph.output]
+    }
+    assert dims["image"] == ["batch", 3, "height", "width"]
+    assert dims["mask"] == ["batch", 1, "height", "width"]
+    assert dims["x_stage2"] == ["batch", 3, "height", "width"]
+
+
+# ---------------------------------------------------------------- using the file
+
+
+def test_inpaint_array_and_padding_take_the_onnx_model(narrow) -> None:
+    generator, path = narrow
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 255, (61, 83, 3), dtype=np.uint8)  # not multiples of 8
+    hole = np.zeros((61, 83), bool)
+    hole[15:40, 20:60] = True
+    onnx_generator = load_generator(path)
+    assert isinstance(onnx_generator, OnnxGenerator)
+    got = inpaint_array(onnx_generator, photo, hole)
+    expected = inpaint_array(generator, photo, hole)
+    assert np.array_equal(got.completed[~hole], photo[~hole])
+    assert np.abs(got.completed.astype(int) - expected.completed.astype(int)).max() <= 1
+    image, mask = _batch(1, 61, 83)
+    _, x2, _, _ = inpaint_padded(onnx_generator, image, mask)
+    assert tuple(x2.shape) == (1, 3, 61, 83)
+    with pytest.raises(ValueError, match="precision: an ONNX model runs in the precision it was exported in"):
+        inpaint_array(onnx_generator, photo, hole, "bf16")
+
+
+def test_deepfill_inpaint_and_the_demo_run_the_onnx_file(narrow, tmp_path) -> None:
+    from deepfill.demo import Demo, find_weights
+
+    generator, path = narrow
+    rng = np.random.default_rng(2)
+    photo = rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    hole = np.zeros((70, 90), np.uint8)
+    hole[20:50, 30:70] = 255
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(hole).save(tmp_path / "mask.png")
+    torch.save({"state_dict": generator.state_dict()}, tmp_path / "narrow.pt")
+    outputs = {}
+    for weights in (path, tmp_path / "narrow.pt"):
+        out = tmp_path / f"filled_{weights.suffix[1:]}.png"
+        args = [f"weights={weights}", f"input={tmp_path}/photo.png", f"mask_path={tmp_path}/mask.png"]
+        result = run_cli(
+            "deepfill-inpaint", *args, f"output={out}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs[weights.suffix] = np.asarray(Image.open(out)).astype(int)
+    assert np.abs(outputs[".onnx"] - outputs[".pt"]).max() <= 1
+    shutil.copy(path, tmp_path / "exported.onnx")
+    labels = [option.label for option in find_weights([tmp_path])]
+    assert any(label.startswith("ONNX export exported.onnx") for label in labels)
+    demo = Demo([tmp_path], tmp_path / "exported.onnx", "cpu")
+    result, _, painted = demo.inpaint({"background": photo, "layers": []}, None, "preset", "box", 0)
+    assert np.array_equal(result.completed[~painted], photo[~painted])
+
+
+def _readme_onnxruntime_snippet() -> str:
+    blocks = re.findall(r"^```python\n(.*?)^```", (REPO / "README.md").read_text(), flags=re.S | re.M)
+    snippets = [b for b in blocks if "import onnxruntime" in b]
+    assert len(snippets) == 1, "the README's Deploy section has one onnxruntime snippet"
+    return snippets[0]
+
+
+def test_the_readme_snippet_inpaints_with_numpy_pillow_and_onnxruntime_only(narrow, tmp_path) -> None:
+    generator, path = narrow
+    code = _readme_onnxruntime_snippet()
+    names = re.findall(r"[\w./-]+\.(?:onnx|jpg|png)", code)
+    model = next(n for n in names if n.endswith(".onnx"))
+    shutil.copy(path, tmp_path / model)
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 255, (75, 101, 3), dtype=np.uint8)
+    hole = np.zeros((75, 101), np.uint8)
+    hole[20:55, 30:80] = 255
+    image_name, mask_name, result_name = (n for n in names if not n.endswith(".onnx"))
+    Image.fromarray(photo).save(tmp_path / image_name)
+    Image.fromarray(hole).save(tmp_path / mask_name)
+    photo = np.asarray(Image.open(tmp_path / image_name).convert("RGB"))  # as decoded (JPEG)
+    # torch (and deepfill, which needs it) cannot be imported in the snippet's process.
+    guard = "import sys; sys.modules['torch'] = None; sys.modules['deepfill'] = None\n"
+    run = subprocess.run(
+        [sys.executable, "-c", guard + code], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = np.asarray(Image.open(tmp_path / result_name)).astype(int)
+    expected = inpaint_array(generator, photo, hole > 127).completed.astype(int)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1
+
+
+# ---------------------------------------------------------------- half precision, bad input
+
+
+def test_fp16_export_keeps_attention_in_float32_and_stays_close(tmp_path) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    generator = InpaintGenerator(cnum=8).eval()
+    torch.save({"state_dict": generator.state_dict()}, tmp_path / "narrow.pt")
+    result = run_cli(
+        "deepfill-export",
+        f"weights={tmp_path}/narrow.pt",
+        f"output={tmp_path}/half.onnx",
+        "precision=fp16",
+        "check_size=[64,64]",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"wrote \S+half\.onnx .*fp16.*onnxruntime matches PyTorch at 64x64", result.stdout)
+    model = onnx.load(str(tmp_path / "half.onnx"))
+    ops = {node.op_type: node for node in model.graph.node}
+    softmax_input = next(v for v in model.graph.value_info if v.name == ops["Softmax"].input[0])
+    assert softmax_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    convs = [i for i in model.graph.initializer if i.dims and len(i.dims) == 4]
+    assert convs and all(i.data_type == onnx.TensorProto.FLOAT16 for i in convs)
+    image, mask = _batch(2, 128, 128)
+    with torch.no_grad():
+        expected = generator(image, mask)[1]
+    got = OnnxGenerator(tmp_path / "half.onnx")(image, mask)[1]
+    assert got.dtype == torch.float32
+    hole = mask.expand_as(got) > 0
+    assert 0 < (got - expected)[hole].abs().mean().item() < 0.01
+
+
+def test_a_failed_check_writes_nothing(narrow, tmp_path, monkeypatch) -> None:
+    import deepfill.deploy as deploy
+
+    generator, _ = narrow
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"an earlier export")
+    monkeypatch.setitem(deploy.TOLERANCE, "fp32", 0.0)
+    monkeypatch.setattr(deploy, "_dynamic_shapes", lambda multiple: None)  # a faster, static export
+    with pytest.raises(RuntimeError, match=r"export check failed: .* nothing was written"):
+        export_onnx(generator, target, check_size=(64, 96))  # the static example size
+    assert target.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_bad_files_and_sizes_give_one_clear_line(narrow, tmp_path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    _, path = narrow
+    other = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "other",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        )
+    )
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    (tmp_path / "garbage.onnx").write_bytes(b"not a model")
+    with pytest.raises(UserError, match=r"other\.onnx is an ONNX model but not a DeepFill generator export"):
+        OnnxGenerator(tmp_path / "other.onnx")
+    with pytest.raises(UserError, match=r"garbage\.onnx is not a readable ONNX model"):
+        OnnxGenerator(tmp_path / "garbage.onnx")
+    generator = OnnxGenerator(path)
+    with pytest.raises(ValueError, match="image height and width must be divisible by 8, got 60x64"):
+        generator(*_batch(1, 60, 64))
+    image, mask = _batch(2, 64, 64)
+    with pytest.raises(ValueError, match=r"mask must be \(1 or N,1,H,W\) with N=2"):
+        generator(image, mask[:, :, :, :1].expand(2, 2, 64, 1))
