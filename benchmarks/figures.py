@@ -20,9 +20,10 @@ import torch
 from PIL import Image
 
 from deepfill.data import masks as M
-from deepfill.data.datasets import _fit, _sample_photo, to_tensor
+from deepfill.data.datasets import _fit, _sample_photo
 from deepfill.training.module import DeepFillModule
 from deepfill.training.visuals import comparison_grid, inpainting_grid
+from deepfill.utils.images import to_tensor
 
 IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 

@@ -14,8 +14,9 @@ import torch
 from deepfill.data import masks as M
 from deepfill.data.datamodule import InpaintDataModule
 from deepfill.data.datasets import SampleImages
-from deepfill.evaluation.metrics import InpaintingMetrics, to_unit
+from deepfill.evaluation.metrics import InpaintingMetrics
 from deepfill.training.module import DeepFillModule
+from deepfill.utils.images import to_unit
 from test_distributed import DDP_TINY
 
 pytestmark = pytest.mark.slow

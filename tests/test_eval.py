@@ -19,9 +19,9 @@ from conftest import run_cli
 from deepfill.cli.eval import run
 from deepfill.data.masks import centered_rectangle, eval_mask
 from deepfill.evaluation.evaluate import mean_fill, summarise
-from deepfill.evaluation.metrics import to_unit
 from deepfill.models import InpaintGenerator
 from deepfill.utils.config import CONFIG_DIR
+from deepfill.utils.images import to_unit
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from deepfill.evaluation.metrics import (
     hole_l2,
     image_metrics,
     psnr,
-    to_unit,
 )
+from deepfill.utils.images import to_unit
 
 
 def test_hole_errors_by_hand() -> None:

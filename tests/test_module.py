@@ -11,7 +11,7 @@ import torch
 
 from conftest import SIZE, adam, make_data, make_module, make_trainer
 from deepfill.data import masks as M
-from deepfill.evaluation.metrics import hole_l1, to_unit
+from deepfill.evaluation.metrics import hole_l1
 from deepfill.models import GlobalCritic, LocalCritic
 from deepfill.training.losses import (
     critic_loss,
@@ -21,6 +21,7 @@ from deepfill.training.losses import (
     reconstruction_losses,
 )
 from deepfill.training.module import DeepFillModule, NonFiniteLossError
+from deepfill.utils.images import to_unit
 
 
 def _params(module: torch.nn.Module) -> list[torch.Tensor]:

@@ -97,3 +97,53 @@ def test_the_package_builds_without_warnings(tmp_path) -> None:
     output = (result.stdout + result.stderr).splitlines()
     warned = [line for line in output if "BuildBackendWarning" in line or "deprecat" in line.lower()]
     assert warned == [], warned
+
+
+# Layers, lowest first: a module may import its own package and the packages below it. The
+# top-level modules (inference, deploy, demo, selftest) sit between the libraries and cli/.
+_LAYERS = [
+    {"utils"},
+    {"models", "data"},
+    {"evaluation", "official"},
+    {"training"},
+    {"inference", "deploy"},
+    {"demo", "selftest"},
+    {"cli"},
+]
+# Upward imports that stay, each for a reason (all made inside a function, when called):
+_ALLOWED_UPWARD = {
+    # the ${direction:metric} resolver reads the metric registry's direction
+    ("utils.config", "evaluation"),
+    # the training-step golden is evaluated with the training losses
+    ("official.goldens", "training"),
+    # a .ckpt is read through DeepFillModule (its saved hyper-parameters rebuild the generator)
+    ("inference", "training"),
+}
+
+
+def _layer(name: str) -> int:
+    return next(i for i, layer in enumerate(_LAYERS) if name in layer)
+
+
+def test_dependencies_point_down() -> None:
+    import ast
+
+    wrong = []
+    for path in sorted((REPO / "src" / "deepfill").rglob("*.py")):
+        parts = path.relative_to(REPO / "src" / "deepfill").with_suffix("").parts
+        if parts[0] in ("__init__", "__main__"):
+            continue
+        module = ".".join(p for p in parts if p != "__init__")
+        own = parts[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and (node.module or "").startswith("deepfill.")
+            ):
+                target = node.module.split(".")[1]
+                if target in ("__init__",) or _layer(target) <= _layer(own):
+                    continue
+                if (module, target) not in _ALLOWED_UPWARD:
+                    wrong.append(f"{module} imports {node.module} (line {node.lineno})")
+    assert not wrong, "imports that point up: " + "; ".join(wrong)

@@ -16,43 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepfill.data.datasets import to_tensor
 from deepfill.models import InpaintGenerator, composite, flow_to_image, inpaint_padded
 from deepfill.models.layers import resize_nearest
-from deepfill.training.visuals import to_uint8
+from deepfill.utils.images import to_tensor, to_uint8
+from deepfill.utils.precision import PRECISIONS, autocast, check_compile, check_precision
 
-__all__ = ["PRECISIONS", "Inpainting", "autocast", "check_precision", "inpaint_array", "load_generator"]
-
-# Inference precisions: float32, or bfloat16 autocast for the convolutions (contextual attention's
-# scores, softmax and offsets stay float32 inside it; its paste product takes bf16 operands).
-# bf16 pays off on GPUs and on CPUs with AVX512-BF16 / AMX; its speed and quality cost are in
-# BENCHMARKS.md.
-PRECISIONS = ("fp32", "bf16")
-
-
-def check_precision(precision: str) -> str:
-    """The commands' check of their ``precision`` key: one line naming it when it is unknown."""
-    from deepfill.utils.errors import UserError
-
-    if precision not in PRECISIONS:
-        raise UserError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context of ``precision`` on ``device`` (a no-op for fp32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def check_compile(value: object) -> bool:
-    """The ``compile`` key of the inference commands: true or false."""
-    from deepfill.utils.errors import UserError
-
-    if not isinstance(value, bool):
-        raise UserError(f"compile: expected true or false, got {value!r}")
-    return value
+__all__ = [
+    "PRECISIONS",
+    "Inpainting",
+    "autocast",
+    "check_compile",
+    "check_precision",
+    "generator_device",
+    "inpaint_array",
+    "load_generator",
+]
 
 
 def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> InpaintGenerator:

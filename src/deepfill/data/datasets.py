@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deepfill.utils.errors import UnreadableImageError, UserError
+from deepfill.utils.images import to_tensor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -35,7 +36,6 @@ __all__ = [
     "image_folder",
     "list_images",
     "load_image",
-    "to_tensor",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -98,12 +98,6 @@ def _fit(
     if rng is not None and rng.random() < 0.5:
         array = array[:, ::-1]
     return array
-
-
-def to_tensor(array: np.ndarray) -> torch.Tensor:
-    """(H,W,3) uint8 -> (3,H,W) float32 in [-1,1]. The float copy is made by NumPy, so read-only
-    inputs (decoded images, flipped views) need no extra copy and raise no warning."""
-    return torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1).div_(127.5).sub_(1.0)
 
 
 class ImageSource(torch.utils.data.Dataset):

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from deepfill.data.masks import FolderMasks, read_mask, resize_mask
-from deepfill.evaluation.metrics import METRIC_NAMES, METRICS, image_metrics, to_unit
+from deepfill.evaluation.metrics import METRIC_NAMES, METRICS, image_metrics
 from deepfill.evaluation.tables import write_table
 from deepfill.models import composite
 from deepfill.utils.errors import UserError
+from deepfill.utils.images import to_unit
 
 __all__ = [
     "BASELINES",
@@ -191,9 +192,9 @@ def _batches_of(dataset, limit: int, size: int, device, mask_files) -> Iterator:
 def methods_with_baselines(
     generator: torch.nn.Module, baselines, precision: str = "fp32"
 ) -> dict[str, Method]:
-    """DeepFill's refined output (in ``precision``, see :mod:`deepfill.inference`) and the named
+    """DeepFill's refined output (in ``precision``, see :mod:`deepfill.utils.precision`) and the named
     baselines, each a function of ``(image, mask)``."""
-    from deepfill.inference import autocast
+    from deepfill.utils.precision import autocast
 
     def deepfill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with autocast(image.device, precision):

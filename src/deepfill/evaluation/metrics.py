@@ -41,18 +41,12 @@ __all__ = [
     "network_free_metrics",
     "psnr",
     "selection_metric",
-    "to_unit",
 ]
 
 # PSNR of an image restored exactly (MSE 0) would be infinite and swamp any mean: cap at 100 dB.
 _MIN_MSE = 1e-10
 
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
-
-
-def to_unit(image: torch.Tensor) -> torch.Tensor:
-    """[-1,1] -> [0,1], clamped."""
-    return ((image + 1) / 2).clamp(0, 1)
 
 
 def hole_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

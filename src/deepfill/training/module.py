@@ -26,12 +26,13 @@ import pytorch_lightning as pl
 import torch
 from torch.profiler import record_function
 
-from deepfill.evaluation.metrics import METRICS, InpaintingMetrics, to_unit
+from deepfill.evaluation.metrics import METRICS, InpaintingMetrics
 from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic, composite
 from deepfill.training.losses import LossWeights, critic_loss, generator_loss, local_patches
 from deepfill.training.resume import normalize_loops
 from deepfill.training.visuals import COLUMNS, inpainting_grid, log_grid
 from deepfill.utils.errors import UserError
+from deepfill.utils.images import to_unit
 
 __all__ = ["DeepFillModule", "NonFiniteLossError"]
 

@@ -12,15 +12,11 @@ from deepfill.models.contextual_attention import flow_to_image
 from deepfill.models.generator import composite
 from deepfill.models.layers import resize_nearest
 from deepfill.utils.files import atomic_path
+from deepfill.utils.images import to_uint8
 
-__all__ = ["COLUMNS", "comparison_grid", "inpainting_grid", "log_grid", "to_uint8"]
+__all__ = ["COLUMNS", "comparison_grid", "inpainting_grid", "log_grid"]
 
 COLUMNS = ("input", "coarse", "refined", "composite", "ground truth", "attention flow")
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3,H,W) in [-1,1] -> (H,W,3) uint8, rounded (the inverse of the data's conversion)."""
-    return ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 def inpainting_grid(
