@@ -188,7 +188,10 @@ def export_onnx(
     start = time.perf_counter()
     reference = copy.deepcopy(generator).cpu().float().eval()
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    form = _ExportForm(copy.deepcopy(reference).to(dtype), dtype).eval()
+    # Exporting reads the weights without changing them: only fp16 needs a copy of its own.
+    form = _ExportForm(
+        reference if dtype == torch.float32 else copy.deepcopy(reference).to(dtype), dtype
+    ).eval()
     example = _check_inputs(reference, (2 * multiple * 4, 3 * multiple * 4))
     with torch.no_grad(), warnings.catch_warnings(), quiet_loggers("onnx_ir", "onnxscript", "torch.onnx"):
         # The exporter's notes on axis names it merged are about its own bookkeeping.
