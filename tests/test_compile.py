@@ -11,7 +11,7 @@ import torch
 from conftest import make_data, make_module, make_trainer
 from deepfill import InpaintGenerator
 from deepfill.models import GlobalCritic, LocalCritic
-from deepfill.training.losses import LossWeights, critic_loss, generator_loss, local_patches
+from deepfill.training.losses import LossConfig, StepOutputs, critic_loss, generator_loss
 
 
 @pytest.fixture(autouse=True)
@@ -55,29 +55,21 @@ def test_the_generator_forward_is_one_graph(height, width, grad) -> None:
     assert reasons == [] and graphs == 1
 
 
+# Made once, outside the step, as the module makes it (constructing it inside would be traced).
+CONFIG = LossConfig(patch_size=32)
+
+
 def _generator_step(nets, image, mask):
     generator, global_critic, local_critic = nets
-    origins = local_patches(mask, local_critic.input_size)
     x1, x2, _ = generator(image, mask, check_mask=False)
-    losses = generator_loss(
-        image,
-        mask,
-        x1,
-        x2,
-        origins,
-        local_critic.input_size,
-        LossWeights(),
-        "box",
-        0.9,
-        critics=(global_critic, local_critic),
-    )
-    return losses.total
+    step = StepOutputs.of(image, mask, x1, x2, CONFIG.patch_size)
+    return generator_loss(step, CONFIG, (global_critic, local_critic)).total
 
 
 def _critic_step(nets, image, mask, fake, alphas):
     _, global_critic, local_critic = nets
-    origins = local_patches(mask, local_critic.input_size)
-    return critic_loss(global_critic, local_critic, image, fake, mask, origins, *alphas).total
+    step = StepOutputs.of(image, mask, fake, fake, CONFIG.patch_size)
+    return critic_loss(global_critic, local_critic, step, CONFIG, *alphas).total
 
 
 def _step_args(kind: str):

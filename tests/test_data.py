@@ -283,6 +283,27 @@ def test_batches_have_the_documented_layout() -> None:
         InpaintDataModule(train=None, train_masks=M.rectangle, eval_masks=M.rectangle, batch_size=0)
 
 
+@pytest.mark.parametrize("discount", [None, "box", "nearest_known"])
+def test_training_items_carry_the_hole_distance_only_for_the_nearest_known_discount(discount) -> None:
+    dm = InpaintDataModule(
+        train=SampleImages("train", image_size=64, length=4),
+        val=SampleImages("val", image_size=64, length=2),
+        train_masks=M.free_form,
+        eval_masks=M.thick,
+        batch_size=2,
+        discount=discount,
+    )
+    batch = next(iter(dm.train_dataloader()))
+    if discount == "nearest_known":
+        expected = torch.stack([M.hole_distance(m) for m in batch["mask"]])
+        assert torch.equal(batch["hole_distance"], expected)
+    else:
+        assert "hole_distance" not in batch  # the box discount never reads it
+    assert "hole_distance" not in next(iter(dm.val_dataloader()))
+    with pytest.raises(ValueError, match=r"data\.discount must be 'box' or 'nearest_known', got 'gauss'"):
+        InpaintDataModule(train=None, train_masks=M.rectangle, eval_masks=M.rectangle, discount="gauss")
+
+
 def test_the_lightning_internals_the_data_module_reads_are_still_there() -> None:
     """Lightning has no public accessor for ``use_distributed_sampler``; the data module reads
     the trainer's private connector to refuse Lightning's sampler under DDP (it would replace

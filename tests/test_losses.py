@@ -11,8 +11,12 @@ import torch
 from deepfill.data import masks as M
 from deepfill.models import GlobalCritic, LocalCritic
 from deepfill.training.losses import (
+    GENERATOR_TERMS,
+    LossConfig,
     LossWeights,
+    StepOutputs,
     ae_loss,
+    ae_term,
     box_discount,
     critic_loss,
     crop_patches,
@@ -20,9 +24,9 @@ from deepfill.training.losses import (
     generator_loss,
     gradient_penalty,
     hole_boxes,
+    l1_term,
     local_patches,
     nearest_known_discount,
-    reconstruction_losses,
     wgan_critic_loss,
     wgan_generator_loss,
 )
@@ -66,7 +70,8 @@ def test_box_l1_weighs_the_official_patch_with_the_official_mask(shrink) -> None
     assert origins.tolist() == [[top, left]] * 2
     image = torch.zeros(2, 3, 256, 256)
     x1 = torch.full_like(image, 0.5).requires_grad_(True)  # |error| = 0.5 everywhere
-    l1, _ = reconstruction_losses(image, mask, x1, None, origins, size, coarse_weight=1.0, discount="box")
+    config = LossConfig(LossWeights(coarse=1.0), "box", 0.9, size)
+    l1 = l1_term(StepOutputs.of(image, mask, x1, None, size), config)
     (grad,) = torch.autograd.grad(l1, x1)
     weight = grad[0, 0].double() * (2 * 3 * size * size)
     expected = torch.zeros(256, 256, dtype=torch.float64)
@@ -250,6 +255,20 @@ def test_loss_weights_reject_negatives() -> None:
         LossWeights(gan=-1.0)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"discount": "gaussian"}, r"model\.discount must be 'box' or 'nearest_known', got 'gaussian'"),
+        ({"gamma": 0.0}, r"model\.gamma must be in \(0, 1\], got 0\.0"),
+        ({"gamma": 1.5}, r"model\.gamma must be in \(0, 1\], got 1\.5"),
+        ({"patch_size": 0}, r"local patch size must be >= 1, got 0"),
+    ],
+)
+def test_loss_config_rejects_what_the_losses_cannot_use(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        LossConfig(**kwargs)
+
+
 class ConstantCritic(torch.nn.Module):
     """Scores every input ``value + 0 * sum(x)``, and records what it was shown."""
 
@@ -272,53 +291,92 @@ def _step_inputs(n: int = 2, size: int = 16):
     return image, mask, x1, x2, local_patches(mask, size // 2)
 
 
+def test_step_outputs_hold_the_patches_and_the_composite() -> None:
+    image, mask, x1, x2, origins = _step_inputs()
+    step = StepOutputs.of(image, mask, x1, x2, 8)
+    assert torch.equal(step.origins, origins)
+    assert torch.equal(step.completed, x2 * mask + image * (1 - mask))
+    shared = StepOutputs.of(image, mask[:1], x1, x2, 8)  # one mask for the whole batch
+    assert torch.equal(shared.origins, local_patches(mask[:1].expand(2, -1, -1, -1), 8))
+    assert StepOutputs.of(image, mask, x1, None, 8).completed is None
+
+
 @pytest.mark.parametrize("discount", ["box", "nearest_known"])
 def test_generator_loss_is_the_official_weighted_sum(discount) -> None:
     image, mask, x1, x2, origins = _step_inputs()
     weights = LossWeights(coarse=1.7, l1=0.6, ae=2.5, gan=0.3, global_wgan=4.0)
+    config = LossConfig(weights, discount, 0.8, patch_size=8)
     critics = (ConstantCritic(-2.0, 16), ConstantCritic(-5.0, 8))
-    loss = generator_loss(image, mask, x1, x2, origins, 8, weights, discount, 0.8, critics=critics)
-    l1, ae = reconstruction_losses(image, mask, x1, x2, origins, 8, 1.7, discount, 0.8)
+    step = StepOutputs.of(image, mask, x1, x2, 8)
+    loss = generator_loss(step, config, critics)
+    l1, ae = l1_term(step, config), ae_loss(image, x1, x2, mask, 1.7)
     # g = -mean(D(fake)): 2 for the global critic, 5 for the local one.
-    assert loss.adversarial.item() == pytest.approx(4.0 * 2.0 + 5.0)
-    assert loss.l1.item() == pytest.approx(l1.item()) and loss.ae.item() == pytest.approx(ae.item())
+    assert loss["g_adv"].item() == pytest.approx(4.0 * 2.0 + 5.0)
+    assert loss["l1"].item() == pytest.approx(l1.item()) and loss["ae"].item() == pytest.approx(ae.item())
     assert loss.total.item() == pytest.approx(0.3 * 13.0 + 0.6 * l1.item() + 2.5 * ae.item(), rel=1e-6)
+    # Logged as train/<name>, the total under its own name, every value detached.
+    logged = loss.logged("train/")
+    assert set(logged) == {"train/g_loss", "train/l1", "train/ae", "train/g_adv"}
+    assert logged["train/g_loss"] is not loss.total and not logged["train/g_loss"].requires_grad
     # The critics saw the completed image and its local patch, nothing else.
     completed = x2 * mask + image * (1 - mask)
     assert torch.equal(critics[0].seen[0], completed)
     assert torch.equal(critics[1].seen[0], crop_patches(origins, 8, completed)[0])
     # Without critics (coarse pre-training, reconstruction-only phases) the term is 0.
-    plain = generator_loss(image, mask, x1, None, origins, 8, weights, discount, 0.8)
-    l1_coarse, ae_coarse = reconstruction_losses(image, mask, x1, None, origins, 8, 1.7, discount, 0.8)
-    assert plain.adversarial.item() == 0.0
+    coarse = StepOutputs.of(image, mask, x1, None, 8)
+    plain = generator_loss(coarse, config)
+    l1_coarse, ae_coarse = l1_term(coarse, config), ae_term(coarse, config)
+    assert plain["g_adv"].item() == 0.0
     assert plain.total.item() == pytest.approx(0.6 * l1_coarse.item() + 2.5 * ae_coarse.item(), rel=1e-6)
 
 
+def test_a_registered_term_joins_the_total_with_its_weight(monkeypatch) -> None:
+    """A new term is one function and one weight: the total and the logged names follow."""
+    from deepfill.training import losses
+
+    image, mask, x1, x2, _ = _step_inputs()
+    config = LossConfig(LossWeights(l1=0.6, ae=2.5, global_wgan=3.0), patch_size=8)
+    step = StepOutputs.of(image, mask, x1, x2, 8)
+    before = generator_loss(step, config)
+    extra = losses.LossTerm(lambda s, config, critics: (s.x2 - s.image).square().mean(), "global_wgan")
+    monkeypatch.setitem(losses.GENERATOR_TERMS, "l2", extra)
+    after = generator_loss(step, config)
+    l2 = (x2 - image).square().mean().item()
+    assert after["l2"].item() == pytest.approx(l2)
+    assert after.total.item() == pytest.approx(before.total.item() + 3.0 * l2, rel=1e-6)
+    assert "train/l2" in after.logged("train/")
+    assert set(GENERATOR_TERMS) >= {"l1", "ae", "g_adv"}
+
+
 def test_reconstruction_l1_weighs_the_coarse_stage() -> None:
-    image, mask, x1, x2, origins = _step_inputs()
+    image, mask, x1, x2, _ = _step_inputs()
     for discount in ("box", "nearest_known"):
-        coarse_only, _ = reconstruction_losses(image, mask, x1, None, origins, 8, 1.0, discount)
-        refined_only, _ = reconstruction_losses(image, mask, x2, None, origins, 8, 1.0, discount)
-        both, _ = reconstruction_losses(image, mask, x1, x2, origins, 8, 1.2, discount)
+        unit = LossConfig(LossWeights(coarse=1.0), discount, patch_size=8)
+        coarse_only = l1_term(StepOutputs.of(image, mask, x1, None, 8), unit)
+        refined_only = l1_term(StepOutputs.of(image, mask, x2, None, 8), unit)
+        weighted = LossConfig(LossWeights(coarse=1.2), discount, patch_size=8)
+        both = l1_term(StepOutputs.of(image, mask, x1, x2, 8), weighted)
         assert both.item() == pytest.approx(1.2 * coarse_only.item() + refined_only.item(), rel=1e-6)
 
 
 def test_critic_loss_has_no_global_weight_and_lambda_on_both_penalties() -> None:
-    image, mask, _, x2, origins = _step_inputs()
+    image, mask, x1, x2, origins = _step_inputs()
     fake = x2 * mask + image * (1 - mask)
     alpha_g, alpha_l = torch.tensor([0.2, 0.7]), torch.tensor([0.9, 0.1])
     critics = (LinearCritic(0.3), LinearCritic(0.05))
     critics[0].input_size, critics[1].input_size = 16, 8
-    loss = critic_loss(*critics, image, fake, mask, origins, alpha_g, alpha_l, gp_weight=7.0)
+    step = StepOutputs.of(image, mask, x1, x2, 8)
+    loss = critic_loss(*critics, step, LossConfig(LossWeights(gp=7.0), patch_size=8), alpha_g, alpha_l)
     mask_l, real_l, fake_l = crop_patches(origins, 8, mask, image, fake)
     wgan_g = wgan_critic_loss(critics[0](image), critics[0](fake))
     wgan_l = wgan_critic_loss(critics[1](real_l), critics[1](fake_l))
     # Per-sample masks: the global penalty uses each sample's own mask, the local one its crop.
     gp_g = gradient_penalty(critics[0], image, fake, mask, alpha_g)
     gp_l = gradient_penalty(critics[1], real_l, fake_l, mask_l, alpha_l)
-    assert loss.wgan_global.item() == pytest.approx(wgan_g.item())
-    assert loss.wgan_local.item() == pytest.approx(wgan_l.item())
-    assert loss.gp.item() == pytest.approx(7.0 * (gp_g + gp_l).item(), rel=1e-6)
+    assert loss["d_global"].item() == pytest.approx(wgan_g.item())
+    assert loss["d_local"].item() == pytest.approx(wgan_l.item())
+    assert loss["critic_gap_global"].item() == pytest.approx(-wgan_g.item())
+    assert loss["gp"].item() == pytest.approx(7.0 * (gp_g + gp_l).item(), rel=1e-6)
     assert loss.total.item() == pytest.approx((wgan_g + wgan_l + 7.0 * (gp_g + gp_l)).item(), rel=1e-6)
     # A linear critic's slope is c * sqrt(3 * hole pixels) of each sample: per-sample masks.
     holes = mask.sum(dim=(1, 2, 3))

@@ -14,11 +14,15 @@ from deepfill.data import masks as M
 from deepfill.evaluation.metrics import hole_l1
 from deepfill.models import GlobalCritic, LocalCritic
 from deepfill.training.losses import (
+    LossConfig,
+    LossWeights,
+    StepOutputs,
+    ae_loss,
+    box_discount,
     critic_loss,
     crop_patches,
     generator_loss,
     local_patches,
-    reconstruction_losses,
 )
 from deepfill.training.module import DeepFillModule, NonFiniteLossError
 from deepfill.utils.images import to_unit
@@ -181,9 +185,9 @@ def test_pretraining_loss_is_the_reconstruction_of_the_coarse_output(tmp_path) -
     batch = next(iter(data.train_dataloader()))  # the batch the first step will get
     image, mask = batch["image"], batch["mask"]
     with torch.no_grad():
-        x1 = module.generator.coarse(image * (1 - mask), mask)
-    w = module.loss_weights
-    l1, ae = reconstruction_losses(image, mask, x1, None, local_patches(mask, SIZE // 2), SIZE // 2, w.coarse)
+        x1 = module.generator.coarse(image * (1 - mask), mask)  # stage 1 on the blanked image
+    w = LossWeights()
+    l1, ae = _box_l1(image, mask, x1, SIZE // 2, w.coarse), ae_loss(image, x1, None, mask, w.coarse)
     logged = {}
     log_dict = module.log_dict
 
@@ -194,7 +198,37 @@ def test_pretraining_loss_is_the_reconstruction_of_the_coarse_output(tmp_path) -
     module.log_dict = recording
     make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(module, make_data())
     assert logged["train/g_loss"].item() == pytest.approx((w.l1 * l1 + w.ae * ae).item(), rel=1e-5)
+    assert logged["train/l1"].item() == pytest.approx(l1.item(), rel=1e-5)
     assert logged["train/g_adv"].item() == 0.0
+
+
+def _box_l1(image, mask, x, size, weight):
+    """The official box-discounted L1 of one output, written out: the local patch around each
+    hole's box, weighted by the discount mask, plain mean."""
+    origins = local_patches(mask, size)
+    target, prediction = crop_patches(origins, size, image, x)
+    return weight * ((target - prediction).abs() * box_discount(size, size, 0.9)).mean()
+
+
+def test_a_new_generator_term_is_logged_and_trained_without_naming_it(tmp_path, monkeypatch) -> None:
+    """The step logs every term the loss returns as train/<name>: registering one is enough."""
+    from deepfill.training import losses
+
+    term = losses.LossTerm(lambda step, config, critics: step.x1.square().mean(), "l1")
+    monkeypatch.setitem(losses.GENERATOR_TERMS, "energy", term)
+    module = make_module(reconstruction_steps=1)
+    logged = {}
+    log_dict = module.log_dict
+
+    def recording(values, **kwargs):
+        logged.update(values)
+        log_dict(values, **kwargs)
+
+    module.log_dict = recording
+    make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(module, make_data())
+    assert logged["train/energy"].item() > 0
+    parts = 1.2 * (logged["train/l1"] + logged["train/energy"]) + 1.2 * logged["train/ae"]
+    assert logged["train/g_loss"].item() == pytest.approx(parts.item(), rel=1e-5)
 
 
 def test_reconstruction_phase_trains_both_stages_without_critics_then_the_schedule_starts(tmp_path) -> None:
@@ -371,34 +405,22 @@ def test_generator_is_rebuilt_from_a_checkpoint(tmp_path) -> None:
 def _one_step_in(precision_bf16: bool, module, batch, alpha):
     """Losses and gradients of one critic update and one generator update, as the step makes them."""
     image, mask = batch["image"], batch["mask"]
-    origins = local_patches(mask, SIZE // 2)
+    config = LossConfig(patch_size=SIZE // 2)
     critics = [*module.global_critic.parameters(), *module.local_critic.parameters()]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision_bf16):
         with torch.no_grad():
-            _, x2, _ = module.generator(image, mask)
-        fake = x2.float() * mask + image * (1 - mask)
-        d = critic_loss(
-            module.global_critic, module.local_critic, image, fake, mask, origins, *alpha, gp_weight=10.0
-        )
+            x1, x2, _ = module.generator(image, mask)
+        step = StepOutputs.of(image, mask, x1, x2.float(), SIZE // 2)
+        d = critic_loss(module.global_critic, module.local_critic, step, config, *alpha)
     grad_d = torch.cat([g.flatten() for g in torch.autograd.grad(d.total, critics)])
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision_bf16):
         x1, x2, _ = module.generator(image, mask)
-        g = generator_loss(
-            image,
-            mask,
-            x1,
-            x2,
-            origins,
-            SIZE // 2,
-            module.loss_weights,
-            "box",
-            0.9,
-            critics=(module.global_critic, module.local_critic),
-        )
+        step = StepOutputs.of(image, mask, x1, x2, SIZE // 2)
+        g = generator_loss(step, config, (module.global_critic, module.local_critic))
     grad_g = torch.cat(
         [p.flatten() for p in torch.autograd.grad(g.total, list(module.generator.parameters()))]
     )
-    losses = torch.stack([d.total, d.gp, g.total, g.l1, g.ae]).detach().float()
+    losses = torch.stack([d.total, d["gp"], g.total, g["l1"], g["ae"]]).detach().float()
     return losses, grad_d.float(), grad_g.float()
 
 
@@ -423,19 +445,21 @@ def test_a_bf16_step_stays_finite_and_close_to_float32() -> None:
 
 def test_critic_scores_and_losses_stay_float32_under_bf16_autocast() -> None:
     """The logged critic loss and gaps are computed from float32 scores under bf16 autocast."""
-    from deepfill.training.losses import critic_loss, local_patches
-
     torch.manual_seed(0)
     global_critic, local_critic = GlobalCritic(SIZE, cnum=8), LocalCritic(SIZE // 2, cnum=8)
     real, fake = torch.rand(2, 3, SIZE, SIZE) * 2 - 1, torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     mask = torch.stack([M.centered_rectangle(SIZE, SIZE) for _ in range(2)])
-    origins = local_patches(mask, SIZE // 2)
+    step = StepOutputs.of(real, mask, fake, fake, SIZE // 2)
     alphas = torch.tensor([0.3, 0.7])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert global_critic(real).dtype == torch.float32
-        loss = critic_loss(global_critic, local_critic, real, fake, mask, origins, alphas, alphas)
-    for name in ("total", "wgan_global", "wgan_local", "gp", "gap_global", "gap_local"):
-        assert getattr(loss, name).dtype == torch.float32, name
+        config = LossConfig(patch_size=SIZE // 2)
+        loss = critic_loss(global_critic, local_critic, step, config, alphas, alphas)
+    values = loss.logged("train/")
+    names = ("d_loss", "d_global", "d_local", "gp", "critic_gap_global", "critic_gap_local")
+    assert set(values) == {f"train/{name}" for name in names}
+    for name, value in values.items():
+        assert value.dtype == torch.float32, name
 
 
 class _HostReads(torch.overrides.TorchFunctionMode):

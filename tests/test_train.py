@@ -160,6 +160,7 @@ def test_experiment_presets_carry_the_paper_settings(experiment, tmp_path) -> No
         "gp": 10.0,
     }
     assert cfg.model.discount == "box" and cfg.model.local_critic.input_size == 128
+    assert cfg.data.discount == "box"  # no hole distances computed for a loss that never reads them
 
 
 def test_quickstart_trains_and_writes_checkpoints_metrics_and_grids(tmp_path, capsys) -> None:

@@ -50,9 +50,9 @@ def test_local_patch_is_the_official_bbox(step) -> None:
 @pytest.mark.parametrize(
     ("key", "part"),
     [
-        ("l1_loss", lambda s: s["g"].l1),
-        ("ae_loss", lambda s: s["g"].ae),
-        ("gp_loss", lambda s: s["d"].gp),
+        ("l1_loss", lambda s: s["g"]["l1"]),
+        ("ae_loss", lambda s: s["g"]["ae"]),
+        ("gp_loss", lambda s: s["d"]["gp"]),
         ("d_loss", lambda s: s["d"].total),
         ("g_loss", lambda s: s["g"].total),
     ],

@@ -185,7 +185,8 @@ def training_step_parity(goldens: Path, device: torch.device, precision: str) ->
     with _precision(device, "tf32" if precision == "tf32" else "float32"):
         dtype = torch.bfloat16 if precision == "bf16" else None
         g, d, _ = training_step_losses(case, device, dtype)
-        terms = {"l1_loss": g.l1, "ae_loss": g.ae, "gp_loss": d.gp, "d_loss": d.total, "g_loss": g.total}
+        terms = {"l1_loss": g["l1"], "ae_loss": g["ae"], "gp_loss": d["gp"]}
+        terms |= {"d_loss": d.total, "g_loss": g.total}
         (g.total + d.total).backward()  # the backward runs on the device too
     ours = {key: float(value.detach()) for key, value in terms.items()}
     relative = {

@@ -94,20 +94,30 @@ class InpaintDataset(Dataset):
         masks: ``(height, width, rng) -> (1,H,W)`` mask generator.
         train: random items (see module doc) or deterministic evaluation items.
         seed: base seed.
+        with_distance: training items carry their mask's hole distance (for the ``nearest_known``
+            discount).
     """
 
-    def __init__(self, images: ImageSource, masks: MaskGenerator, train: bool, seed: int = 0) -> None:
+    def __init__(
+        self,
+        images: ImageSource,
+        masks: MaskGenerator,
+        train: bool,
+        seed: int = 0,
+        with_distance: bool = False,
+    ) -> None:
         self.images, self.masks, self.train, self.seed = images, masks, train, seed
+        self.with_distance = with_distance
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, key: int | tuple[int, int, int, int]) -> dict[str, torch.Tensor]:
         """``{"image": (3,S,S) in [-1,1], "mask": (1,S,S) 1 = hole, "index": ()}``; training items
-        also carry ``"hole_distance"`` ((1,S,S), see :func:`deepfill.data.masks.hole_distance`: the
-        ``nearest_known`` discount from it costs no per-ring passes in the training step) and
-        ``"epoch"`` and ``"local"`` (this rank's position in the epoch), from which the data
-        module records how far training got (for an exact mid-epoch resume)."""
+        also carry ``"epoch"`` and ``"local"`` (this rank's position in the epoch), from which the data
+        module records how far training got (for an exact mid-epoch resume), and with
+        ``with_distance`` ``"hole_distance"`` ((1,S,S), see :func:`deepfill.data.masks.hole_distance`:
+        the ``nearest_known`` discount from it costs no per-ring passes in the training step)."""
         if not self.train:
             index = int(key)
             image = self.images.get(index, None)
@@ -118,14 +128,16 @@ class InpaintDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, position])
         image = self.images.get(index, rng)
         mask = self.masks(image.shape[-2], image.shape[-1], rng)
-        return {
+        item = {
             "image": image,
             "mask": mask,
-            "hole_distance": hole_distance(mask),
             "index": torch.tensor(index),
             "epoch": torch.tensor(epoch),
             "local": torch.tensor(local),
         }
+        if self.with_distance:
+            item["hole_distance"] = hole_distance(mask)
+        return item
 
 
 class InpaintDataModule(pl.LightningDataModule):
@@ -142,6 +154,9 @@ class InpaintDataModule(pl.LightningDataModule):
             pins when a CUDA GPU is present (faster, non-blocking copies to it).
         seed: base seed of training draws; eval_seed: seed of the fixed evaluation items.
         image_size: expected side of every source's images (checked), or None.
+        discount: the training losses' spatial discount (``model.discount``): ``"nearest_known"``
+            has the workers precompute each training mask's hole distance; ``"box"`` or None
+            do not need it.
     """
 
     def __init__(
@@ -159,8 +174,12 @@ class InpaintDataModule(pl.LightningDataModule):
         seed: int = 0,
         eval_seed: int = 0,
         image_size: int | None = None,
+        discount: str | None = None,
     ) -> None:
         super().__init__()
+        if discount not in (None, "box", "nearest_known"):
+            raise ValueError(f"data.discount must be 'box' or 'nearest_known', got {discount!r}")
+        self.discount = discount
         if image_size is not None and (image_size < 8 or image_size % 8):
             raise ValueError(f"data.image_size must be a positive multiple of 8, got {image_size!r}")
         self.image_size = image_size
@@ -210,7 +229,8 @@ class InpaintDataModule(pl.LightningDataModule):
                 continue
             train = split == "train"
             masks, seed = (self.train_masks, self.seed) if train else (self.eval_masks, self.eval_seed)
-            self.datasets[split] = InpaintDataset(source, masks, train, seed)
+            with_distance = train and self.discount == "nearest_known"
+            self.datasets[split] = InpaintDataset(source, masks, train, seed, with_distance)
 
     def _dataset(self, split: str) -> InpaintDataset:
         if split not in self.datasets:

@@ -329,17 +329,30 @@ class InpaintGenerator(nn.Module):
         back to the host, which stalls a GPU's queue; for masks binary by construction."""
         check_generator_inputs(image, mask, self.multiple, check_mask)
 
+    def _blank(
+        self, image: torch.Tensor, mask: torch.Tensor, check_mask: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The checked inputs as the coarse stage takes them: the hole blanked to 0, the mask in
+        the image's dtype."""
+        self.check_inputs(image, mask, check_mask)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        mask = mask.to(image.dtype)
+        return image * (1 - mask), mask
+
+    def coarse_only(self, image: torch.Tensor, mask: torch.Tensor, check_mask: bool = True) -> torch.Tensor:
+        """Stage 1 alone, as :meth:`forward` runs it: x_stage1 (N,3,H,W) in [-1,1] (the official
+        coarse pre-training trains this). Inputs as :meth:`forward`."""
+        x_in, mask = self._blank(image, mask, check_mask)
+        return self.coarse(x_in, mask)
+
     def forward(
         self, image: torch.Tensor, mask: torch.Tensor, check_mask: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """image: (N,3,H,W) in [-1,1]; mask: (1 or N,1,H,W), 1 = hole (binary; ``check_mask=False``
         skips that test, see :meth:`check_inputs`). Returns x_stage1, x_stage2 (N,3,H,W) and the
         attention offsets (N,2,H/(4*rate),W/(4*rate))."""
-        self.check_inputs(image, mask, check_mask)
-        if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        mask = mask.to(image.dtype)
-        x_in = image * (1 - mask)
+        x_in, mask = self._blank(image, mask, check_mask)
         x_stage1 = self.coarse(x_in, mask)
         # Gradients flow from stage 2 into stage 1 through the pasted coarse result.
         x = composite(x_stage1, x_in, mask)

@@ -17,14 +17,7 @@ import torch
 
 from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
 from deepfill.official.convert import load_official_critics, load_official_v1
-from deepfill.training.losses import (
-    CriticLoss,
-    GeneratorLoss,
-    LossWeights,
-    critic_loss,
-    generator_loss,
-    local_patches,
-)
+from deepfill.training.losses import Loss, LossConfig, LossWeights, StepOutputs, critic_loss, generator_loss
 
 __all__ = [
     "GENERATOR_GOLDEN",
@@ -118,7 +111,7 @@ def training_step_case(folder: str | os.PathLike) -> TrainingStepCase:
 
 def training_step_losses(
     case: TrainingStepCase, device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None
-) -> tuple[GeneratorLoss, CriticLoss, torch.Tensor]:
+) -> tuple[Loss, Loss, torch.Tensor]:
     """The generator's and the critics' losses of the case's step, computed by the functions the
     training step calls, on ``device`` (the case's networks move there), inside an autocast
     region of ``autocast_dtype`` when given. Returns ``(generator loss, critic loss, origins)``,
@@ -127,23 +120,11 @@ def training_step_losses(
     for net in (case.generator, case.global_critic, case.local_critic):
         net.to(device)
     image, mask = case.image.to(device), case.mask.to(device)
-    box = case.bbox[2]
-    origins = local_patches(mask.expand(image.shape[0], -1, -1, -1), box)
+    config = LossConfig(OFFICIAL_LOSS, "box", OFFICIAL_GAMMA, patch_size=case.bbox[2])
     critics = (case.global_critic, case.local_critic)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         x1, x2, _ = case.generator(image, mask)
-        g = generator_loss(
-            image, mask, x1, x2, origins, box, OFFICIAL_LOSS, "box", OFFICIAL_GAMMA, critics=critics
-        )
-        fake = x2 * mask + image * (1 - mask)
-        d = critic_loss(
-            *critics,
-            image,
-            fake,
-            mask,
-            origins,
-            alpha_global=case.alpha_global.to(device),
-            alpha_local=case.alpha_local.to(device),
-            gp_weight=OFFICIAL_LOSS.gp,
-        )
-    return g, d, origins
+        step = StepOutputs.of(image, mask, x1, x2, config.patch_size)
+        g = generator_loss(step, config, critics)
+        d = critic_loss(*critics, step, config, case.alpha_global.to(device), case.alpha_local.to(device))
+    return g, d, step.origins

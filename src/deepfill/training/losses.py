@@ -5,6 +5,7 @@ Conventions: images (N,3,H,W) in [-1,1]; masks (N,1,H,W) (or (1,1,H,W)), 1 = hol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,10 +17,15 @@ from deepfill.models.generator import composite
 from deepfill.models.layers import cached_tensor
 
 __all__ = [
-    "CriticLoss",
-    "GeneratorLoss",
+    "GENERATOR_TERMS",
+    "Loss",
+    "LossConfig",
+    "LossTerm",
     "LossWeights",
+    "StepOutputs",
+    "adversarial_term",
     "ae_loss",
+    "ae_term",
     "box_discount",
     "critic_loss",
     "crop_patches",
@@ -27,9 +33,9 @@ __all__ = [
     "generator_loss",
     "gradient_penalty",
     "hole_boxes",
+    "l1_term",
     "local_patches",
     "nearest_known_discount",
-    "reconstruction_losses",
     "wgan_critic_loss",
     "wgan_generator_loss",
 ]
@@ -251,50 +257,179 @@ def crop_patches(origins: torch.Tensor, size: int, *tensors: torch.Tensor) -> li
 
 
 # ---------------------------------------------------------------------- one training step
+@dataclass(frozen=True)
+class LossConfig:
+    """What the training losses read, checked once: the weights, the spatial discount and the
+    local patch side.
+
+    discount: ``"box"`` (official: :func:`box_discount` over the local patch) or
+    ``"nearest_known"`` (the paper's form for holes of any shape, :func:`nearest_known_discount`);
+    gamma: its base in (0, 1]; patch_size: the local patch side (the local critic's input).
+    """
+
+    weights: LossWeights = LossWeights()
+    discount: DiscountForm = "box"
+    gamma: float = 0.9
+    patch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.discount not in ("box", "nearest_known"):
+            raise ValueError(f"model.discount must be 'box' or 'nearest_known', got {self.discount!r}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"model.gamma must be in (0, 1], got {self.gamma!r}")
+        if self.patch_size < 1:
+            raise ValueError(f"the local patch size must be >= 1, got {self.patch_size!r}")
+
+
+@dataclass(frozen=True)
+class StepOutputs:
+    """One batch through the generator and what every loss reads from it, computed once.
+
+    image: (N,3,H,W) in [-1,1]; mask: (N or 1,1,H,W), 1 = hole; x1, x2: the stages' outputs
+    (N,3,H,W) (``x2`` None in the coarse pre-training); offsets: the attention offsets (or None);
+    origins: (N,2) the local patches' corners; completed: ``x2*mask + image*(1-mask)`` (None
+    without ``x2``); distance: the precomputed hole distance (N,1,H,W) for the ``nearest_known``
+    discount, or None. Build it with :meth:`of`.
+    """
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    x1: torch.Tensor
+    x2: torch.Tensor | None
+    offsets: torch.Tensor | None
+    origins: torch.Tensor
+    completed: torch.Tensor | None
+    distance: torch.Tensor | None = None
+
+    @classmethod
+    def of(
+        cls,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        x1: torch.Tensor,
+        x2: torch.Tensor | None,
+        patch_size: int,
+        offsets: torch.Tensor | None = None,
+        distance: torch.Tensor | None = None,
+    ) -> StepOutputs:
+        """The step's outputs, with the local patches (side ``patch_size``) and the composite."""
+        origins = local_patches(mask.expand(image.shape[0], *mask.shape[1:]), patch_size)
+        completed = None if x2 is None else composite(x2, image, mask)
+        return cls(image, mask, x1, x2, offsets, origins, completed, distance)
+
+
 @dataclass
-class CriticLoss:
-    """The critics' loss of one step and its parts (0-dim tensors)."""
+class Loss:
+    """A loss to minimise and its named parts, logged as ``train/<name>`` (0-dim tensors).
 
-    total: torch.Tensor  # wgan_global + wgan_local + gp: what the critics minimise
-    wgan_global: torch.Tensor
-    wgan_local: torch.Tensor
-    gp: torch.Tensor  # already weighted by WGAN_GP_LAMBDA
-    gap_global: torch.Tensor  # mean(D(real)) - mean(D(fake)): the critics' Wasserstein estimates
-    gap_local: torch.Tensor
+    total: what the optimiser minimises, logged as ``train/<total_name>``; terms: the parts (the
+    weighted terms before their weights, and diagnostics such as the critics' gaps).
+    """
+
+    total_name: str
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.total if name == self.total_name else self.terms[name]
+
+    def logged(self, prefix: str = "train/") -> dict[str, torch.Tensor]:
+        """Every value, detached, keyed ``<prefix><name>``: what the training step logs."""
+        values = {self.total_name: self.total, **self.terms}
+        return {f"{prefix}{name}": value.detach() for name, value in values.items()}
 
 
-@dataclass
-class GeneratorLoss:
-    """The generator's loss of one step and its parts (0-dim tensors)."""
+def l1_term(step: StepOutputs, config: LossConfig, critics=None) -> torch.Tensor:
+    """The spatially discounted L1 loss ``coarse * L1(x1) + L1(x2)`` (no ``x2`` term in the
+    coarse pre-training).
 
-    total: torch.Tensor  # gan * adversarial + l1_weight * l1 + ae_weight * ae
-    l1: torch.Tensor  # coarse * L1(x1) + L1(x2), spatially discounted
-    ae: torch.Tensor
-    adversarial: torch.Tensor  # global_wgan * g_global + g_local (0 without critics)
+    ``box`` (official): :func:`box_discount` over the local patch at ``step.origins``, a plain
+    mean over patch and channels. ``nearest_known``: :func:`nearest_known_discount` over the whole
+    image, averaged over the hole (right for free-form holes, which need not fit any patch).
+    """
+    outputs = [(config.weights.coarse, step.x1)] + ([(1.0, step.x2)] if step.x2 is not None else [])
+    image, size = step.image, config.patch_size
+    if config.discount == "box":
+        crops = crop_patches(step.origins, size, image, *(x for _, x in outputs))
+        weights = box_discount(size, size, config.gamma, image.device, image.dtype)
+        pairs = zip(outputs, crops[1:], strict=True)
+        return sum(w * ((crops[0] - x).abs() * weights).mean() for (w, _), x in pairs)
+    mask = step.mask.expand(image.shape[0], *step.mask.shape[1:])
+    weights = nearest_known_discount(mask, config.gamma, step.distance)
+    return sum(w * discounted_l1(image, x, weights) for w, x in outputs)
+
+
+def ae_term(step: StepOutputs, config: LossConfig, critics=None) -> torch.Tensor:
+    """The AE loss on the known pixels (:func:`ae_loss`)."""
+    return ae_loss(step.image, step.x1, step.x2, step.mask, config.weights.coarse)
+
+
+def adversarial_term(
+    step: StepOutputs, config: LossConfig, critics: tuple[torch.nn.Module, torch.nn.Module] | None = None
+) -> torch.Tensor:
+    """``global_wgan * -mean(D_global(completed)) - mean(D_local(completed patch))``; 0 without
+    critics or without ``x2`` (the reconstruction phases)."""
+    if critics is None or step.completed is None:
+        return torch.zeros((), device=step.image.device, dtype=step.x1.dtype)
+    global_critic, local_critic = critics
+    (fake_local,) = crop_patches(step.origins, config.patch_size, step.completed)
+    g_global = wgan_generator_loss(global_critic(step.completed))
+    g_local = wgan_generator_loss(local_critic(fake_local))
+    return config.weights.global_wgan * g_global + g_local
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A generator loss term: its function and the :class:`LossWeights` field that weighs it."""
+
+    function: Callable[..., torch.Tensor]  # (step, config, critics) -> 0-dim tensor
+    weight: str
+
+
+# The generator's loss is the weighted sum of these terms, each logged as train/<name>: a new
+# term is one function, one LossWeights field and one entry here.
+GENERATOR_TERMS: dict[str, LossTerm] = {
+    "l1": LossTerm(l1_term, "l1"),
+    "ae": LossTerm(ae_term, "ae"),
+    "g_adv": LossTerm(adversarial_term, "gan"),
+}
+
+
+def generator_loss(
+    step: StepOutputs,
+    config: LossConfig,
+    critics: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+) -> Loss:
+    """The official generator loss ``gan * (global_wgan * g_global + g_local) + l1 * L1 + ae * AE``
+    (``g_loss``), the weighted sum of :data:`GENERATOR_TERMS`.
+
+    ``critics = (global, local)`` adds the adversarial term on ``step.completed``; without them
+    (the reconstruction phases) it is 0.
+    """
+    terms = {name: term.function(step, config, critics) for name, term in GENERATOR_TERMS.items()}
+    weights = config.weights
+    total = sum(getattr(weights, GENERATOR_TERMS[name].weight) * value for name, value in terms.items())
+    return Loss("g_loss", total, terms)
 
 
 def critic_loss(
     global_critic: torch.nn.Module,
     local_critic: torch.nn.Module,
-    real: torch.Tensor,
-    fake: torch.Tensor,
-    mask: torch.Tensor,
-    origins: torch.Tensor,
+    step: StepOutputs,
+    config: LossConfig,
     alpha_global: torch.Tensor,
     alpha_local: torch.Tensor,
-    gp_weight: float = 10.0,
-) -> CriticLoss:
-    """The official critics' loss: both WGAN losses (no global weight on this side) plus
-    ``gp_weight`` times the sum of both masked gradient penalties.
+) -> Loss:
+    """The official critics' loss (``d_loss``): both WGAN losses (``d_global``, ``d_local``, no
+    global weight on this side) plus ``gp``, the gradient-penalty weight times the sum of both
+    masked penalties. Also ``critic_gap_global`` / ``_local``, ``mean(D(real)) - mean(D(fake))``:
+    the critics' Wasserstein estimates.
 
-    real: (N,3,H,W) in [-1,1]; fake: the completed images ``x2*mask + real*(1-mask)``, no
-    gradient needed; mask: (N or 1,1,H,W), 1 = hole; origins: (N,2) local patches (the local
-    critic's input size is the patch side); alpha_global, alpha_local: (N,) interpolation
-    factors of the penalties in [0,1).
+    The fakes are ``step.completed`` (no gradient needed); alpha_global, alpha_local: (N,)
+    interpolation factors of the penalties in [0,1).
     """
-    fake = fake.detach()
-    size = local_critic.input_size
-    mask_local, real_local, fake_local = crop_patches(origins, size, mask, real, fake)
+    real, fake, mask = step.image, step.completed.detach(), step.mask
+    mask_local, real_local, fake_local = crop_patches(step.origins, config.patch_size, mask, real, fake)
     n = real.shape[0]
     # Each critic scores real and fake in one call, as the official graph does.
     scores_global = global_critic(torch.cat([real, fake]))
@@ -303,84 +438,12 @@ def critic_loss(
     wgan_local = wgan_critic_loss(scores_local[:n], scores_local[n:])
     gp_local = gradient_penalty(local_critic, real_local, fake_local, mask_local, alpha_local)
     gp_global = gradient_penalty(global_critic, real, fake, mask, alpha_global)
-    gp = gp_weight * (gp_local + gp_global)
-    return CriticLoss(
-        total=wgan_global + wgan_local + gp,
-        wgan_global=wgan_global,
-        wgan_local=wgan_local,
-        gp=gp,
-        gap_global=-wgan_global.detach(),
-        gap_local=-wgan_local.detach(),
-    )
-
-
-def reconstruction_losses(
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None,
-    origins: torch.Tensor,
-    local_size: int,
-    coarse_weight: float = 1.2,
-    discount: DiscountForm = "box",
-    gamma: float = 0.9,
-    distance: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The spatially discounted L1 loss and the AE loss: ``(l1, ae)``.
-
-    ``l1 = coarse_weight * L1(x1) + L1(x2)`` (no ``x2`` term when ``x2`` is None: coarse
-    pre-training). ``discount="box"`` is the official form: the :func:`box_discount` mask over
-    the local patch at ``origins``, plain mean over patch and channels. ``"nearest_known"``
-    weighs the hole by :func:`nearest_known_discount` over the whole image, averaged over the
-    hole (right for free-form holes, which need not fit any patch); ``distance`` is its
-    precomputed hole distance (N,1,H,W), when the data module supplies it.
-    """
-    outputs = [(coarse_weight, x1)] + ([(1.0, x2)] if x2 is not None else [])
-    if discount == "box":
-        crops = crop_patches(origins, local_size, image, *(x for _, x in outputs))
-        weights = box_discount(local_size, local_size, gamma, image.device, image.dtype)
-        l1 = sum(
-            w * ((crops[0] - x).abs() * weights).mean() for (w, _), x in zip(outputs, crops[1:], strict=True)
-        )
-    elif discount == "nearest_known":
-        weights = nearest_known_discount(mask.expand(image.shape[0], *mask.shape[1:]), gamma, distance)
-        l1 = sum(w * discounted_l1(image, x, weights) for w, x in outputs)
-    else:
-        raise ValueError(f"discount must be 'box' or 'nearest_known', got {discount!r}")
-    return l1, ae_loss(image, x1, x2, mask, coarse_weight)
-
-
-def generator_loss(
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None,
-    origins: torch.Tensor,
-    local_size: int,
-    weights: LossWeights,
-    discount: DiscountForm = "box",
-    gamma: float = 0.9,
-    critics: tuple[torch.nn.Module, torch.nn.Module] | None = None,
-    distance: torch.Tensor | None = None,
-) -> GeneratorLoss:
-    """The official generator loss ``gan * (global_wgan * g_global + g_local) + l1 * L1 + ae * AE``.
-
-    image: (N,3,H,W) in [-1,1]; mask: (N or 1,1,H,W), 1 = hole; x1, x2: the two stages' outputs;
-    origins: (N,2) local patches of side ``local_size``. ``critics = (global, local)`` adds the
-    adversarial term on the completed image ``x2*mask + image*(1-mask)``; without them (coarse
-    pre-training, ``x2=None``, or a reconstruction-only phase) the term is 0. ``distance``: see
-    :func:`reconstruction_losses`.
-    """
-    l1, ae = reconstruction_losses(
-        image, mask, x1, x2, origins, local_size, weights.coarse, discount, gamma, distance
-    )
-    adversarial = torch.zeros((), device=image.device, dtype=l1.dtype)
-    if critics is not None and x2 is not None:
-        global_critic, local_critic = critics
-        fake = composite(x2, image, mask)
-        (fake_local,) = crop_patches(origins, local_size, fake)
-        g_global = wgan_generator_loss(global_critic(fake))
-        g_local = wgan_generator_loss(local_critic(fake_local))
-        adversarial = weights.global_wgan * g_global + g_local
-    total = weights.gan * adversarial + weights.l1 * l1 + weights.ae * ae
-    return GeneratorLoss(total=total, l1=l1, ae=ae, adversarial=adversarial)
+    gp = config.weights.gp * (gp_local + gp_global)
+    terms = {
+        "d_global": wgan_global,
+        "d_local": wgan_local,
+        "gp": gp,
+        "critic_gap_global": -wgan_global.detach(),
+        "critic_gap_local": -wgan_local.detach(),
+    }
+    return Loss("d_loss", wgan_global + wgan_local + gp, terms)

@@ -27,8 +27,8 @@ import torch
 from torch.profiler import record_function
 
 from deepfill.evaluation.metrics import METRICS, InpaintingMetrics
-from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic, composite
-from deepfill.training.losses import LossWeights, critic_loss, generator_loss, local_patches
+from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
+from deepfill.training.losses import LossConfig, LossWeights, StepOutputs, critic_loss, generator_loss
 from deepfill.training.resume import normalize_loops
 from deepfill.training.visuals import COLUMNS, inpainting_grid, log_grid
 from deepfill.utils.errors import UserError
@@ -120,8 +120,6 @@ class DeepFillModule(pl.LightningModule):
             raise ValueError(
                 f"data.image_size must be divisible by 4 * attention rate = {generator.multiple}, got {size}"
             )
-        if discount not in ("box", "nearest_known"):
-            raise ValueError(f"model.discount must be 'box' or 'nearest_known', got {discount!r}")
         for name, value in (
             ("pretrain_coarse_steps", pretrain_coarse_steps),
             ("reconstruction_steps", reconstruction_steps),
@@ -145,7 +143,9 @@ class DeepFillModule(pl.LightningModule):
         self.generator = generator
         self.global_critic = global_critic
         self.local_critic = local_critic
-        self.loss_weights = loss if isinstance(loss, LossWeights) else LossWeights(**(loss or {}))
+        weights = loss if isinstance(loss, LossWeights) else LossWeights(**(loss or {}))
+        # One loss configuration; the local patch side is the local critic's input size.
+        self.loss_config = LossConfig(weights, discount, gamma, local_critic.input_size)
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.5, 0.9))
         try:  # its own checks (a negative lr, betas out of range), here rather than at fit time
             self.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
@@ -153,7 +153,6 @@ class DeepFillModule(pl.LightningModule):
             raise ValueError(f"model.optimizer: {error}") from None
         self.n_critic, self.pretrain_coarse_steps = n_critic, pretrain_coarse_steps
         self.reconstruction_steps, self.lr_decay_steps = reconstruction_steps, lr_decay_steps
-        self.discount, self.gamma = discount, gamma
         self.max_nonfinite = max_nonfinite
         self.seed = seed
         self.log_images_every_n_steps = log_images_every_n_steps
@@ -172,7 +171,7 @@ class DeepFillModule(pl.LightningModule):
                 "generator": generator.config,
                 "global_critic_size": global_critic.input_size,
                 "local_critic_size": local_critic.input_size,
-                "loss": self.loss_weights.__dict__,
+                "loss": weights.__dict__,
                 "optimizer": _describe(self.optimizer_factory),
                 "n_critic": n_critic,
                 "pretrain_coarse_steps": pretrain_coarse_steps,
@@ -209,10 +208,6 @@ class DeepFillModule(pl.LightningModule):
         return generator.to(map_location).eval()
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def local_size(self) -> int:
-        return self.local_critic.input_size
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Before Lightning restores its loops from it: a checkpoint taken after an epoch ended
         # resumes as the next epoch's start, one taken after a stop part-way through an epoch
@@ -297,28 +292,26 @@ class DeepFillModule(pl.LightningModule):
         elif self._generator_step(image, mask, opt_g, "adversarial", distance):
             self._set_count("critic_since_generator", 0)
 
+    def _forward(self, image, mask, phase: str = "adversarial", distance=None) -> StepOutputs:
+        """The generator on a batch (stage 1 alone in the coarse phase), with what the losses read."""
+        # The data module's masks are binary by construction: no check (a host sync).
+        if phase == "coarse":
+            x1, x2, offsets = self.generator.coarse_only(image, mask, check_mask=False), None, None
+        else:
+            x1, x2, offsets = self.generator(image, mask, check_mask=False)
+        return StepOutputs.of(image, mask, x1, x2, self.loss_config.patch_size, offsets, distance)
+
     def _critic_step(self, image, mask, opt_d) -> bool:
         # record_function ranges name the parts of a step in profiles (free when not profiling).
         with torch.no_grad(), record_function("deepfill/critic_step/generator_forward"):
-            # The data module's masks are binary by construction: no check (a host sync).
-            _, x2, _ = self.generator(image, mask, check_mask=False)
-            fake = composite(x2, image, mask)
+            step = self._forward(image, mask)
         # Drawn where they are used (no copy to a GPU), seeded by the step.
         draw = torch.Generator(device=image.device)
         draw.manual_seed(self.seed * 1_000_003 + self._counts["critic_steps"])
         alpha = torch.rand(2, image.shape[0], generator=draw, device=image.device).to(image.dtype)
         with record_function("deepfill/critic_step/critics"):
-            loss = critic_loss(
-                self.global_critic,
-                self.local_critic,
-                image,
-                fake,
-                mask,
-                local_patches(mask, self.local_size),
-                alpha_global=alpha[0],
-                alpha_local=alpha[1],
-                gp_weight=self.loss_weights.gp,
-            )
+            critics = (self.global_critic, self.local_critic)
+            loss = critic_loss(*critics, step, self.loss_config, alpha[0], alpha[1])
         opt_d.zero_grad(set_to_none=True)
         with record_function("deepfill/critic_step/backward"):
             self.manual_backward(loss.total)
@@ -327,19 +320,7 @@ class DeepFillModule(pl.LightningModule):
         grad_norm = _grad_norm(list(self.global_critic.parameters()) + list(self.local_critic.parameters()))
         opt_d.step()
         self._set_count("critic_steps", self._counts["critic_steps"] + 1)
-        self.log_dict(
-            {
-                "train/d_loss": loss.total.detach(),
-                "train/d_global": loss.wgan_global.detach(),
-                "train/d_local": loss.wgan_local.detach(),
-                "train/gp": loss.gp.detach(),
-                "train/critic_gap_global": loss.gap_global,
-                "train/critic_gap_local": loss.gap_local,
-                "train/grad_norm_d": grad_norm,
-            },
-            on_step=True,
-            prog_bar=False,
-        )
+        self.log_dict({**loss.logged("train/"), "train/grad_norm_d": grad_norm}, on_step=True, prog_bar=False)
         return True
 
     def _generator_step(self, image, mask, opt_g, phase: str = "adversarial", distance=None) -> bool:
@@ -353,23 +334,9 @@ class DeepFillModule(pl.LightningModule):
         self.toggle_optimizer(opt_g)  # critics frozen: their weights get no gradient
         try:
             with record_function("deepfill/generator_step/forward"):
-                if phase == "coarse":
-                    x1, x2, offsets = self.generator.coarse(image * (1 - mask), mask), None, None
-                else:
-                    x1, x2, offsets = self.generator(image, mask, check_mask=False)
-            loss = generator_loss(
-                image,
-                mask,
-                x1,
-                x2,
-                local_patches(mask, self.local_size),
-                self.local_size,
-                self.loss_weights,
-                self.discount,
-                self.gamma,
-                critics=(self.global_critic, self.local_critic) if phase == "adversarial" else None,
-                distance=distance,
-            )
+                step = self._forward(image, mask, phase, distance)
+            critics = (self.global_critic, self.local_critic) if phase == "adversarial" else None
+            loss = generator_loss(step, self.loss_config, critics)
             opt_g.zero_grad(set_to_none=True)
             with record_function("deepfill/generator_step/backward"):
                 self.manual_backward(loss.total)
@@ -380,45 +347,32 @@ class DeepFillModule(pl.LightningModule):
         finally:
             self.untoggle_optimizer(opt_g)
         self._set_count("generator_steps", self._counts["generator_steps"] + 1)
-        self.log_dict(
-            {
-                "train/g_loss": loss.total.detach(),
-                "train/l1": loss.l1.detach(),
-                "train/ae": loss.ae.detach(),
-                "train/g_adv": loss.adversarial.detach(),
-                "train/grad_norm_g": grad_norm,
-                "train/generator_steps": self.generator_steps.float(),
-            },
-            on_step=True,
-            prog_bar=True,
-        )
-        if x2 is not None:
-            self._maybe_log_images("train/samples", image, mask, x1, x2, offsets)
+        extra = {"train/grad_norm_g": grad_norm, "train/generator_steps": self.generator_steps.float()}
+        self.log_dict({**loss.logged("train/"), **extra}, on_step=True, prog_bar=True)
+        if step.x2 is not None:
+            self._maybe_log_images("train/samples", step)
         return True
 
-    def _maybe_log_images(self, key, image, mask, x1, x2, offsets, force: bool = False) -> None:
+    def _maybe_log_images(self, key: str, step: StepOutputs, force: bool = False) -> None:
         every = self.log_images_every_n_steps
-        step = self._counts["generator_steps"]
-        if not self.trainer.is_global_zero or (not force and (every <= 0 or step % every != 0)):
+        count = self._counts["generator_steps"]
+        if not self.trainer.is_global_zero or (not force and (every <= 0 or count % every != 0)):
             return
         with torch.no_grad():
-            grid = inpainting_grid(image, mask, x1, x2, offsets)
+            grid = inpainting_grid(step.image, step.mask, step.x1, step.x2, step.offsets, step.completed)
         log_grid(self.trainer, key, grid, " | ".join(COLUMNS), self.global_step)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        image, mask = batch["image"], batch["mask"]
-        x1, x2, offsets = self.generator(image, mask, check_mask=False)
-        completed = composite(x2, image, mask)
-        self.val_metrics.update(to_unit(completed), to_unit(image), mask)
+        step = self._forward(batch["image"], batch["mask"])
+        self.val_metrics.update(to_unit(step.completed), to_unit(step.image), step.mask)
         for name, metric in self.val_metrics.metrics().items():
             self.log(f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=METRICS[name].progress_bar)
         if batch_idx == 0:
-            self._maybe_log_images("val/samples", image, mask, x1, x2, offsets, force=True)
+            self._maybe_log_images("val/samples", step, force=True)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        image, mask = batch["image"], batch["mask"]
-        _, x2, _ = self.generator(image, mask, check_mask=False)
-        self.test_metrics.update(to_unit(composite(x2, image, mask)), to_unit(image), mask)
+        step = self._forward(batch["image"], batch["mask"])
+        self.test_metrics.update(to_unit(step.completed), to_unit(step.image), step.mask)
         for name, metric in self.test_metrics.metrics().items():
             self.log(f"test/{name}", metric, on_step=False, on_epoch=True)

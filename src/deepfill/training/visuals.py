@@ -25,14 +25,16 @@ def inpainting_grid(
     x_stage1: torch.Tensor,
     x_stage2: torch.Tensor,
     offsets: torch.Tensor,
+    completed: torch.Tensor | None = None,
     max_rows: int = 4,
 ) -> np.ndarray:
-    """One row per sample, columns :data:`COLUMNS`. Inputs as the generator's; (H', W', 3) uint8."""
+    """One row per sample, columns :data:`COLUMNS`. Inputs as the generator's, ``completed`` the
+    composite ``x2*mask + image*(1-mask)`` when already made; (H', W', 3) uint8."""
     n = min(max_rows, image.shape[0])
     image, mask = image[:n].float(), mask[:n].float().expand(n, 1, *image.shape[-2:])
     x1, x2 = x_stage1[:n].float(), x_stage2[:n].float()
     holed = image * (1 - mask) + mask  # hole shown white
-    completed = composite(x2, image, mask)
+    completed = composite(x2, image, mask) if completed is None else completed[:n].float()
     flow = resize_nearest(flow_to_image(offsets[:n]), tuple(image.shape[-2:]), align_corners=False)
     columns = [holed, x1, x2, completed, image, flow.to(image.device)]
     rows = torch.cat([torch.cat(list(col), dim=-1) for col in zip(*columns, strict=True)], dim=-2)
