@@ -43,6 +43,15 @@ def _deterministic() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _own_wandb_service() -> None:
+    """Commands started by a test get a W&B service of their own, as from a shell. A test that
+    used W&B in this process leaves its service's address in WANDB_SERVICE, which subprocesses
+    inherit: two commands in a row then share that service, and a resumed run can find its own
+    run id still held by the previous command ("run ID ... is in use")."""
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 @pytest.fixture(scope="session")
 def goldens() -> Path:
     if not (GOLDENS / "gen_256.npz").exists():
