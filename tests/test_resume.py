@@ -73,7 +73,9 @@ def _resume_from_each(first: dict, then: dict, root: Path) -> list[str]:
     straight, straight_batches = _fit(root / "straight", then)
     _fit(root / "first", first, save=True)
     checkpoints = sorted((root / "first").glob("*.ckpt"))
-    assert len(checkpoints) >= 8
+    # One after every batch at least (and more at epoch ends and validations).
+    steps = {int(checkpoint.stem.rsplit("step", 1)[1]) for checkpoint in checkpoints}
+    assert len(checkpoints) >= 5 and steps == set(range(1, max(steps) + 1)), steps
     wrong = []
     for checkpoint in checkpoints:
         resumed, batches = _fit(root / "resumed", then, ckpt_path=checkpoint)
