@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from deepfill.cli.launch import register_command_resolvers
 from deepfill.data import masks as M
 from deepfill.data.datamodule import InpaintDataModule
 from deepfill.data.datasets import SampleImages
@@ -145,6 +146,7 @@ def options(group: str) -> list[str]:
 def compose_cfg(
     overrides: list[str], output_dir: Path, config_name: str = "train", extra: dict | None = None
 ):
+    register_command_resolvers()  # as the commands do before composing
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)

@@ -112,8 +112,6 @@ _LAYERS = [
 ]
 # Upward imports that stay, each for a reason (all made inside a function, when called):
 _ALLOWED_UPWARD = {
-    # the ${direction:metric} resolver reads the metric registry's direction
-    ("utils.config", "evaluation"),
     # the training-step golden is evaluated with the training losses
     ("official.goldens", "training"),
     # a .ckpt is read through DeepFillModule (its saved hyper-parameters rebuild the generator)

@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import TINY, compose_cfg, options, run_cli
-from deepfill.evaluation.metrics import higher_is_better
+from deepfill.evaluation.metrics import higher_is_better, optimization_direction
 from deepfill.training.sweep import (
     JobConflictError,
     begin_job,
@@ -24,7 +24,7 @@ from deepfill.training.sweep import (
     read_record,
     write_results_table,
 )
-from deepfill.utils.config import device_count, optimization_direction
+from deepfill.utils.config import device_count
 from deepfill.utils.devices import choose_free, visible_gpus
 
 # Two critic steps and one validation batch per job: seconds on a CPU.

@@ -20,7 +20,7 @@ from typing import Any
 
 from deepfill.utils.errors import EXIT_NO_SPACE, EXIT_USER_ERROR, NoSpaceError
 
-__all__ = ["prepare_overrides", "quote_for_hydra", "run_hydra_command"]
+__all__ = ["prepare_overrides", "quote_for_hydra", "register_command_resolvers", "run_hydra_command"]
 
 # Keys whose values are file or folder names: a comma in them is part of the name (outside -m).
 _PATH_KEYS = ("input", "output", "weights", "mask_path", "ckpt_path", "root", "flist", "dir", "path")
@@ -150,16 +150,26 @@ def prepare_overrides(config_name: str, argv: Sequence[str]) -> list[str]:
     return argv[:multirun] + overrides
 
 
+def register_command_resolvers() -> None:
+    """Every resolver the configs use, registered where the commands start: the low-level ones
+    of :mod:`deepfill.utils.config` and ``${direction:metric}`` (Optuna's direction for a
+    metric, from the metric registry)."""
+    from deepfill.evaluation.metrics import optimization_direction
+    from deepfill.utils.config import register_resolvers
+
+    register_resolvers({"direction": optimization_direction})
+
+
 def run_hydra_command(prog: str, config_name: str, hydra_main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function as a console command: prepare ``sys.argv``, check a single
     run's overrides, and report Hydra's own errors in one line (exit 2; a full disk: 74)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from deepfill.utils.config import check_overrides, composition_message, register_resolvers
+    from deepfill.utils.config import check_overrides, composition_message
     from deepfill.utils.files import no_space_error
 
-    register_resolvers()
+    register_command_resolvers()
     sys.argv[1:] = prepare_overrides(config_name, sys.argv[1:])
     check_overrides(config_name, prog)
     # Hydra then raises its errors instead of printing them with its own advice.

@@ -39,6 +39,7 @@ __all__ = [
     "image_metrics",
     "metric_spec",
     "network_free_metrics",
+    "optimization_direction",
     "psnr",
     "selection_metric",
 ]
@@ -113,6 +114,14 @@ def metric_spec(metric: str) -> Metric | None:
             base = base[: -len(suffix)]
             break
     return METRICS.get(base)
+
+
+def optimization_direction(metric: str | None) -> str:
+    """Optuna's direction for a metric (the ``${direction:metric}`` resolver): ``maximize`` for
+    PSNR/SSIM, ``minimize`` for LPIPS, errors and losses."""
+    if not metric:
+        raise ValueError("optimized_metric: a search needs a metric to optimise, e.g. val/lpips")
+    return "maximize" if higher_is_better(metric) else "minimize"
 
 
 def higher_is_better(metric: str) -> bool:

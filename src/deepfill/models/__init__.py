@@ -1,7 +1,8 @@
 """DeepFill v1 networks: contextual attention, the two-stage generator and the WGAN critics."""
 
-from .contextual_attention import ContextualAttention, flow_to_image
+from .contextual_attention import ContextualAttention
 from .critics import GlobalCritic, LocalCritic
+from .flow import flow_to_image
 from .generator import CoarseGenerator, InpaintGenerator, RefineGenerator, composite, inpaint_padded
 
 __all__ = [

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepfill.models.contextual_attention import flow_to_image
+from deepfill.models.flow import flow_to_image
 from deepfill.models.generator import composite
 from deepfill.models.layers import resize_nearest
 from deepfill.utils.files import atomic_path

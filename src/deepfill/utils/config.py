@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -34,15 +35,6 @@ def device_count(pool=None) -> int:
     return count
 
 
-def optimization_direction(metric: str | None) -> str:
-    """Optuna's direction for a metric: ``maximize`` for PSNR/SSIM, ``minimize`` for LPIPS and errors."""
-    if not metric:
-        raise ValueError("optimized_metric: a search needs a metric to optimise, e.g. val/lpips")
-    from deepfill.evaluation.metrics import higher_is_better
-
-    return "maximize" if higher_is_better(metric) else "minimize"
-
-
 def ensure_dir(path: str) -> str:
     """Create ``path`` (a folder another tool writes into before Hydra would create it); returns it."""
     Path(path).mkdir(parents=True, exist_ok=True)
@@ -65,18 +57,17 @@ _RESOLVERS = {
     "scale": lambda x, factor: round(int(x) * float(factor)),
     "mul": lambda a, b: int(a) * int(b),
     "device_count": device_count,
-    "direction": optimization_direction,
     "ensure_dir": ensure_dir,
     "replicate_seeds": replicate_seeds,
 }
 
 
-def register_resolvers() -> None:
+def register_resolvers(extra: dict[str, Callable] | None = None) -> None:
     """``${half:x}`` (integer half, e.g. the local critic's crop), ``${scale:x,f}`` (``x * f``
-    rounded), ``${mul:a,b}``,
-    ``${device_count:pool}``, ``${direction:metric}``, ``${ensure_dir:path}`` and
-    ``${replicate_seeds:replicates,seed}``."""
-    for name, function in _RESOLVERS.items():
+    rounded), ``${mul:a,b}``, ``${device_count:pool}``, ``${ensure_dir:path}`` and
+    ``${replicate_seeds:replicates,seed}``; plus ``extra`` (name -> function), the resolvers the
+    commands add from higher layers (:func:`deepfill.cli.launch.register_command_resolvers`)."""
+    for name, function in {**_RESOLVERS, **(extra or {})}.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
 
