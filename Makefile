@@ -17,7 +17,7 @@ EXPERIMENT ?= quickstart
 
 ARGS ?=
 
-.PHONY: help install train sweep study eval inpaint export demo test test-all test-browser browser lint format bench gpu-check clean
+.PHONY: help install train sweep study eval inpaint export demo notebooks test test-all test-browser browser lint format bench gpu-check clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,9 @@ export: $(STAMP) ## the generator as one ONNX file: make export ARGS="weights=W.
 
 demo: $(STAMP) ## the browser demo on http://127.0.0.1:7860 (ARGS="weights=W.pt port=8000")
 	$(BIN)/deepfill-demo $(ARGS)
+
+notebooks: $(STAMP) ## execute the notebooks and store their figures (needs `make study`'s sweep; trains the quickstart model if missing)
+	$(BIN)/python notebooks/execute.py $(ARGS)
 
 test: $(STAMP) ## run the test suite (fast tests)
 	$(BIN)/python -m pytest -m "not slow and not browser" --durations=15 $(PYTEST_ARGS)

@@ -1,4 +1,8 @@
-"""The README cannot rot: every command in its code blocks runs here, in README order.
+"""The guides cannot rot: every command in the code blocks of README.md and docs/*.md runs here.
+
+The pages are read in :data:`PAGES` order, which puts the commands that make files (a training
+run, converted weights, mask sets) before those that use them; a command that appears on two pages
+runs once, where it first appears.
 
 Commands run with tiny overrides appended (a small model, a few batches), on a workspace that
 holds what the README's examples name (photos/, photo.jpg, a folder laid out like the released
@@ -23,6 +27,20 @@ from PIL import Image
 from conftest import GOLDENS, REPO
 
 README = REPO / "README.md"
+# Training and conversion first: later pages use the checkpoint, weights and masks they write.
+PAGES = [
+    REPO / "docs" / f"{name}.md"
+    for name in (
+        "training",
+        "official-weights",
+        "evaluation",
+        "inpainting",
+        "deployment",
+        "sweeps",
+        "errors",
+        "development",
+    )
+] + [README]
 BIN = Path(sys.executable).parent
 
 TINY_TRAIN = [
@@ -54,30 +72,50 @@ TINY_EVAL = ["limit=2", "batch_size=2", "lpips=false"]
 NEEDS_CLUSTER = ("trainer=gpu", "trainer=ddp", "launcher=local_gpus", "launcher=slurm")
 
 
-def readme_blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+def code_blocks(language: str, pages: list[Path] = PAGES) -> list[str]:
+    return [
+        block
+        for page in pages
+        for block in re.findall(rf"^```{language}\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+    ]
 
 
-def readme_commands() -> list[str]:
+def page_commands(pages: list[Path] = PAGES) -> list[str]:
+    """Every command line of the pages' bash blocks, in order, each once."""
     commands = []
-    for block in readme_blocks("bash"):
+    for block in code_blocks("bash", pages):
         for line in block.splitlines():
             tokens = shlex.split(line, comments=True)
-            if tokens:
+            if tokens and shlex.join(tokens) not in commands:
                 commands.append(shlex.join(tokens))
     return commands
 
 
 # `make test` is this suite: checked by what it runs (below), not run from inside itself.
-COMMANDS = [c for c in readme_commands() if c != "make test"]
+COMMANDS = [c for c in page_commands() if c != "make test"]
 
 
-def test_readme_commands_are_found_and_all_are_project_commands() -> None:
-    assert len(COMMANDS) >= 20
-    assert "make train" in COMMANDS and "make test" in readme_commands()  # the two commands
+def test_commands_are_found_and_all_are_project_commands() -> None:
+    assert set(PAGES[:-1]) == set((REPO / "docs").glob("*.md"))  # a new page is added to PAGES
+    assert len(COMMANDS) >= 30
+    assert page_commands([README])[:2] == ["make train", "make test"]  # the two commands
     for command in COMMANDS:
         program = command.split()[0]
         assert program == "make" or program.startswith("deepfill-"), command
+
+
+def test_the_readme_is_read_in_five_minutes_and_links_only_to_what_exists() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    for page in [README, *PAGES[:-1]]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), f"{page.name} links to a missing {target}"
+        for anchor_page, anchor in re.findall(r"\]\(([^)#\s]*)#([^)]+)\)", page.read_text()):
+            linked = page.parent / anchor_page if anchor_page else page
+            headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"{page.name} links to a missing heading {anchor_page}#{anchor}"
 
 
 def test_make_test_runs_this_suite_without_the_slow_and_browser_tests() -> None:
@@ -92,8 +130,8 @@ def test_make_test_runs_this_suite_without_the_slow_and_browser_tests() -> None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> dict:
-    """Files the README's examples refer to, and what earlier commands leave for later ones."""
-    ws = tmp_path_factory.mktemp("readme")
+    """Files the pages' examples refer to, and what earlier commands leave for later ones."""
+    ws = tmp_path_factory.mktemp("docs")
     rng = np.random.default_rng(0)
 
     def photo(path: Path, size=(96, 128)) -> None:
@@ -133,7 +171,7 @@ def workspace(tmp_path_factory) -> dict:
 
 
 def resolve_make(command: str) -> list[str]:
-    """The deepfill command a README `make ...` line runs."""
+    """The deepfill command a `make ...` line of the pages runs."""
     tokens = shlex.split(command)
     dry = subprocess.run(
         ["make", "-n", "-C", str(REPO), *tokens[1:]], capture_output=True, text=True, check=True
@@ -145,16 +183,14 @@ def resolve_make(command: str) -> list[str]:
 
 
 def substitute(tokens: list[str], ws: dict) -> list[str]:
-    """Point the README's placeholders at the workspace (other paths are relative to it: the cwd)."""
+    """Point the pages' placeholders at the workspace (other paths are relative to it: the cwd)."""
     out = []
     for token in tokens:
         key, sep, value = token.partition("=")
         if sep and value == "/data":
             token = f"{key}={ws['dir'] / 'data'}"
         elif sep and "checkpoints/last.ckpt" in value and ("..." in value or "<" in value):
-            assert ws["ckpt"], (
-                "a README training command must come before the commands that use its checkpoint"
-            )
+            assert ws["ckpt"], "a training command must come before the commands that use its checkpoint"
             token = f"{key}={ws['ckpt']}"
         out.append(token)
     return out
@@ -220,7 +256,7 @@ def check_outputs(tokens: list[str], result: subprocess.CompletedProcess, ws: di
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_readme_command_runs(command, workspace) -> None:
+def test_command_runs(command, workspace) -> None:
     tokens = shlex.split(command)
     tokens = resolve_make(command) if tokens[0] == "make" else [str(BIN / tokens[0]), *tokens[1:]]
     tokens = substitute(tokens, workspace)
@@ -245,8 +281,8 @@ def test_readme_command_runs(command, workspace) -> None:
     check_outputs(tokens, result, workspace)
 
 
-def test_readme_python_examples_run(workspace) -> None:
-    blocks = readme_blocks("python")
+def test_python_examples_run(workspace) -> None:
+    blocks = code_blocks("python")
     assert blocks
     for code in blocks:
         result = subprocess.run(

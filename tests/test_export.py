@@ -1,6 +1,6 @@
 """ONNX export: the export forms of the layers, onnxruntime parity at several sizes (a narrow
 model; the official weights against the official graph), the .onnx file in the commands and the
-demo, the README's torch-free snippet, half precision and bad input."""
+demo, the deployment page's torch-free snippet, half precision and bad input."""
 
 from __future__ import annotations
 
@@ -201,16 +201,17 @@ def test_deepfill_inpaint_and_the_demo_run_the_onnx_file(narrow, tmp_path) -> No
     assert np.array_equal(result.completed[~painted], photo[~painted])
 
 
-def _readme_onnxruntime_snippet() -> str:
-    blocks = re.findall(r"^```python\n(.*?)^```", (REPO / "README.md").read_text(), flags=re.S | re.M)
+def _deployment_onnxruntime_snippet() -> str:
+    page = REPO / "docs" / "deployment.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M)
     snippets = [b for b in blocks if "import onnxruntime" in b]
-    assert len(snippets) == 1, "the README's Deploy section has one onnxruntime snippet"
+    assert len(snippets) == 1, "docs/deployment.md has one onnxruntime snippet"
     return snippets[0]
 
 
-def test_the_readme_snippet_inpaints_with_numpy_pillow_and_onnxruntime_only(narrow, tmp_path) -> None:
+def test_the_deployment_snippet_inpaints_with_numpy_pillow_and_onnxruntime_only(narrow, tmp_path) -> None:
     generator, path = narrow
-    code = _readme_onnxruntime_snippet()
+    code = _deployment_onnxruntime_snippet()
     names = re.findall(r"[\w./-]+\.(?:onnx|jpg|png)", code)
     model = next(n for n in names if n.endswith(".onnx"))
     shutil.copy(path, tmp_path / model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from conftest import GOLDENS, REPO, run_cli
@@ -35,7 +36,7 @@ def text_output(notebook: nbformat.NotebookNode) -> str:
 
 def images(notebook: nbformat.NotebookNode) -> int:
     return sum(
-        "image/png" in o.get("data", {})
+        bool({"image/png", "image/jpeg"} & set(o.get("data", {})))
         for c in notebook.cells
         if c.cell_type == "code"
         for o in c.get("outputs", [])
@@ -44,6 +45,28 @@ def images(notebook: nbformat.NotebookNode) -> int:
 
 def test_the_four_notebooks_are_there() -> None:
     assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_"]
+
+
+# The figures each notebook draws when it runs on what `make notebooks` gives it.
+STORED_FIGURES = {"01_": 1, "02_": 3, "03_": 2, "04_": 4}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_the_stored_notebook_shows_its_figures(path) -> None:
+    """Notebooks are stored executed (`make notebooks`), so they read with their figures on a
+    forge: every code cell run once, top to bottom, no error, every figure there, and the trained
+    parts drawn from trained models rather than their 'run this first' branch."""
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    counts = [cell.execution_count for cell in code]
+    rerun = f"{path.name}: run `make notebooks`"
+    assert counts == list(range(1, len(code) + 1)), f"{rerun}: not executed once, in order"
+    errors = [o for cell in code for o in cell.outputs if o.output_type == "error"]
+    assert not errors, f"{path.name}: a stored error: {errors[0].get('ename')}"
+    assert images(notebook) == STORED_FIGURES[path.name[:3]], f"{rerun}: figures missing"
+    text = text_output(notebook)
+    assert "no finished ablation" not in text and "run `make" not in text
+    assert str(REPO) not in path.read_text(), f"{path.name}: stores a path of the machine it ran on"
 
 
 def test_inpaint_notebook_with_official_weights(monkeypatch, tmp_path) -> None:
