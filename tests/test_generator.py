@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import deepfill
 from conftest import skip_without_tensorflow
 from deepfill import GlobalCritic, InpaintGenerator, LocalCritic, load_official_v1
+from deepfill.cli.convert import main as convert_main
 from deepfill.models import inpaint_padded
 from deepfill.models.layers import (
     elu,
@@ -25,7 +26,6 @@ from deepfill.models.layers import (
     upsample_conv3x3,
 )
 from deepfill.official.convert import load_official_critics, tf_variable_names
-from deepfill.official.convert import main as convert_main
 from deepfill.official.tf_checkpoint import CheckpointError, read_tf_checkpoint
 
 

@@ -145,8 +145,10 @@ def test_folder_masks_errors(tmp_path) -> None:
 
 
 def test_make_masks_cli_writes_a_reusable_fixed_set(tmp_path, capsys) -> None:
-    assert M.main([str(tmp_path / "a"), "--preset", "medium", "--count", "4", "--size", "64", "96"]) == 0
-    assert M.main([str(tmp_path / "b"), "--preset", "medium", "--count", "4", "--size", "64", "96"]) == 0
+    from deepfill.cli.make_masks import main
+
+    assert main([str(tmp_path / "a"), "--preset", "medium", "--count", "4", "--size", "64", "96"]) == 0
+    assert main([str(tmp_path / "b"), "--preset", "medium", "--count", "4", "--size", "64", "96"]) == 0
     for i in range(4):
         a = np.asarray(Image.open(tmp_path / "a" / f"{i:06d}.png"))
         b = np.asarray(Image.open(tmp_path / "b" / f"{i:06d}.png"))
@@ -157,7 +159,7 @@ def test_make_masks_cli_writes_a_reusable_fixed_set(tmp_path, capsys) -> None:
     assert "wrote 4 medium masks" in capsys.readouterr().out
     for bad in (["--count", "0"], ["--size", "0", "64"]):
         with pytest.raises(SystemExit) as info:
-            M.main([str(tmp_path / "c"), *bad])
+            main([str(tmp_path / "c"), *bad])
         assert info.value.code == 2
         assert capsys.readouterr().err.startswith("deepfill-make-masks: error:")
     assert not (tmp_path / "c").exists()  # checked before the folder is made

@@ -357,10 +357,10 @@ def test_a_stop_signal_saves_a_checkpoint_and_stops(signal_name, extra, saved, t
         ("32-true", True, "32-true"),
     ],
 )
-def test_bf16_only_on_gpus_that_have_it_natively(monkeypatch, capsys, asked, native, expected) -> None:
+def test_bf16_only_on_gpus_that_have_it_natively(monkeypatch, asked, native, expected) -> None:
     from omegaconf import OmegaConf
 
-    from deepfill.cli import train as train_module
+    from deepfill.training import trainer as setup
 
     calls = []
 
@@ -371,11 +371,12 @@ def test_bf16_only_on_gpus_that_have_it_natively(monkeypatch, capsys, asked, nat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
     cfg = OmegaConf.create({"trainer": {"accelerator": "gpu", "precision": asked}})
-    train_module._resolve_precision(cfg)
+    message = setup.resolve_precision(cfg.trainer)
     assert cfg.trainer.precision == expected
     assert calls and not any(calls)  # asked without emulation
-    if asked.startswith("bf16") and not native:
-        assert "no native bf16" in capsys.readouterr().out
+    assert (message is not None) == (asked.startswith("bf16") and not native)
+    if message is not None:
+        assert "no native bf16" in message
 
 
 @pytest.mark.parametrize(
@@ -388,20 +389,21 @@ def test_bf16_only_on_gpus_that_have_it_natively(monkeypatch, capsys, asked, nat
         ("32-true", "fpu amx_bf16", "32-true"),
     ],
 )
-def test_bf16_on_cpus_only_with_avx512_bf16_or_amx(monkeypatch, capsys, asked, flags, expected) -> None:
+def test_bf16_on_cpus_only_with_avx512_bf16_or_amx(monkeypatch, asked, flags, expected) -> None:
     from omegaconf import OmegaConf
 
-    from deepfill.cli import train as train_module
+    from deepfill.training import trainer as setup
     from deepfill.utils import devices
 
     cpuinfo = f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train_module, "cpu_native_bf16", lambda: devices.cpu_native_bf16(cpuinfo))
+    monkeypatch.setattr(setup, "cpu_native_bf16", lambda: devices.cpu_native_bf16(cpuinfo))
     cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": asked}})
-    train_module._resolve_precision(cfg)
+    message = setup.resolve_precision(cfg.trainer)
     assert cfg.trainer.precision == expected
-    if asked.startswith("bf16") and expected == "32-true":
-        assert "no AVX512-BF16 or AMX" in capsys.readouterr().out
+    assert (message is not None) == (asked.startswith("bf16") and expected == "32-true")
+    if message is not None:
+        assert "no AVX512-BF16 or AMX" in message
 
 
 def test_the_cpu_bf16_preset_composes_to_bf16_mixed_on_the_cpu(tmp_path) -> None:
@@ -410,9 +412,9 @@ def test_the_cpu_bf16_preset_composes_to_bf16_mixed_on_the_cpu(tmp_path) -> None
 
 
 def test_trainer_cpu_bf16_trains_in_bf16_mixed(monkeypatch, tmp_path) -> None:
-    from deepfill.cli import train as train_module
+    from deepfill.training import trainer as setup
 
-    monkeypatch.setattr(train_module, "cpu_native_bf16", lambda: True)  # as on an AMX CPU
+    monkeypatch.setattr(setup, "cpu_native_bf16", lambda: True)  # as on an AMX CPU
     cfg = compose_cfg(["debug=fast_dev_run", *TINY, "trainer=cpu_bf16"], tmp_path)
     metrics = train(cfg)
     assert cfg.trainer.precision == "bf16-mixed"
@@ -432,7 +434,7 @@ def test_trainer_cpu_bf16_trains_in_bf16_mixed(monkeypatch, tmp_path) -> None:
 def test_multirun_with_ddp_needs_slurm(overrides, refused, tmp_path) -> None:
     from omegaconf import OmegaConf
 
-    from deepfill.cli.train import _check_multirun_ddp
+    from deepfill.training.multirun import check_multirun_ddp as _check_multirun_ddp
 
     cfg = compose_cfg(overrides, tmp_path)
     OmegaConf.set_readonly(cfg.hydra, False)

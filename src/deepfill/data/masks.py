@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from deepfill.utils.errors import UnreadableImageError, UserError, report_errors
+from deepfill.utils.errors import UnreadableImageError, UserError
 from deepfill.utils.files import atomic_path, writable_dir
 
 __all__ = [
@@ -440,25 +440,3 @@ def write_eval_set(
     with atomic_path(out / "masks.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     return paths
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``deepfill-make-masks``: write a fixed evaluation mask set as PNG files."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="deepfill-make-masks",
-        description="Write deterministic evaluation masks (255 = hole) as PNG files.",
-    )
-    parser.add_argument("out", help="output folder")
-    parser.add_argument("--preset", default="thick", choices=sorted(PRESETS))
-    parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("HEIGHT", "WIDTH"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    paths = report_errors(
-        "deepfill-make-masks", write_eval_set, args.out, args.preset, args.count, *args.size, args.seed
-    )
-    height, width = args.size
-    print(f"wrote {len(paths)} {args.preset} masks ({height}x{width}, seed {args.seed}) to {args.out}")
-    return 0

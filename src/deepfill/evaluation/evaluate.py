@@ -35,6 +35,7 @@ __all__ = [
     "methods_with_baselines",
     "per_image_metrics",
     "summarise",
+    "write_baseline_comparison",
     "write_tables",
 ]
 
@@ -230,6 +231,28 @@ def compare_with_baselines(
     if records is not None:
         records.extend(per_image)
     return [row for row in summarise(per_image) if row["hole_ratio"] == "all"]
+
+
+def write_baseline_comparison(
+    generator: torch.nn.Module, dataset, spec, out: Path
+) -> tuple[list[dict], Path]:
+    """A training run's closing comparison: :func:`compare_with_baselines` on the first
+    ``spec.limit`` validation items (``spec``: ``limit``, ``batch_size``, ``baselines``, as the
+    ``baseline_comparison`` config), written to ``out/comparison.csv`` and ``.md`` and, per image,
+    ``comparison_images.csv`` (for the evaluation noise of a comparison: the spread over images,
+    a paired bootstrap between runs). Returns the summary rows and the Markdown table's path."""
+    from deepfill.evaluation.metrics import network_free_metrics
+    from deepfill.evaluation.tables import write_csv
+
+    device = next(generator.parameters()).device
+    records: list[dict] = []
+    rows = compare_with_baselines(
+        generator, dataset, spec.get("limit"), int(spec.get("batch_size", 8)), spec.baselines, device, records
+    )
+    columns = ["method", "images", *network_free_metrics()]
+    _, md_path = write_table(rows, columns, out / "comparison.csv", out / "comparison.md")
+    write_csv(records, ["method", "image", "hole_ratio", *columns[2:]], out / "comparison_images.csv")
+    return rows, md_path
 
 
 def comparison_lines(rows: list[dict]) -> list[str]:

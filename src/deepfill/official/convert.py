@@ -9,7 +9,6 @@ convolutions (``conv1``, ``xconv1``, ``pmconv1``) and of the outputs of the last
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import zipfile
@@ -22,10 +21,11 @@ from deepfill.models.critics import Critic, GlobalCritic, LocalCritic
 from deepfill.models.generator import InpaintGenerator
 from deepfill.official.tf_checkpoint import read_tf_checkpoint
 from deepfill.utils.checkpoints import check_state_dict, read_checkpoint
-from deepfill.utils.errors import UserError, report_errors
+from deepfill.utils.errors import UserError
 from deepfill.utils.files import save_torch, writable_file
 
 __all__ = [
+    "convert_checkpoint",
     "critic_variable_names",
     "load_official_critics",
     "load_official_v1",
@@ -218,35 +218,20 @@ def load_official_critics(
     return global_critic, local_critic
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``deepfill-convert <tf_checkpoint> <out.pt>``: official TF weights to a PyTorch file."""
-    parser = argparse.ArgumentParser(
-        prog="deepfill-convert",
-        description="Convert an official DeepFill v1 TF checkpoint (or .npz) to a PyTorch state dict.",
-    )
-    parser.add_argument("checkpoint", help="checkpoint folder, prefix (e.g. .../snap-0) or .npz")
-    parser.add_argument("output", help="output .pt file")
-    parser.add_argument("--keep-bgr", action="store_true", help="keep the official BGR channel order")
-    parser.add_argument("--backend", choices=("auto", "python", "tensorflow"), default="auto")
-    args = parser.parse_args(argv)
-    return report_errors("deepfill-convert", _convert, args)
-
-
-def _convert(args: argparse.Namespace) -> int:
-    out = Path(args.output)
+def convert_checkpoint(
+    checkpoint: str | os.PathLike, output: str | os.PathLike, keep_bgr: bool = False, backend: str = "auto"
+) -> int:
+    """Write the official generator of ``checkpoint`` (TF folder, prefix or ``.npz``) to ``output``
+    as a PyTorch file this project loads (``state_dict``, ``config``, ``source``,
+    ``channel_order``), atomically; RGB input unless ``keep_bgr``. Returns its parameter count."""
+    out = Path(output)
     writable_file(out, "output")  # before the (slow) read of the checkpoint
-    generator = load_official_v1(args.checkpoint, bgr_to_rgb=not args.keep_bgr, backend=args.backend)
+    generator = load_official_v1(checkpoint, bgr_to_rgb=not keep_bgr, backend=backend)
     payload = {
         "state_dict": generator.state_dict(),
         "config": generator.config,
-        "source": str(args.checkpoint),
-        "channel_order": "bgr" if args.keep_bgr else "rgb",
+        "source": str(checkpoint),
+        "channel_order": "bgr" if keep_bgr else "rgb",
     }
     save_torch(payload, out)
-    count = sum(p.numel() for p in generator.parameters())
-    print(f"wrote {out} ({count:,} parameters, {payload['channel_order'].upper()} input)")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    return sum(p.numel() for p in generator.parameters())

@@ -29,6 +29,7 @@ __all__ = [
     "DeviceClaimError",
     "choose_free",
     "claim_devices",
+    "claim_job_devices",
     "configure_cpu",
     "cpu_native_bf16",
     "flush_denormals",
@@ -219,3 +220,12 @@ def claim_devices(
                 f"more jobs run at once than there are devices; lower hydra.launcher.n_jobs{hint}"
             )
         time.sleep(poll_s)
+
+
+def claim_job_devices(spec) -> list[str]:
+    """With ``launcher=local_gpus`` (``spec``: the ``job_devices`` config: ``pool``, ``lock_dir``,
+    ``timeout_s``): give this job process its own GPU before CUDA starts; [] without a spec."""
+    if not spec:
+        return []
+    pool = list(spec.pool) if spec.get("pool") is not None else visible_gpus()
+    return claim_devices(pool, spec.lock_dir, count=1, timeout_s=float(spec.timeout_s))

@@ -1,0 +1,32 @@
+"""``deepfill-convert <tf_checkpoint> <out.pt>``: official TF weights to a PyTorch file."""
+
+from __future__ import annotations
+
+import argparse
+
+from deepfill.official.convert import convert_checkpoint
+from deepfill.utils.errors import report_errors
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(
+        prog="deepfill-convert",
+        description="Convert an official DeepFill v1 TF checkpoint (or .npz) to a PyTorch state dict.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint folder, prefix (e.g. .../snap-0) or .npz")
+    parser.add_argument("output", help="output .pt file")
+    parser.add_argument("--keep-bgr", action="store_true", help="keep the official BGR channel order")
+    parser.add_argument("--backend", choices=("auto", "python", "tensorflow"), default="auto")
+    args = parser.parse_args(argv)
+    count = report_errors(
+        "deepfill-convert", convert_checkpoint, args.checkpoint, args.output, args.keep_bgr, args.backend
+    )
+    print(f"wrote {args.output} ({count:,} parameters, {'BGR' if args.keep_bgr else 'RGB'} input)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
