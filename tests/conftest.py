@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,29 @@ def skip_without_tensorflow() -> None:
     second one loaded into a process crashes it. TensorFlow only ever runs in subprocesses."""
     if not _tensorflow_installed():
         pytest.skip("the tf extra is installed by `make install`")
+
+
+def start_group(args: list[str], cwd: Path, merge_output: bool = False) -> subprocess.Popen:
+    """Start a command in a session of its own, so that a hang can be ended together with every
+    process it started (the DDP ranks)."""
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+def finish_group(process: subprocess.Popen, timeout: float, hang: str) -> tuple[str, str | None]:
+    """Its (stdout, stderr) once it ends; after ``timeout`` seconds every process of its session
+    is killed and the test fails with ``hang``."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(hang) from None
 
 
 def run_cli(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -262,14 +262,20 @@ def test_train_keys_shard_ranks_and_resume_mid_epoch() -> None:
     assert torch.equal(dataset[rank1[3]]["mask"], dataset[rank1[3]]["mask"])
 
 
-def test_batches_have_the_documented_layout() -> None:
-    dm = InpaintDataModule(
-        train=SampleImages("train", image_size=64, length=8),
-        val=SampleImages("val", image_size=64, length=4),
-        train_masks=M.rectangle,
-        eval_masks=M.centered_rectangle,
-        batch_size=4,
+def _sample_data(train_masks, eval_masks, batch_size: int, **kwargs) -> InpaintDataModule:
+    """The embedded photos at 64x64: 2 batches of training items, one of validation items."""
+    return InpaintDataModule(
+        train=SampleImages("train", image_size=64, length=2 * batch_size),
+        val=SampleImages("val", image_size=64, length=batch_size),
+        train_masks=train_masks,
+        eval_masks=eval_masks,
+        batch_size=batch_size,
+        **kwargs,
     )
+
+
+def test_batches_have_the_documented_layout() -> None:
+    dm = _sample_data(M.rectangle, M.centered_rectangle, batch_size=4)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 64, 64)
@@ -285,14 +291,7 @@ def test_batches_have_the_documented_layout() -> None:
 
 @pytest.mark.parametrize("discount", [None, "box", "nearest_known"])
 def test_training_items_carry_the_hole_distance_only_for_the_nearest_known_discount(discount) -> None:
-    dm = InpaintDataModule(
-        train=SampleImages("train", image_size=64, length=4),
-        val=SampleImages("val", image_size=64, length=2),
-        train_masks=M.free_form,
-        eval_masks=M.thick,
-        batch_size=2,
-        discount=discount,
-    )
+    dm = _sample_data(M.free_form, M.thick, batch_size=2, discount=discount)
     batch = next(iter(dm.train_dataloader()))
     if discount == "nearest_known":
         expected = torch.stack([M.hole_distance(m) for m in batch["mask"]])

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import finish_group, start_group
+
 SCRIPT = Path(__file__).with_name("ddp_nonfinite.py")
 
 # The quickstart shrunk for 2 gloo processes on 2 cores (shared with the slow test_ddp.py).
@@ -34,19 +36,8 @@ DDP_TINY = [
 def test_a_nan_on_one_rank_is_skipped_by_both_without_a_hang(tmp_path) -> None:
     """Rank 1's first critic loss is NaN, rank 0's is finite: both ranks must skip that update
     (a rank stepping alone waits forever in the gradient all-reduce) and keep equal weights."""
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        start_new_session=True,  # so a hang can be ended with every rank it started
-    )
-    try:
-        _, err = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise AssertionError("the ranks hung: the non-finite skip was not decided together") from None
+    process = start_group([sys.executable, str(SCRIPT), str(tmp_path)], tmp_path)
+    _, err = finish_group(process, 240, "the ranks hung: the non-finite skip was not decided together")
     assert process.returncode == 0, err[-3000:]
     ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert ranks[0][0] == ranks[1][0]  # the same number of critic steps
@@ -76,14 +67,7 @@ def test_sigterm_to_a_ddp_run_writes_one_checkpoint_and_both_ranks_exit(tmp_path
         f"paths.log_dir={tmp_path}",
     ]
     script = Path(sys.executable).parent / "deepfill-train"
-    process = subprocess.Popen(
-        [str(script), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-        start_new_session=True,
-    )
+    process = start_group([str(script), *args], tmp_path, merge_output=True)
     metrics = run / "csv" / "metrics.csv"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
@@ -91,11 +75,7 @@ def test_sigterm_to_a_ddp_run_writes_one_checkpoint_and_both_ranks_exit(tmp_path
             break  # both ranks are training
         time.sleep(0.5)
     process.send_signal(signal.SIGTERM)  # to rank 0, as a scheduler's preemption does
-    try:
-        output, _ = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise AssertionError("the ranks did not exit after SIGTERM") from None
+    output, _ = finish_group(process, 120, "the ranks did not exit after SIGTERM")
     assert output.count("stopping on SIGTERM: checkpoint saved to") == 1, output[-3000:]
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert int(checkpoint["state_dict"]["critic_steps"]) > 0
@@ -118,19 +98,9 @@ def test_the_requeue_signal_on_one_rank_saves_once_then_hands_over_on_every_rank
     requeues from rank 0, and both ranks stop instead of one waiting for a rank that left."""
     import torch
 
-    process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("ddp_requeue.py")), str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        start_new_session=True,
-    )
-    try:
-        out, err = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise AssertionError("the ranks hung after the requeue signal") from None
+    script = Path(__file__).with_name("ddp_requeue.py")
+    process = start_group([sys.executable, str(script), str(tmp_path)], tmp_path)
+    out, err = finish_group(process, 240, "the ranks hung after the requeue signal")
     assert process.returncode == 144, err[-3000:]  # submitit's local "requeued" exit code
     ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     handled, stopped, ended = zip(*ranks, strict=True)

@@ -188,6 +188,14 @@ def test_pretraining_loss_is_the_reconstruction_of_the_coarse_output(tmp_path) -
         x1 = module.generator.coarse(image * (1 - mask), mask)  # stage 1 on the blanked image
     w = LossWeights()
     l1, ae = _box_l1(image, mask, x1, SIZE // 2, w.coarse), ae_loss(image, x1, None, mask, w.coarse)
+    logged = _first_step_logs(module, tmp_path)
+    assert logged["train/g_loss"].item() == pytest.approx((w.l1 * l1 + w.ae * ae).item(), rel=1e-5)
+    assert logged["train/l1"].item() == pytest.approx(l1.item(), rel=1e-5)
+    assert logged["train/g_adv"].item() == 0.0
+
+
+def _first_step_logs(module: DeepFillModule, tmp_path) -> dict:
+    """What the module's first training step logs through ``log_dict``."""
     logged = {}
     log_dict = module.log_dict
 
@@ -197,9 +205,7 @@ def test_pretraining_loss_is_the_reconstruction_of_the_coarse_output(tmp_path) -
 
     module.log_dict = recording
     make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(module, make_data())
-    assert logged["train/g_loss"].item() == pytest.approx((w.l1 * l1 + w.ae * ae).item(), rel=1e-5)
-    assert logged["train/l1"].item() == pytest.approx(l1.item(), rel=1e-5)
-    assert logged["train/g_adv"].item() == 0.0
+    return logged
 
 
 def _box_l1(image, mask, x, size, weight):
@@ -217,15 +223,7 @@ def test_a_new_generator_term_is_logged_and_trained_without_naming_it(tmp_path, 
     term = losses.LossTerm(lambda step, config, critics: step.x1.square().mean(), "l1")
     monkeypatch.setitem(losses.GENERATOR_TERMS, "energy", term)
     module = make_module(reconstruction_steps=1)
-    logged = {}
-    log_dict = module.log_dict
-
-    def recording(values, **kwargs):
-        logged.update(values)
-        log_dict(values, **kwargs)
-
-    module.log_dict = recording
-    make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(module, make_data())
+    logged = _first_step_logs(module, tmp_path)
     assert logged["train/energy"].item() > 0
     parts = 1.2 * (logged["train/l1"] + logged["train/energy"]) + 1.2 * logged["train/ae"]
     assert logged["train/g_loss"].item() == pytest.approx(parts.item(), rel=1e-5)

@@ -13,11 +13,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from PIL import Image
 
 from conftest import TINY, compose_cfg, options, run_cli
 from deepfill.cli.train import train
+from deepfill.utils.config import CONFIG_DIR
 from deepfill.utils.validation import ConfigError, validate_config
 
 _COMPARISON = (
@@ -71,9 +72,41 @@ def flist_dir(tmp_path_factory) -> Path:
     ],
 )
 def test_every_config_option_composes(group, name, tmp_path) -> None:
+    """Each option composes, passes the config checks, and its own values are what the composed
+    config holds (an option shadowed by another layer, or a misplaced package, would not be)."""
     cfg = compose_cfg([f"{group}={name}"], tmp_path)
-    assert cfg.model.generator.cnum > 0
     validate_config(cfg)
+    path = CONFIG_DIR / group / f"{name}.yaml"
+    header = re.search(r"^# @package (\S+)", path.read_text(), flags=re.M)
+    declared = header.group(1) if header else group
+    package = {"_global_": "", "_group_": group}.get(declared, declared)
+    prefix = f"{package}." if package else ""
+    leaves = _leaves(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    checked = 0
+    for key, value in leaves:
+        if key.split(".")[0] == "defaults" or "${" in repr(value):
+            continue  # what other layers and interpolations decide
+        composed = OmegaConf.select(cfg, prefix + key)
+        if isinstance(composed, DictConfig | ListConfig):
+            composed = OmegaConf.to_container(composed, resolve=True)
+        # A typed config node may hold the option's value converted (a launcher's 1 as "1").
+        same = composed == value or (type(composed) is not type(value) and str(composed) == str(value))
+        assert same, f"{group}={name}: {prefix + key} is {composed!r}, the option says {value!r}"
+        checked += 1
+    assert cfg.hydra.runtime.choices[group] == name
+    if not checked:  # made of its defaults list and interpolations: the group is there
+        assert OmegaConf.select(cfg, package) if package else cfg, f"{group}={name}: composed to nothing"
+
+
+def _leaves(node, prefix: str = "") -> list[tuple[str, object]]:
+    """Every (dotted key, value) of a plain config mapping whose value is not a mapping."""
+    if not isinstance(node, dict) or not node:
+        return [(prefix, node)] if prefix else []
+    return [
+        leaf
+        for key, value in node.items()
+        for leaf in _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    ]
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
