@@ -1,0 +1,61 @@
+"""What every benchmark shares: the machine's description, the timing loop, the inputs, the
+results file."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return info
+
+
+def timed(fn, repeats: int) -> list[float]:
+    fn()  # warm-up: allocator, oneDNN primitive caches
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def inputs(size: int, batch: int = 1, device: str = "cpu"):
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
+    mask = torch.zeros(batch, 1, size, size)
+    mask[..., size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = 1  # centred box
+    return image.to(device), mask.to(device)
+
+
+def write_results(results: dict, out: Path) -> None:
+    """The JSON file of a benchmark run, written whole then renamed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out)
+    print(f"results written to {out}")
