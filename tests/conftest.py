@@ -163,6 +163,37 @@ TINY = [
 ]
 
 
+# Two critic steps and one validation batch per job of a sweep: seconds on a CPU.
+JOB = [
+    *TINY,
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "data.val.length=2",
+    "model.n_critic=1",
+]
+
+# The quickstart shrunk for 2 gloo processes on 2 cores (DDP tests).
+DDP_TINY = [
+    "experiment=quickstart",
+    "mask=free_form_v2",
+    "trainer=ddp_cpu",
+    "logger=csv",
+    "data.image_size=64",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "model.generator.cnum=8",
+    "model.global_critic.cnum=8",
+    "model.local_critic.cnum=8",
+    "model.n_critic=1",
+    "model.pretrain_coarse_steps=0",
+    "model.reconstruction_steps=0",
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.val_check_interval=1.0",
+    "+trainer.num_sanity_val_steps=0",
+]
+
+
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 

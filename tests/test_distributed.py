@@ -8,29 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import finish_group, start_group
+from conftest import DDP_TINY, finish_group, start_group
 
 SCRIPT = Path(__file__).with_name("ddp_nonfinite.py")
-
-# The quickstart shrunk for 2 gloo processes on 2 cores (shared with the slow test_ddp.py).
-DDP_TINY = [
-    "experiment=quickstart",
-    "mask=free_form_v2",
-    "trainer=ddp_cpu",
-    "logger=csv",
-    "data.image_size=64",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "model.generator.cnum=8",
-    "model.global_critic.cnum=8",
-    "model.local_critic.cnum=8",
-    "model.n_critic=1",
-    "model.pretrain_coarse_steps=0",
-    "model.reconstruction_steps=0",
-    "trainer.check_val_every_n_epoch=1",
-    "trainer.val_check_interval=1.0",
-    "+trainer.num_sanity_val_steps=0",
-]
 
 
 def test_a_nan_on_one_rank_is_skipped_by_both_without_a_hang(tmp_path) -> None:

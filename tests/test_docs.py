@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import GOLDENS, REPO
+from conftest import GOLDENS, REPO, TINY
 
 README = REPO / "README.md"
 # Training and conversion first: later pages use the checkpoint, weights and masks they write.
@@ -44,20 +44,11 @@ PAGES = [
 BIN = Path(sys.executable).parent
 
 TINY_TRAIN = [
-    "data.image_size=64",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
+    *TINY,
     "data.val.length=2",
-    "model.generator.cnum=8",
-    "model.global_critic.cnum=8",
-    "model.local_critic.cnum=8",
-    "model.lpips_pretrained=false",
-    "trainer=cpu",
     "trainer.max_epochs=1",
     "+trainer.limit_train_batches=2",
     "+trainer.limit_val_batches=1",
-    "logger=csv",
 ]
 # Sweep presets: pin all but one swept key (command-line values beat the preset's grid).
 TINY_SWEEPS = {

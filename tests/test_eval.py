@@ -128,8 +128,8 @@ def test_cli_missing_weights_is_one_line(tmp_path) -> None:
 def test_validation_and_deepfill_eval_report_the_same_numbers(tmp_path) -> None:
     """One definition of every metric: the validation loop (Lightning, batch 4) and the
     evaluation path of deepfill-eval (batch 3) agree on the same weights, images and masks."""
+    from conftest import make_data, make_module, make_trainer
     from deepfill.evaluation.evaluate import dataset_batches, evaluate
-    from test_module import make_data, make_module, make_trainer
 
     module, data = make_module(), make_data()
     logged = make_trainer(tmp_path).validate(module, datamodule=data, verbose=False)[0]

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import GOLDENS, REPO, run_cli
+from conftest import GOLDENS, JOB, REPO, run_cli
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -87,8 +87,6 @@ def test_masks_notebook(monkeypatch) -> None:
 
 
 def test_attention_notebook_on_a_real_ablation_sweep(monkeypatch, tmp_path) -> None:
-    from test_sweep import JOB
-
     args = ["-m", "experiment=ca_ablation", "+sweep=ca_ablation", f"paths.log_dir={tmp_path}"]
     phases = ["model.pretrain_coarse_steps=1", "model.reconstruction_steps=1"]
     result = run_cli("deepfill-train", *args, *JOB, *phases, cwd=tmp_path)
@@ -102,8 +100,6 @@ def test_attention_notebook_on_a_real_ablation_sweep(monkeypatch, tmp_path) -> N
 
 
 def test_sweep_analysis_notebook_on_a_real_sweep(monkeypatch, tmp_path) -> None:
-    from test_sweep import JOB
-
     args = ["-m", "+sweep=custom", "sweep_name=nb", "model.optimizer.lr=0.0001,0.001"]
     args.append(f"paths.log_dir={tmp_path}")
     result = run_cli("deepfill-train", *args, "optimized_metric=val/psnr", *JOB, cwd=tmp_path)

@@ -14,7 +14,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from conftest import TINY, compose_cfg, options, run_cli
+from conftest import JOB, compose_cfg, options, run_cli
 from deepfill.evaluation.metrics import higher_is_better, optimization_direction
 from deepfill.training.sweep import (
     JobConflictError,
@@ -26,17 +26,6 @@ from deepfill.training.sweep import (
 )
 from deepfill.utils.config import device_count
 from deepfill.utils.devices import choose_free, visible_gpus
-
-# Two critic steps and one validation batch per job: seconds on a CPU.
-JOB = [
-    *TINY,
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "data.val.length=2",
-    "model.n_critic=1",
-]
-
 
 # --- device assignment (no GPU needed) -------------------------------------------------------
 
