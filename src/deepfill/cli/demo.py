@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from deepfill.cli.launch import run_hydra_command
-from deepfill.utils.config import CONFIG_DIR, resolve_device
-from deepfill.utils.errors import UserError, report_errors
+from deepfill.cli.launch import hydra_command
+from deepfill.utils.config import resolve_device
+from deepfill.utils.errors import UserError
 
 __all__ = ["main", "serve"]
 
@@ -57,14 +56,7 @@ def serve(cfg: DictConfig, block: bool = True):
     return app
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="demo")
-def _hydra_main(cfg: DictConfig) -> None:
-    report_errors("deepfill-demo", serve, cfg)
-
-
-def main() -> None:
-    """Console entry point."""
-    run_hydra_command("deepfill-demo", "demo", _hydra_main)
+main = hydra_command("deepfill-demo", "demo", serve)
 
 
 if __name__ == "__main__":

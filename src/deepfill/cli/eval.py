@@ -16,12 +16,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from deepfill.cli.launch import run_hydra_command
+from deepfill.cli.launch import hydra_command
 from deepfill.evaluation.evaluate import (
     dataset_batches,
     evaluate,
@@ -33,12 +32,11 @@ from deepfill.evaluation.evaluate import (
 from deepfill.inference import check_precision
 from deepfill.utils.checkpoints import check_weights_path
 from deepfill.utils.config import (
-    CONFIG_DIR,
     resolve_device,
     wandb_has_credentials,
 )
 from deepfill.utils.devices import configure_cpu
-from deepfill.utils.errors import UserError, report_errors
+from deepfill.utils.errors import UserError
 from deepfill.utils.files import writable_dir
 
 __all__ = ["main", "run"]
@@ -94,14 +92,7 @@ def run(cfg: DictConfig) -> list[dict]:
     return rows
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def _hydra_main(cfg: DictConfig) -> None:
-    report_errors("deepfill-eval", run, cfg)
-
-
-def main() -> None:
-    """Console entry point."""
-    run_hydra_command("deepfill-eval", "eval", _hydra_main)
+main = hydra_command("deepfill-eval", "eval", run)
 
 
 if __name__ == "__main__":

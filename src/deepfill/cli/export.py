@@ -15,15 +15,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, ListConfig
 
-from deepfill.cli.launch import run_hydra_command
+from deepfill.cli.launch import hydra_command
 from deepfill.deploy import ONNX_OPSET, ExportReport, export_onnx
 from deepfill.inference import load_generator
 from deepfill.utils.checkpoints import check_weights_path
-from deepfill.utils.config import CONFIG_DIR
-from deepfill.utils.errors import UserError, report_errors
+from deepfill.utils.errors import UserError
 
 __all__ = ["main", "run"]
 
@@ -57,14 +55,7 @@ def run(cfg: DictConfig) -> ExportReport:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
-def _hydra_main(cfg: DictConfig) -> None:
-    report_errors("deepfill-export", run, cfg)
-
-
-def main() -> None:
-    """Console entry point."""
-    run_hydra_command("deepfill-export", "export", _hydra_main)
+main = hydra_command("deepfill-export", "export", run)
 
 
 if __name__ == "__main__":

@@ -21,19 +21,18 @@ import sys
 import warnings
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 
-from deepfill.cli.launch import run_hydra_command
+from deepfill.cli.launch import hydra_command
 from deepfill.data.datasets import IMAGE_EXTENSIONS, list_images, load_image
 from deepfill.data.masks import HOLE_THRESHOLD, read_mask
 from deepfill.inference import check_compile, check_precision, inpaint_array, load_generator
 from deepfill.utils.checkpoints import check_weights_path
-from deepfill.utils.config import CONFIG_DIR, resolve_device
+from deepfill.utils.config import resolve_device
 from deepfill.utils.devices import configure_cpu
-from deepfill.utils.errors import UnreadableImageError, UserError, report_errors
+from deepfill.utils.errors import UnreadableImageError, UserError
 from deepfill.utils.files import atomic_path, writable_dir
 
 __all__ = ["load_mask", "main", "pairs", "run"]
@@ -186,14 +185,7 @@ def run(cfg: DictConfig) -> list[Path]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="inpaint")
-def _hydra_main(cfg: DictConfig) -> None:
-    report_errors("deepfill-inpaint", run, cfg)
-
-
-def main() -> None:
-    """Console entry point."""
-    run_hydra_command("deepfill-inpaint", "inpaint", _hydra_main)
+main = hydra_command("deepfill-inpaint", "inpaint", run)
 
 
 if __name__ == "__main__":

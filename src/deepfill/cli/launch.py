@@ -20,7 +20,13 @@ from typing import Any
 
 from deepfill.utils.errors import EXIT_NO_SPACE, EXIT_USER_ERROR, NoSpaceError
 
-__all__ = ["prepare_overrides", "quote_for_hydra", "register_command_resolvers", "run_hydra_command"]
+__all__ = [
+    "hydra_command",
+    "prepare_overrides",
+    "quote_for_hydra",
+    "register_command_resolvers",
+    "run_hydra_command",
+]
 
 # Keys whose values are file or folder names: a comma in them is part of the name (outside -m).
 _PATH_KEYS = ("input", "output", "weights", "mask_path", "ckpt_path", "root", "flist", "dir", "path")
@@ -194,3 +200,26 @@ def run_hydra_command(prog: str, config_name: str, hydra_main: Callable[[], Any]
             raise
         print(f"{prog}: error: {full}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_NO_SPACE) from None
+
+
+def hydra_command(prog: str, config_name: str, function: Callable[[Any], Any]) -> Callable[[], None]:
+    """The console entry point of a Hydra command: ``function(cfg)`` on ``conf/<config_name>.yaml``
+    composed with the command line, its user errors reported in one line (:func:`run_hydra_command`)."""
+    import hydra
+
+    from deepfill.utils.config import CONFIG_DIR
+    from deepfill.utils.errors import report_errors
+
+    def hydra_main(cfg) -> None:
+        report_errors(prog, function, cfg)
+
+    # Hydra names the job (and its --help) after the task function's module: the command's.
+    hydra_main.__module__ = function.__module__
+    decorate = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    hydra_main = decorate(hydra_main)
+
+    def main() -> None:
+        """Console entry point."""
+        run_hydra_command(prog, config_name, hydra_main)
+
+    return main
