@@ -149,9 +149,9 @@ def main() -> None:
             + f" {unit}; API / commands {row['api_over_commands']:.2f}",
             flush=True,
         )
-    from run import _machine, write_results  # this folder's other benchmark program
+    from common import machine, write_results  # what every benchmark shares
 
-    result = {"machine": _machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    result = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
     write_results(result, args.out or RESULTS / "api-cpu.json")
 
 

@@ -175,11 +175,11 @@ def main() -> None:
         exports[precision] = {"seconds": report.seconds, "megabytes": report.megabytes}
         print(f"exported {precision} in {report.seconds:.0f} s ({report.megabytes:.1f} MB)", flush=True)
     if args.quality:
-        from run import _machine, write_results  # this folder's other benchmark program
+        from common import machine, write_results  # what every benchmark shares
 
         torch.set_num_threads(args.threads)
         exported = {p: Path(ways[f"onnxruntime {p}"]) for p in precisions}
-        result = {"machine": _machine(), "args": {k: str(v) for k, v in vars(args).items()}}
+        result = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
         result["quality"] = _quality(generator, exported, args)
         write_results(result, args.out or RESULTS / "onnx-quality-cpu.json")
         return
@@ -203,11 +203,10 @@ def main() -> None:
         )
     import onnxruntime
 
-    from run import _machine, write_results  # this folder's other benchmark program
+    from common import machine, write_results  # what every benchmark shares
 
-    machine = {**_machine(), "onnxruntime": onnxruntime.__version__}
     result = {
-        "machine": machine,
+        "machine": {**machine(), "onnxruntime": onnxruntime.__version__},
         "args": {k: str(v) for k, v in vars(args).items()},
         "exports": exports,
         "rows": rows,
