@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import timed_generator_calls
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -33,7 +35,8 @@ if {commands}:
     configure_cpu()
 """
 
-_GENERATOR = """
+_GENERATOR = (
+    """
 from deepfill import InpaintGenerator
 torch.manual_seed(0)
 weights = {weights!r}
@@ -43,19 +46,11 @@ if weights:
 else:
     generator = InpaintGenerator()
 generator.eval()
-size = {size}
-image = torch.rand(1, 3, size, size) * 2 - 1
-mask = torch.zeros(1, 1, size, size)
-mask[..., size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = 1
-times = []
-with torch.inference_mode():
-    generator(image, mask)
-    for _ in range({repeats}):
-        start = time.perf_counter()
-        generator(image, mask)
-        times.append(time.perf_counter() - start)
-print(json.dumps(statistics.median(times)))
 """
+    + timed_generator_calls("torch.inference_mode()")
+    + """print(json.dumps(statistics.median(times)))
+"""
+)
 
 # One training iteration of the paper's schedule: 5 critic batches, then the generator's batch,
 # through Lightning as the README's Python-API training example runs it.

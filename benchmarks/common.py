@@ -59,3 +59,27 @@ def write_results(results: dict, out: Path) -> None:
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(out)
     print(f"results written to {out}")
+
+
+# The timed part of every child program that times a generator in a fresh process (another
+# version's included, so it is code, not an import): a centred box on random pixels of side
+# {size}, one warm-up call, then {repeats} timed calls of generator(image, mask) inside `context`;
+# it leaves the list `times` (seconds). Placeholders are filled by the program's own .format().
+_TIMED_GENERATOR_CALLS = """
+size = {size}
+image = torch.rand(1, 3, size, size) * 2 - 1
+mask = torch.zeros(1, 1, size, size)
+mask[..., size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = 1
+times = []
+with {context}:
+    generator(image, mask)
+    for _ in range({repeats}):
+        start = time.perf_counter()
+        generator(image, mask)
+        times.append(time.perf_counter() - start)
+"""
+
+
+def timed_generator_calls(context: str) -> str:
+    """The shared timing block of the child programs, its calls made inside ``context``."""
+    return _TIMED_GENERATOR_CALLS.replace("{context}", context)

@@ -29,10 +29,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import timed_generator_calls
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-_CHILD = """
+_CHILD = (
+    """
 import json, resource, statistics, time, torch
 torch.set_num_threads({threads})
 size, way, path = {size}, {way!r}, {path!r}
@@ -43,19 +46,12 @@ if way == "pytorch":
 else:
     from deepfill.deploy import OnnxGenerator
     generator = OnnxGenerator(path, threads={threads})
-image = torch.rand(1, 3, size, size) * 2 - 1
-mask = torch.zeros(1, 1, size, size)
-mask[..., size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = 1
-times = []
-with torch.inference_mode():
-    generator(image, mask)
-    for _ in range({repeats}):
-        start = time.perf_counter()
-        generator(image, mask)
-        times.append(time.perf_counter() - start)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+"""
+    + timed_generator_calls("torch.inference_mode()")
+    + """peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 print(json.dumps({{"seconds": statistics.median(times), "peak_rss_gib": peak}}))
 """
+)
 
 
 def _child(way: str, path: Path, size: int, args: argparse.Namespace) -> dict:

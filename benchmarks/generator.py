@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import inputs, timed
+from common import inputs, timed, timed_generator_calls
 
 # The benchmarks' command line: the child processes run it again.
 RUN = Path(__file__).resolve().with_name("run.py")
@@ -192,7 +192,8 @@ def generator(args: argparse.Namespace) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- against an older version
-_DEFAULT_PATH_TIMING = """
+_DEFAULT_PATH_TIMING = (
+    """
 import json, statistics, sys, time, torch
 torch.set_num_threads({threads})
 try:  # what the version's commands do first
@@ -203,20 +204,12 @@ except ImportError:
 from deepfill import InpaintGenerator
 torch.manual_seed(0)
 generator = InpaintGenerator().eval()  # the version's default: what its users get
-size = {size}
-image = torch.rand(1, 3, size, size) * 2 - 1
-mask = torch.zeros(1, 1, size, size)
-mask[..., size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = 1
-times = []
 bf16 = {bf16}  # this version only: bf16 autocast, as precision=bf16 of the commands
-with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-    generator(image, mask)
-    for _ in range({repeats}):
-        start = time.perf_counter()
-        generator(image, mask)
-        times.append(time.perf_counter() - start)
-print(json.dumps(statistics.median(times)))
 """
+    + timed_generator_calls('torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)')
+    + """print(json.dumps(statistics.median(times)))
+"""
+)
 
 
 def versus(args: argparse.Namespace) -> dict:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from deepfill.data.masks import FolderMasks, read_mask, resize_mask
-from deepfill.evaluation.metrics import METRIC_NAMES, METRICS, image_metrics
-from deepfill.evaluation.tables import write_table
+from deepfill.evaluation.metrics import METRIC_NAMES, METRICS, image_metrics, network_free_metrics
+from deepfill.evaluation.tables import write_csv, write_table
 from deepfill.models import composite
 from deepfill.utils.errors import UserError
 from deepfill.utils.images import to_unit
@@ -241,9 +241,6 @@ def write_baseline_comparison(
     ``baseline_comparison`` config), written to ``out/comparison.csv`` and ``.md`` and, per image,
     ``comparison_images.csv`` (for the evaluation noise of a comparison: the spread over images,
     a paired bootstrap between runs). Returns the summary rows and the Markdown table's path."""
-    from deepfill.evaluation.metrics import network_free_metrics
-    from deepfill.evaluation.tables import write_csv
-
     device = next(generator.parameters()).device
     records: list[dict] = []
     rows = compare_with_baselines(
