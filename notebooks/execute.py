@@ -38,7 +38,7 @@ def finished_study(folder: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="make notebooks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", help="weights for notebook 01 (default: the newest quickstart model)")
     parser.add_argument("--sweep", type=Path, default=STUDY, help=f"the sweep of 03 and 04 (default {STUDY})")
     parser.add_argument("names", nargs="*", help="notebooks to run (file names; default: all four)")
