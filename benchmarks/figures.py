@@ -21,7 +21,7 @@ from PIL import Image
 
 from deepfill.data import masks as M
 from deepfill.data.datasets import _fit, _sample_photo
-from deepfill.training.module import DeepFillModule
+from deepfill.inference import generator_from_checkpoint
 from deepfill.training.visuals import comparison_grid, inpainting_grid
 from deepfill.utils.images import to_tensor
 
@@ -39,7 +39,7 @@ def heldout_photos(size: int = 256) -> torch.Tensor:
 
 
 def quickstart(args: argparse.Namespace) -> Path:
-    generator = DeepFillModule.generator_from_checkpoint(args.weights)
+    generator = generator_from_checkpoint(args.weights)
     photos = heldout_photos()
     size = photos.shape[-1]
     box = M.centered_rectangle(size, size)
@@ -76,7 +76,7 @@ def ca_ablation(args: argparse.Namespace) -> Path:
     mask = torch.stack([it["mask"] for it in items])
     outputs = {}
     for name in ("without CA", "with CA"):
-        generator = DeepFillModule.generator_from_checkpoint(str(runs[name] / "checkpoints" / "last.ckpt"))
+        generator = generator_from_checkpoint(str(runs[name] / "checkpoints" / "last.ckpt"))
         with torch.no_grad():
             _, outputs[name], offsets = generator(image, mask)
     grid, _ = comparison_grid(image, mask, outputs, offsets)  # flow of the last: with CA

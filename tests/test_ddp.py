@@ -15,8 +15,8 @@ from conftest import DDP_TINY
 from deepfill.data import masks as M
 from deepfill.data.datamodule import InpaintDataModule
 from deepfill.data.datasets import SampleImages
-from deepfill.evaluation.metrics import InpaintingMetrics
-from deepfill.training.module import DeepFillModule
+from deepfill.evaluation.means import InpaintingMetrics
+from deepfill.inference import generator_from_checkpoint
 from deepfill.utils.images import to_unit
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def test_ddp_cpu_trains_and_syncs_validation_metrics(tmp_path) -> None:
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
     logged = next(r for r in reversed(rows) if r.get("val/psnr"))
     # 16 items over 2 ranks, batch 2: 4 batches per rank, alternately a critic and a generator update.
-    generator = DeepFillModule.generator_from_checkpoint(str(run / "checkpoints" / "last.ckpt"))
+    generator = generator_from_checkpoint(str(run / "checkpoints" / "last.ckpt"))
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert int(checkpoint["state_dict"]["generator_steps"]) == 2
 

@@ -7,11 +7,10 @@ import pytest
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from deepfill.evaluation import metrics as metrics_module
+from deepfill.evaluation import means as means_module
+from deepfill.evaluation.means import InpaintingMetrics, LPIPSMetric
 from deepfill.evaluation.metrics import (
     METRICS,
-    InpaintingMetrics,
-    LPIPSMetric,
     Metric,
     higher_is_better,
     hole_l1,
@@ -69,7 +68,7 @@ def test_inpainting_metrics_match_torchmetrics_functional() -> None:
 
 
 def test_missing_alexnet_weights_warn_in_one_line_or_stop(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(metrics_module, "alexnet_weights_path", lambda: tmp_path / "alexnet.pth")
+    monkeypatch.setattr(means_module, "alexnet_weights_path", lambda: tmp_path / "alexnet.pth")
 
     def no_network(*args, **kwargs):
         raise OSError("no network")

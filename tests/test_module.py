@@ -12,6 +12,7 @@ import torch
 from conftest import SIZE, adam, make_data, make_module, make_trainer
 from deepfill.data import masks as M
 from deepfill.evaluation.metrics import hole_l1
+from deepfill.inference import generator_from_checkpoint
 from deepfill.models import GlobalCritic, LocalCritic
 from deepfill.training.losses import (
     LossConfig,
@@ -394,7 +395,7 @@ def test_generator_is_rebuilt_from_a_checkpoint(tmp_path) -> None:
     trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
     trainer.fit(module, make_data())
     trainer.save_checkpoint(tmp_path / "m.ckpt")
-    generator = DeepFillModule.generator_from_checkpoint(str(tmp_path / "m.ckpt"))
+    generator = generator_from_checkpoint(str(tmp_path / "m.ckpt"))
     for a, b in zip(generator.state_dict().values(), module.generator.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert generator.config["cnum"] == 8

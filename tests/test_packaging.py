@@ -114,8 +114,6 @@ _LAYERS = [
 _ALLOWED_UPWARD = {
     # the training-step golden is evaluated with the training losses
     ("official.goldens", "training"),
-    # a .ckpt is read through DeepFillModule (its saved hyper-parameters rebuild the generator)
-    ("inference", "training"),
 }
 
 

@@ -1,14 +1,30 @@
-"""DeepFill v1: generative image inpainting with contextual attention (Yu et al., CVPR 2018)."""
+"""DeepFill v1: generative image inpainting with contextual attention (Yu et al., CVPR 2018).
 
+The public names below are imported on first use (PEP 562), so that ``import deepfill`` (which
+every command's module runs first) costs nothing: a command that only has to say that a file is
+missing answers before PyTorch is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
-
-from deepfill.models import ContextualAttention, GlobalCritic, InpaintGenerator, LocalCritic, flow_to_image
-from deepfill.official.convert import load_official_v1
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("deepfill")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "ContextualAttention": "deepfill.models",
+    "GlobalCritic": "deepfill.models",
+    "InpaintGenerator": "deepfill.models",
+    "LocalCritic": "deepfill.models",
+    "flow_to_image": "deepfill.models",
+    "load_official_v1": "deepfill.official.convert",
+}
 
 __all__ = [
     "ContextualAttention",
@@ -19,3 +35,26 @@ __all__ = [
     "flow_to_image",
     "load_official_v1",
 ]
+
+if TYPE_CHECKING:
+    from deepfill.models import (
+        ContextualAttention,
+        GlobalCritic,
+        InpaintGenerator,
+        LocalCritic,
+        flow_to_image,
+    )
+    from deepfill.official.convert import load_official_v1
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deepfill' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -8,6 +8,7 @@ each file, for use from Python and the notebooks.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from torch import nn
 
 from deepfill.models import InpaintGenerator, composite, flow_to_image, inpaint_padded
 from deepfill.models.layers import resize_nearest
+from deepfill.utils.checkpoints import check_state_dict, read_checkpoint
+from deepfill.utils.errors import UserError
 from deepfill.utils.images import to_tensor, to_uint8
 from deepfill.utils.precision import PRECISIONS, autocast, check_compile, check_precision
 
@@ -28,9 +31,29 @@ __all__ = [
     "check_compile",
     "check_precision",
     "generator_device",
+    "generator_from_checkpoint",
     "inpaint_array",
     "load_generator",
 ]
+
+
+def generator_from_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> InpaintGenerator:
+    """The trained generator of a training checkpoint (``.ckpt`` of ``deepfill-train``): rebuilt
+    from the hyper-parameters the run saved (``hyper_parameters.generator``) and its
+    ``generator.*`` tensors, in eval mode. Read without Lightning, which a command that only
+    inpaints need not load."""
+    checkpoint = read_checkpoint(path, "weights", weights_only=False)
+    config = (checkpoint.get("hyper_parameters") or {}).get("generator")
+    if config is None or not isinstance(checkpoint.get("state_dict"), dict):
+        raise UserError(f"weights: {path} is not a training checkpoint of this project (no generator)")
+    generator = InpaintGenerator(**config)
+    prefix = "generator."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    check_state_dict(generator, state, "weights", path)
+    generator.load_state_dict(state)
+    return generator.to(map_location).eval()
 
 
 def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> InpaintGenerator:
@@ -40,7 +63,6 @@ def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> I
     run by onnxruntime and called the same way."""
     from deepfill.official.convert import load_official_v1
     from deepfill.official.tf_checkpoint import CheckpointError
-    from deepfill.training.module import DeepFillModule
 
     path = Path(weights)
     if path.suffix.lower() == ".onnx":
@@ -48,7 +70,7 @@ def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> I
 
         return OnnxGenerator(path, device)
     if path.suffix == ".ckpt":
-        generator = DeepFillModule.generator_from_checkpoint(str(path))
+        generator = generator_from_checkpoint(path)
     else:
         try:
             generator = load_official_v1(path)

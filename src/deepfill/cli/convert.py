@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from deepfill.official.convert import convert_checkpoint
 from deepfill.utils.errors import report_errors
 
 __all__ = ["main"]
@@ -21,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-bgr", action="store_true", help="keep the official BGR channel order")
     parser.add_argument("--backend", choices=("auto", "python", "tensorflow"), default="auto")
     args = parser.parse_args(argv)
+    from deepfill.official.convert import convert_checkpoint  # PyTorch: after the arguments are read
+
     count = report_errors(
         "deepfill-convert", convert_checkpoint, args.checkpoint, args.output, args.keep_bgr, args.backend
     )

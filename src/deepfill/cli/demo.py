@@ -20,6 +20,17 @@ __all__ = ["main", "serve"]
 
 def serve(cfg: DictConfig, block: bool = True):
     """Build the page from ``cfg`` and start serving it; returns the Gradio app."""
+    from deepfill.utils.precision import check_precision
+
+    port = cfg.port
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+        raise UserError(f"port: must be a port number (0-65535; 0 picks a free one), got {port!r}")
+    if cfg.weights is not None:
+        from deepfill.utils.checkpoints import check_weights_path
+
+        check_weights_path(cfg.weights)
+    precision = check_precision(cfg.precision)
+    # Gradio and PyTorch (seconds to import) once the simple keys are known to be right.
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -30,18 +41,7 @@ def serve(cfg: DictConfig, block: bool = True):
     from deepfill.utils.devices import configure_cpu
 
     configure_cpu()
-
-    port = cfg.port
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
-        raise UserError(f"port: must be a port number (0-65535; 0 picks a free one), got {port!r}")
     device = "auto" if cfg.device == "auto" else resolve_device(cfg.device)
-    if cfg.weights is not None:
-        from deepfill.utils.checkpoints import check_weights_path
-
-        check_weights_path(cfg.weights)
-    from deepfill.inference import check_precision
-
-    precision = check_precision(cfg.precision)
     demo = Demo(list(cfg.search), cfg.weights, device, int(cfg.max_side), precision)
     if cfg.weights is not None:
         demo.generator(demo.weights)  # loaded now: unreadable weights stop here, in one line

@@ -15,34 +15,31 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from deepfill.cli.launch import hydra_command
-from deepfill.evaluation.evaluate import (
-    dataset_batches,
-    evaluate,
-    mask_files,
-    methods_with_baselines,
-    summarise,
-    write_tables,
-)
-from deepfill.inference import check_precision
 from deepfill.utils.checkpoints import check_weights_path
-from deepfill.utils.config import (
-    resolve_device,
-    wandb_has_credentials,
-)
-from deepfill.utils.devices import configure_cpu
+from deepfill.utils.config import wandb_has_credentials
 from deepfill.utils.errors import UserError
 from deepfill.utils.files import writable_dir
+from deepfill.utils.precision import check_compile, check_precision
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["main", "run"]
 
+# PyTorch, the data and the metrics are imported in run() once the weights path and the simple
+# keys have been checked: a mistake there is answered before the imports.
+
 
 def _batches(cfg: DictConfig, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    from hydra.utils import instantiate
+
+    from deepfill.evaluation.evaluate import dataset_batches, mask_files
+
     datamodule = instantiate(cfg.data)
     datamodule.setup("validate")
     dataset = datamodule.datasets.get("val")
@@ -56,17 +53,22 @@ def _batches(cfg: DictConfig, device: str) -> Iterator[tuple[torch.Tensor, torch
 
 def run(cfg: DictConfig) -> list[dict]:
     """Evaluate ``cfg.weights`` and the baselines; writes the tables; returns the summary rows."""
-    from deepfill.evaluation.metrics import InpaintingMetrics
-    from deepfill.inference import check_compile, load_generator
+    # Everything a user can get wrong is checked before the model loads.
+    check_weights_path(cfg.weights)
+    precision = check_precision(cfg.get("precision", "fp32"))
+    compile_ = check_compile(cfg.get("compile", False))
+    import torch
+
+    from deepfill.evaluation.evaluate import evaluate, methods_with_baselines, summarise, write_tables
+    from deepfill.evaluation.means import InpaintingMetrics
+    from deepfill.inference import load_generator
+    from deepfill.utils.config import resolve_device
+    from deepfill.utils.devices import configure_cpu
 
     configure_cpu()
     device = resolve_device(cfg.device)
-    # Everything a user can get wrong is checked before the model loads.
-    check_weights_path(cfg.weights)
-    writable_dir(cfg.output, "output")
-    precision = check_precision(cfg.get("precision", "fp32"))
-    compile_ = check_compile(cfg.get("compile", False))
     methods_with_baselines(torch.nn.Identity(), cfg.baselines)
+    writable_dir(cfg.output, "output")
     batches = _batches(cfg, device)
     generator = load_generator(cfg.weights, device)
     if compile_:

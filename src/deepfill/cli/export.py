@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, ListConfig
 
 from deepfill.cli.launch import hydra_command
-from deepfill.deploy import ONNX_OPSET, ExportReport, export_onnx
-from deepfill.inference import load_generator
 from deepfill.utils.checkpoints import check_weights_path
 from deepfill.utils.errors import UserError
+
+if TYPE_CHECKING:
+    from deepfill.deploy import ExportReport
 
 __all__ = ["main", "run"]
 
@@ -43,6 +45,10 @@ def run(cfg: DictConfig) -> ExportReport:
     check_weights_path(cfg.weights)
     if Path(cfg.weights).suffix.lower() == ".onnx":
         raise UserError(f"weights: {cfg.weights} is an export already; give the weights it was made from")
+    # PyTorch, the model and the exporter, once the simple keys are known to be right.
+    from deepfill.deploy import ONNX_OPSET, export_onnx
+    from deepfill.inference import load_generator
+
     generator = load_generator(cfg.weights, "cpu")
     print(f"exporting {cfg.weights} to ONNX (opset {ONNX_OPSET}, {cfg.precision}) ...", flush=True)
     report = export_onnx(generator, cfg.output, cfg.precision, check_size)

@@ -26,14 +26,15 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from deepfill.cli.launch import hydra_command
-from deepfill.data.datasets import IMAGE_EXTENSIONS, list_images, load_image
+from deepfill.data.image_files import IMAGE_EXTENSIONS, list_images, load_image
 from deepfill.data.masks import HOLE_THRESHOLD, read_mask
-from deepfill.inference import check_compile, check_precision, inpaint_array, load_generator
 from deepfill.utils.checkpoints import check_weights_path
-from deepfill.utils.config import resolve_device
-from deepfill.utils.devices import configure_cpu
 from deepfill.utils.errors import UnreadableImageError, UserError
 from deepfill.utils.files import atomic_path, writable_dir
+from deepfill.utils.precision import check_compile, check_precision
+
+# PyTorch and the model are imported in run(), once the command line, the weights path and the
+# inputs have been checked: a mistake there is answered in a second, not after the imports.
 
 __all__ = ["load_mask", "main", "pairs", "run"]
 
@@ -117,7 +118,10 @@ def _targets(cfg: DictConfig, jobs: list) -> tuple[Path, list[Path]]:
     return output, [output / relative for _, _, relative in jobs]
 
 
-def _inpaint_one(generator, image_path, mask_path, target, cfg) -> list[Path]:
+def _inpaint_one(generator, image_path, mask_path, target, cfg) -> tuple[list[Path], float]:
+    """Inpaint one file; returns the written files and the generator's seconds."""
+    from deepfill.inference import inpaint_array
+
     array = load_image(image_path)
     hole = load_mask(mask_path, image_path, array.shape[:2])
     result = inpaint_array(generator, array, hole, cfg.get("precision", "fp32"))
@@ -130,13 +134,11 @@ def _inpaint_one(generator, image_path, mask_path, target, cfg) -> list[Path]:
         if wanted:
             written.append(target.with_name(target.stem + suffix + ".png"))
             _save(picture, written[-1])
-    return written
+    return written, result.seconds
 
 
 def run(cfg: DictConfig) -> list[Path]:
     """Inpaint every image of ``cfg.input``; returns the written files."""
-    configure_cpu()
-    device = resolve_device(cfg.device)
     check_precision(cfg.get("precision", "fp32"))
     compile_ = check_compile(cfg.get("compile", False))
     check_weights_path(cfg.weights)
@@ -151,6 +153,12 @@ def run(cfg: DictConfig) -> list[Path]:
                 "compile: an .onnx model runs in onnxruntime, not torch.compile; use compile=false"
             )
     jobs = pairs(Path(cfg.input), Path(cfg.mask_path) if cfg.get("mask_path") else None)
+    from deepfill.inference import load_generator
+    from deepfill.utils.config import resolve_device
+    from deepfill.utils.devices import configure_cpu
+
+    configure_cpu()
+    device = resolve_device(cfg.device)
     output, targets = _targets(cfg, jobs)
     inputs = {p.resolve() for image, mask, _ in jobs for p in (image, mask) if p is not None}
     clash = [t for t in targets if t.resolve() in inputs]
@@ -159,7 +167,7 @@ def run(cfg: DictConfig) -> list[Path]:
     generator = load_generator(cfg.weights, device)
     if compile_:
         generator.compile_stages()
-    written, skipped = [], []
+    written, skipped, seconds = [], [], 0.0
     from rich.progress import track
 
     folder_mode = len(jobs) > 1 or Path(cfg.input).is_dir()
@@ -167,7 +175,9 @@ def run(cfg: DictConfig) -> list[Path]:
         list(zip(jobs, targets, strict=True)), description="inpainting", disable=len(jobs) < 2
     ):
         try:
-            written += _inpaint_one(generator, image_path, mask_path, target, cfg)
+            files, spent = _inpaint_one(generator, image_path, mask_path, target, cfg)
+            written += files
+            seconds += spent
         except (UnreadableImageError, UserError) as error:
             if not folder_mode:
                 raise
@@ -177,6 +187,7 @@ def run(cfg: DictConfig) -> list[Path]:
             skipped.append(image_path)
     done = len(jobs) - len(skipped)
     print(f"wrote {done} inpainted image(s) to {output}", flush=True)
+    print(f"generator time: {seconds:.2f} s on {device}", flush=True)
     if skipped:
         names = ", ".join(str(p) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
         raise UserError(

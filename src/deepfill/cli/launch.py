@@ -21,6 +21,7 @@ from typing import Any
 from deepfill.utils.errors import EXIT_NO_SPACE, EXIT_USER_ERROR, NoSpaceError
 
 __all__ = [
+    "command_help",
     "hydra_command",
     "prepare_overrides",
     "quote_for_hydra",
@@ -108,52 +109,119 @@ def _first_choice(override: str) -> str:
     return f"{key}={values[0]}" if values else override
 
 
-def _add_target_arguments(config_name: str, overrides: list[str], multirun: bool) -> list[str]:
-    """Prefix ``+`` to keys that are missing from the config but taken by their node's target."""
+def _add_target_arguments(
+    config_name: str, overrides: list[str], multirun: bool
+) -> tuple[list[str], Exception | None]:
+    """Prefix ``+`` to keys that are missing from the config but taken by their node's target.
+
+    Returns the overrides and the composition error that remains (None when the command line
+    composes): the one composition that checks a single run's command line before Hydra runs."""
     import re
 
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from deepfill.utils.config import CONFIG_DIR
-
     overrides = list(overrides)
     plain = [i for i, o in enumerate(overrides) if not o.startswith("-")]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        for _ in range(len(plain)):
-            probe = [_first_choice(overrides[i]) if multirun else overrides[i] for i in plain]
-            try:
-                compose(config_name, overrides=probe)
+    remaining = None
+    # Each pass either composes, or gives up, or adds one '+': at most one pass per override
+    # and a last one that composes the fixed command line.
+    for _ in range(len(plain) + 1):
+        probe = [_first_choice(overrides[i]) if multirun else overrides[i] for i in plain]
+        try:
+            compose(config_name, overrides=probe)
+            remaining = None
+            break
+        except (HydraException, OmegaConfBaseException) as error:
+            remaining = error
+            found = re.match(r"Could not override '([^']+)'", str(error).strip())
+            if not found:
                 break
-            except (HydraException, OmegaConfBaseException) as error:
-                found = re.match(r"Could not override '([^']+)'", str(error).strip())
-                if not found:
-                    break
-                key = found.group(1)
-                index = next((i for i in plain if overrides[i].partition("=")[0] == key), None)
-                rest = [p for p, i in zip(probe, plain, strict=True) if i != index]
-                try:
-                    base = compose(config_name, overrides=rest)
-                except (HydraException, OmegaConfBaseException):
-                    break
-                if index is None or not _target_accepts(base, key):
-                    break
-                overrides[index] = "+" + overrides[index]
-    return overrides
+            key = found.group(1)
+            index = next((i for i in plain if overrides[i].partition("=")[0] == key), None)
+            rest = [p for p, i in zip(probe, plain, strict=True) if i != index]
+            try:
+                base = compose(config_name, overrides=rest)
+            except (HydraException, OmegaConfBaseException):
+                break
+            if index is None or not _target_accepts(base, key):
+                break
+            overrides[index] = "+" + overrides[index]
+    return overrides, remaining
 
 
 def prepare_overrides(config_name: str, argv: Sequence[str]) -> list[str]:
     """The command line as Hydra should read it (see module doc): values quoted where its
-    grammar needs it, ``+`` before constructor arguments the config does not list."""
+    grammar needs it, ``+`` before constructor arguments the config does not list.
+
+    A single run's command line that does not compose (an unknown key or option, bad syntax)
+    raises :class:`~deepfill.utils.errors.ConfigError` with one line naming the key, so that it
+    is reported before Hydra starts; under ``-m`` Hydra reports its own errors."""
+    from hydra import initialize_config_dir
+
+    from deepfill.utils.config import CONFIG_DIR, composition_message
+    from deepfill.utils.errors import ConfigError
+
     argv = list(argv)
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
-        return argv  # --cfg, --help, --info ...: Hydra's own
+        return argv  # --cfg, --info ...: Hydra's own
     # `a=1 -m b=2` would leave b=2 unparsed (Hydra's argparse takes the overrides in one run).
     argv = ["-m"] * multirun + [a for a in argv if a not in ("-m", "--multirun")]
-    overrides = _add_target_arguments(config_name, _quote_values(argv[multirun:], multirun), multirun)
+    quoted = _quote_values(argv[multirun:], multirun)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        overrides, error = _add_target_arguments(config_name, quoted, multirun)
+        if error is not None and not multirun:
+            raise ConfigError(composition_message(error, config_name, overrides))
     return argv[:multirun] + overrides
+
+
+def _wants_help(argv: Sequence[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def command_help(prog: str, config_name: str, description: str | None, argv: Sequence[str]) -> str:
+    """What ``--help`` prints: the command's own description, the config groups its config
+    composes with (each group's options, the chosen one marked) and its keys with their
+    values. Hydra's own help lists every group of every plugin and takes seconds to do it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from deepfill.utils.config import CONFIG_DIR, composition_message
+    from deepfill.utils.errors import ConfigError
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        try:
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise ConfigError(composition_message(error, config_name, overrides)) from None
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    lines = [f"usage: {prog} [key=value ...] [group=option ...] [-m] [--cfg job] [--hydra-help]", ""]
+    if description:
+        lines += [description.strip(), ""]
+    groups = []
+    for group, chosen in sorted(choices.items()):
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        shown = [f"[{o}]" if o == chosen else o for o in options]
+        groups.append(f"  {group}: {', '.join(shown)}" + ("" if chosen else "  (none chosen)"))
+    others = sorted(
+        p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in choices and p.name != "hydra"
+    )
+    if groups:
+        lines += [f"Config groups of conf/{config_name}.yaml (group=option; [chosen]):", *groups]
+        if others and len(groups) > 1:  # a command composed of groups (training) takes more
+            lines.append(f"  more in conf/, added with +group=option: {', '.join(others)}")
+        lines.append("")
+    lines += ["Configuration (any key: key=value; a new key: +key=value):", ""]
+    lines += ["  " + line for line in OmegaConf.to_yaml(cfg, resolve=False).rstrip().splitlines()]
+    lines += ["", "Hydra's own options: --hydra-help; the composed job config: --cfg job."]
+    return "\n".join(lines)
 
 
 def register_command_resolvers() -> None:
@@ -167,17 +235,22 @@ def register_command_resolvers() -> None:
 
 
 def run_hydra_command(prog: str, config_name: str, hydra_main: Callable[[], Any]) -> None:
-    """Run a ``@hydra.main`` function as a console command: prepare ``sys.argv``, check a single
-    run's overrides, and report Hydra's own errors in one line (exit 2; a full disk: 74)."""
+    """Run a ``@hydra.main`` function as a console command: ``--help`` answered at once,
+    ``sys.argv`` prepared and a single run's overrides checked (:func:`prepare_overrides`), and
+    Hydra's own errors reported in one line (exit 2; a full disk: 74)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from deepfill.utils.config import check_overrides, composition_message
+    from deepfill.utils.config import composition_message
+    from deepfill.utils.errors import report_errors
     from deepfill.utils.files import no_space_error
 
     register_command_resolvers()
-    sys.argv[1:] = prepare_overrides(config_name, sys.argv[1:])
-    check_overrides(config_name, prog)
+    if _wants_help(sys.argv[1:]):
+        description = sys.modules[hydra_main.__module__].__doc__
+        print(report_errors(prog, command_help, prog, config_name, description, sys.argv[1:]), flush=True)
+        return
+    sys.argv[1:] = report_errors(prog, prepare_overrides, config_name, sys.argv[1:])
     # Hydra then raises its errors instead of printing them with its own advice.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

@@ -14,18 +14,20 @@ Compose, check, instantiate, fit, report: each step's work lives in the module i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.utilities import rank_zero_only
 
 from deepfill.cli.launch import run_hydra_command
-from deepfill.training import multirun
-from deepfill.training import trainer as setup
 from deepfill.utils.config import CONFIG_DIR
 from deepfill.utils.errors import ConfigError, report_errors
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+# Lightning, PyTorch and the model are imported where the training starts, so that --help and a
+# mistake on the command line are answered before them.
 
 __all__ = ["main", "train"]
 
@@ -43,6 +45,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     a finished run returns its recorded metrics and an interrupted one continues from
     ``checkpoints/last.ckpt``.
     """
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from deepfill.training import multirun
     from deepfill.training.sweep import job_record
     from deepfill.utils.validation import validate_config
 
@@ -66,6 +71,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _resume_point(cfg: DictConfig, out: Path) -> None:
     """``resume=true``: clear what killed writes left, and continue from the newest checkpoint
     that loads (unless ``ckpt_path`` names one)."""
+    from pytorch_lightning.utilities import rank_zero_only
+
     from deepfill.utils.checkpoints import find_resume_point
     from deepfill.utils.files import remove_stale_temporaries
 
@@ -92,6 +99,11 @@ def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 
 def _fit(cfg: DictConfig) -> dict[str, float]:
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from deepfill.training import multirun
+    from deepfill.training import trainer as setup
     from deepfill.training.callbacks import AtomicCheckpointIO
     from deepfill.utils.devices import configure_cpu
 

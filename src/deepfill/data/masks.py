@@ -24,13 +24,16 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from deepfill.utils.errors import UnreadableImageError, UserError
 from deepfill.utils.files import atomic_path, writable_dir
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "HOLE_THRESHOLD",
@@ -54,7 +57,10 @@ __all__ = [
     "write_eval_set",
 ]
 
-MaskGenerator = Callable[[int, int, np.random.Generator], torch.Tensor]
+# Masks are drawn with NumPy and Pillow and handed over as tensors; PyTorch is imported where a
+# tensor is made, so that ``deepfill-make-masks --help`` and the mask-file checks of the commands
+# answer before it loads.
+MaskGenerator = Callable[[int, int, np.random.Generator], "torch.Tensor"]
 
 # The sizes of the official v1 box and of LaMa's presets are given for 256x256 images; at other
 # sizes they scale with the shorter side.
@@ -62,6 +68,8 @@ _REFERENCE_SIDE = 256
 
 
 def _to_tensor(mask: np.ndarray) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).unsqueeze(0)
 
 
@@ -249,6 +257,8 @@ def mixed(
     if not generators:
         raise ValueError("mixed: needs at least one generator")
     if union:
+        import torch
+
         mask = generators[0](height, width, rng)
         for generator in generators[1:]:
             mask = torch.maximum(mask, generator(height, width, rng))
@@ -328,7 +338,7 @@ def hole_distance(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
         distance = np.full(array.shape, max(array.shape) + 1, dtype=np.float32)
     else:
         distance = distance_transform_cdt(array, metric="chessboard").astype(np.float32)
-    return torch.from_numpy(distance)[None]
+    return _to_tensor(distance)
 
 
 def read_mask(path: str | Path, invert: bool = False) -> np.ndarray:

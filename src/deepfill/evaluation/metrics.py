@@ -4,35 +4,28 @@ One definition of each, :func:`image_metrics`, per image; every report is the **
 images** (the inpainting papers' convention: PSNR is the mean of per-image PSNRs, not the PSNR of
 a pooled MSE). Validation, test, ``deepfill-eval`` and the end-of-training comparison all call it.
 It always computes in float32, also inside a bf16 autocast region (SSIM's Gaussian filter and
-LPIPS lose their meaning in bf16). :class:`InpaintingMetrics` accumulates the per-image values
-in ``torchmetrics`` states, so the means are synchronised across DDP ranks.
-LPIPS uses the ``lpips`` package (AlexNet backbone). Its linear heads ship with the package;
-the AlexNet backbone weights are torchvision's and are downloaded to
-``$TORCH_HOME/hub/checkpoints/`` on first use. Without network and without that file, LPIPS is
-skipped with one warning line that says how to provide it (or the run stops when it is required).
+LPIPS lose their meaning in bf16). :mod:`deepfill.evaluation.means` accumulates the per-image
+values over a run, synchronised across DDP ranks.
+
+The registry (:data:`METRICS`: names, directions, how each is shown) is read by sweeps, their
+tables and the configs' resolvers in processes that never compute a metric, so this module
+imports neither PyTorch nor torchmetrics itself: the functions take tensors and import what they
+need when called.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torchmetrics
-from torchmetrics.functional.image import structural_similarity_index_measure
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
-    "ALEXNET_URL",
     "METRICS",
     "METRIC_NAMES",
-    "ImageMean",
-    "InpaintingMetrics",
-    "LPIPSMetric",
     "Metric",
-    "alexnet_weights_path",
     "higher_is_better",
     "hole_l1",
     "hole_l2",
@@ -46,8 +39,6 @@ __all__ = [
 
 # PSNR of an image restored exactly (MSE 0) would be infinite and swamp any mean: cap at 100 dB.
 _MIN_MSE = 1e-10
-
-ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 
 
 def hole_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -63,6 +54,8 @@ def hole_l2(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
 
 
 def _ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
 
 
@@ -145,11 +138,14 @@ def selection_metric(lpips: bool, split: str = "val") -> str:
 def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB (N,), images in [0,1]; capped at 100 dB for an exact match."""
     mse = (prediction - target).square().mean(dim=(1, 2, 3)).clamp_min(_MIN_MSE)
-    return -10.0 * torch.log10(mse)
+    return -10.0 * mse.log10()
 
 
-def _float32_region(device: torch.device):
-    # Metrics must not run in a surrounding bf16 autocast (Lightning's validation under bf16-mixed).
+def float32_region(device: torch.device):
+    """A region where a surrounding autocast is off: metrics must not run in bf16 (Lightning's
+    validation under bf16-mixed)."""
+    import torch
+
     return torch.autocast(device_type=device.type, enabled=False)
 
 
@@ -162,7 +158,9 @@ def image_metrics(
     """Per-image metrics, each (N,) float32: ``psnr``, ``ssim``, ``l1_hole``, ``l2_hole`` and, with
     an ``lpips`` network, ``lpips``. completed, target: (N,3,H,W) in [0,1]; mask: (N,1,H,W), 1 = hole.
     Computed in float32 whatever the autocast state."""
-    with torch.no_grad(), _float32_region(completed.device):
+    import torch
+
+    with torch.no_grad(), float32_region(completed.device):
         a, b, m = completed.detach().float(), target.detach().float(), mask.detach().float()
         values = {}
         for name, spec in METRICS.items():
@@ -171,131 +169,3 @@ def image_metrics(
             elif name == "lpips" and lpips_net is not None:
                 values[name] = lpips_net(a * 2 - 1, b * 2 - 1).flatten().float()
     return values
-
-
-class ImageMean(torchmetrics.Metric):
-    """Mean over images of a per-image value, accumulated in float64 and summed across ranks."""
-
-    full_state_update = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, values: torch.Tensor) -> None:
-        self.total += values.detach().double().sum()
-        self.count += values.numel()
-
-    def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp_min(1)).float()
-
-
-def alexnet_weights_path() -> Path:
-    """Where torchvision looks for the AlexNet weights LPIPS needs."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(ALEXNET_URL).name
-
-
-class LPIPSMetric(torchmetrics.Metric):
-    """LPIPS (``lpips`` package, AlexNet) averaged over images, synchronised across ranks.
-
-    Args:
-        pretrained_backbone: load torchvision's AlexNet weights (the real metric). ``False``
-            keeps a randomly initialised backbone — only for tests of the plumbing.
-        net: the ``lpips`` backbone (``alex``, ``vgg``, ``squeeze``).
-    Inputs are images in [0,1].
-    """
-
-    full_state_update = False
-    higher_is_better = False
-
-    def __init__(self, pretrained_backbone: bool = True, net: str = "alex", **kwargs) -> None:
-        super().__init__(**kwargs)
-        import lpips
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torchvision's 'pretrained' deprecation chatter
-            network = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained_backbone, verbose=False)
-        # Held outside the module tree: fixed weights that must not bloat training checkpoints.
-        self._network = [network.eval().requires_grad_(False)]
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    @property
-    def net(self) -> torch.nn.Module:
-        return self._network[0]
-
-    def network_on(self, device: torch.device) -> torch.nn.Module:
-        """The backbone, moved to ``device`` on first use there."""
-        net = self.net
-        if next(net.parameters()).device != device:
-            net.to(device)
-        return net
-
-    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
-        net = self.network_on(prediction.device)
-        with torch.no_grad(), _float32_region(prediction.device):
-            values = net(prediction.float() * 2 - 1, target.float() * 2 - 1).flatten()
-        self.total += values.double().sum()
-        self.count += values.numel()
-
-    def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp_min(1)).float()
-
-
-def _lpips_available(required: bool) -> bool:
-    """True when the AlexNet weights are on disk or could be downloaded now."""
-    path = alexnet_weights_path()
-    if path.is_file():
-        return True
-    try:
-        torch.hub.load_state_dict_from_url(ALEXNET_URL, progress=False)
-        return True
-    except Exception as error:  # no network, proxy, disk: all end the same way
-        reason = f"{type(error).__name__}: {error}"
-    torch_home = os.environ.get("TORCH_HOME", "~/.cache/torch")
-    message = (
-        f"LPIPS needs the AlexNet weights at {path} and downloading them failed ({reason}); "
-        f"put {ALEXNET_URL} there (TORCH_HOME={torch_home})"
-    )
-    if required:
-        raise FileNotFoundError(message)
-    warnings.warn(f"{message}; LPIPS is skipped", RuntimeWarning, stacklevel=3)
-    return False
-
-
-class InpaintingMetrics(torch.nn.Module):
-    """Means over images of :func:`image_metrics`, synchronised across DDP ranks.
-
-    Args:
-        lpips: compute LPIPS (when its backbone weights are available).
-        lpips_required: stop with an error when LPIPS cannot be computed.
-        lpips_pretrained: see :class:`LPIPSMetric` (tests use ``False``).
-    ``update(completed, target, mask)`` with images in [0,1]; ``compute()`` returns a dict of
-    floats keyed ``psnr``, ``ssim``, ``lpips`` (when on), ``l1_hole``, ``l2_hole``.
-    """
-
-    def __init__(
-        self, lpips: bool = True, lpips_required: bool = False, lpips_pretrained: bool = True
-    ) -> None:
-        super().__init__()
-        self.psnr, self.ssim = ImageMean(), ImageMean()
-        self.l1_hole, self.l2_hole = ImageMean(), ImageMean()
-        use_lpips = lpips and (not lpips_pretrained or _lpips_available(lpips_required))
-        self.lpips = LPIPSMetric(pretrained_backbone=lpips_pretrained) if use_lpips else None
-
-    def update(self, completed: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
-        values = image_metrics(completed, target, mask)
-        for name in ("psnr", "ssim", "l1_hole", "l2_hole"):
-            getattr(self, name).update(values[name])
-        if self.lpips is not None:
-            self.lpips.update(completed, target)
-
-    def metrics(self) -> dict[str, torchmetrics.Metric]:
-        out = {"psnr": self.psnr, "ssim": self.ssim, "l1_hole": self.l1_hole, "l2_hole": self.l2_hole}
-        if self.lpips is not None:
-            out["lpips"] = self.lpips
-        return out
-
-    def compute(self) -> dict[str, float]:
-        return {name: float(metric.compute()) for name, metric in self.metrics().items()}

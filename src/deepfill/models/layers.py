@@ -266,7 +266,16 @@ def _resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> tuple[int, int
     return (fh, fw) if _is_plain_repeat(rows, fh) and _is_plain_repeat(cols, fw) else None
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(function: Callable) -> Callable:
+    """What ``torch.compiler.assume_constant_result`` does: mark ``function`` for dynamo, which
+    reads the mark when it traces a call. The public decorator imports ``torch._dynamo`` to set
+    it (2.5 s at the import of every command that loads this module, most of which never
+    compile). ``tests/test_compile.py`` fails should a PyTorch release read another mark."""
+    function._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return function
+
+
+@_assume_constant_result
 def _constant_resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> tuple[int, int] | None:
     # A function of the sizes alone: torch.compile runs it once and keeps the result instead
     # of tracing its index comparisons (data-dependent to the tracer).

@@ -26,7 +26,8 @@ import pytorch_lightning as pl
 import torch
 from torch.profiler import record_function
 
-from deepfill.evaluation.metrics import METRICS, InpaintingMetrics
+from deepfill.evaluation.means import InpaintingMetrics
+from deepfill.evaluation.metrics import METRICS
 from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
 from deepfill.training.losses import LossConfig, LossWeights, StepOutputs, critic_loss, generator_loss
 from deepfill.training.resume import normalize_loops
@@ -81,7 +82,7 @@ class DeepFillModule(pl.LightningModule):
             right for free-form holes); gamma: its base (0.9).
         max_nonfinite: stop after this many non-finite losses in a row (each one is skipped).
         log_images_every_n_steps: image grids every N generator updates (0: never).
-        lpips, lpips_required, lpips_pretrained: see :class:`deepfill.evaluation.metrics.InpaintingMetrics`.
+        lpips, lpips_required, lpips_pretrained: see :class:`deepfill.evaluation.means.InpaintingMetrics`.
         seed: seeds the gradient penalty's interpolation factors by ``(seed, critic step)``, so a
             resumed run draws what the uninterrupted run would have drawn.
         compile: ``torch.compile`` the generator's stages and both critics, with
@@ -190,22 +191,6 @@ class DeepFillModule(pl.LightningModule):
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])  # what the cosine decay scales
         return optimizers
-
-    @staticmethod
-    def generator_from_checkpoint(path: str, map_location: str | torch.device = "cpu") -> InpaintGenerator:
-        """Rebuild the trained generator from a Lightning checkpoint of this module."""
-        from deepfill.utils.checkpoints import check_state_dict, read_checkpoint
-
-        checkpoint = read_checkpoint(path, "weights", weights_only=False)
-        config = (checkpoint.get("hyper_parameters") or {}).get("generator")
-        if config is None or not isinstance(checkpoint.get("state_dict"), dict):
-            raise UserError(f"weights: {path} is not a training checkpoint of this project (no generator)")
-        generator = InpaintGenerator(**config)
-        prefix = "generator."
-        state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        check_state_dict(generator, state, "weights", path)
-        generator.load_state_dict(state)
-        return generator.to(map_location).eval()
 
     # ------------------------------------------------------------------ helpers
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

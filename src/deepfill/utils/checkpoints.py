@@ -1,17 +1,21 @@
 """Read PyTorch checkpoint files and fit them to a model, with one-line errors for files that are
-missing, truncated, of another format or of another model size."""
+missing, truncated, of another format or of another model size.
+
+PyTorch is imported where a file is read: :func:`check_weights_path` is what the commands run
+before anything heavy loads."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from deepfill.utils.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = [
     "ResumePoint",
@@ -29,6 +33,8 @@ def read_checkpoint(path: str | os.PathLike, key: str, weights_only: bool = True
 
     Raises :class:`UserError` (one line) for a missing file, a folder, or a file ``torch.load``
     cannot read (truncated, another format)."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"{key}: no such file: {path}")

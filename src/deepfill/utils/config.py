@@ -11,7 +11,6 @@ from omegaconf import OmegaConf
 
 __all__ = [
     "CONFIG_DIR",
-    "check_overrides",
     "composition_message",
     "register_resolvers",
     "resolve_device",
@@ -93,11 +92,17 @@ def target_arguments(cfg, key: str) -> list[str]:
     from hydra.utils import get_method
     from omegaconf import DictConfig, OmegaConf
 
+    from deepfill.utils.signatures import named_arguments
+
     node = OmegaConf.select(cfg, key) if key else cfg
     if not isinstance(node, DictConfig) or "_target_" not in node:
         return []
+    path = str(node._get_node("_target_")._value())
+    from_source = named_arguments(path)  # without importing the target (seconds for Lightning)
+    if from_source is not None:
+        return list(from_source)
     try:
-        target = get_method(str(node._get_node("_target_")._value()))
+        target = get_method(path)
         parameters = inspect.signature(target).parameters.values()
     except Exception:
         return []
@@ -130,31 +135,6 @@ def composition_message(error: Exception, config_name: str, overrides: list[str]
     if "Could not find" in lines[0] and options:
         return f"{lines[0]}; available: {', '.join(options)}"
     return lines[0]
-
-
-def check_overrides(config_name: str, prog: str, argv: list[str] | None = None) -> None:
-    """Compose ``config_name`` with the command line's overrides before Hydra runs, so that an
-    unknown option (``trainer=gpux``), a misspelt key (``mask_pth=x``) or bad syntax ends in one
-    line and exit status 2, as every other user error does. Command lines with flags (``-m``,
-    ``--cfg``, ``--help``) are left to Hydra."""
-    import sys
-
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    overrides = list(sys.argv[1:] if argv is None else argv)
-    if any(arg.startswith("-") for arg in overrides):
-        return
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        try:
-            from hydra import compose
-
-            compose(config_name, overrides=overrides)
-        except (HydraException, OmegaConfBaseException) as error:
-            message = composition_message(error, config_name, overrides)
-            print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
 
 
 def resolve_device(name: str) -> str:

@@ -1,10 +1,15 @@
-"""Inference precision and compilation switches shared by the commands, inference and evaluation."""
+"""Inference precision and compilation switches shared by the commands, inference and evaluation.
+
+The checks import nothing heavy: the commands run them before loading PyTorch."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from deepfill.utils.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["PRECISIONS", "autocast", "check_compile", "check_precision"]
 
@@ -26,6 +31,8 @@ def autocast(device: torch.device, precision: str):
     """The autocast context of ``precision`` on ``device`` (a no-op for fp32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    import torch
+
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
