@@ -1,6 +1,11 @@
 """Bad input to every command, as a user would give it: each case must end with exit status 2 and
 one line ``<command>: error: ...`` naming the file, key or value, never a traceback; and what was
-already written must stay whole."""
+already written must stay whole.
+
+The cases run each command's entry point in this process (:func:`conftest.call_cli`): the logic
+under test is the command's, and a new process per case would spend most of its time importing.
+A sample of them also runs as real processes of the installed console scripts, which is what a
+user's shell sees (exit status, stderr)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import run_cli
+from conftest import call_cli, run_cli
 from deepfill.models import InpaintGenerator
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the case asks for")
@@ -168,11 +173,34 @@ def test_bad_input_ends_in_one_line(ws, tmp_path, command, args, expected) -> No
     if command in (INPAINT, EVAL, TRAIN, EXPORT):
         args = [*args, f"hydra.run.dir={tmp_path}/run"]
     before = sorted(p.relative_to(ws).as_posix() for p in ws.rglob("*"))
-    result = run_cli(command, *args, cwd=tmp_path)
+    result = call_cli(command, *args, cwd=tmp_path)
     _assert_one_line_error(result, command, expected.format(ws=ws))
     after = sorted(p.relative_to(ws).as_posix() for p in ws.rglob("*"))
     # Nothing was written into the workspace: no half files, no temporaries, no empty folders.
     assert after == before
+
+
+# One case per command and kind of mistake, as real processes of the console scripts.
+PROCESS_CASES = [
+    (INPAINT, ["weights={ws}/nowhere.pt", "input={ws}/imgs"], "weights: no such file or folder"),
+    (INPAINT, ["weights={ws}/garbage.pt", "input={ws}/imgs/a.png", "mask_path={ws}/mask.png"], "garbage.pt is not a readable PyTorch checkpoint"),
+    (TRAIN, ["data.batch_sze=3"], "data.batch_sze: unknown key (did you mean 'data.batch_size'?)"),
+    (TRAIN, ["model.generator.cnum=abc"], "model.generator.cnum: expected an integer, got 'abc'"),
+    (EVAL, ["weights={ws}/w.pt", "data=folder", "data.val.root={ws}/nowhere", "lpips=false"], "image folder not found: {ws}/nowhere"),
+    (EXPORT, ["weights={ws}/w.pt", "output={ws}/model.txt"], "output: expected a file name ending in .onnx, got {ws}/model.txt"),
+    ("deepfill-make-masks", ["{ws}/masks_new", "--count", "0"], "count must be >= 1, got 0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("command", "args", "expected"), PROCESS_CASES, ids=[_id(c) for c in PROCESS_CASES])
+def test_bad_input_to_a_console_script_ends_in_one_line(ws, tmp_path, command, args, expected) -> None:
+    args = [a.format(ws=ws) for a in args]
+    if command == TRAIN:
+        args = [*TRAIN_FAST, *args]
+    if command in (INPAINT, EVAL, TRAIN, EXPORT):
+        args = [*args, f"hydra.run.dir={tmp_path}/run"]
+    result = run_cli(command, *args, cwd=tmp_path)
+    _assert_one_line_error(result, command, expected.format(ws=ws))
 
 
 def test_a_bad_image_in_a_folder_is_skipped_and_reported_after_the_others(ws, tmp_path) -> None:
@@ -233,7 +261,7 @@ def test_convert_failure_keeps_an_existing_output_and_leaves_no_temporary(ws, tm
 
 def test_weights_of_another_width_load_with_their_own_width(ws, tmp_path) -> None:
     # A converted .pt of a cnum-8 model: its width is read off the file, not assumed.
-    result = run_cli(
+    result = call_cli(
         EVAL,
         f"weights={ws}/w.pt",
         "data=folder",
@@ -495,7 +523,7 @@ def test_odd_paths_work_as_typed_for_every_path_key(ws, tmp_path) -> None:
     shutil.copy(ws / "w.pt", odd / "w (1).pt")
     shutil.copy(ws / "mask.png", odd / "masque n°1.png")
     shutil.copy(ws / "imgs" / "a.png", odd / "photo d'été.png")
-    result = run_cli(
+    result = call_cli(
         INPAINT,
         f"weights={odd}/w (1).pt",
         f"input={odd}/photo d'été.png",
@@ -506,7 +534,7 @@ def test_odd_paths_work_as_typed_for_every_path_key(ws, tmp_path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (odd / "résultats" / "photo d'été.png").is_file()
-    result = run_cli(
+    result = call_cli(
         EVAL,
         f"weights={odd}/w (1).pt",
         "data=folder",
@@ -525,11 +553,11 @@ def test_odd_paths_work_as_typed_for_every_path_key(ws, tmp_path) -> None:
         f"data.train.root={odd}/photos/train",
         f"data.val.root={odd}/photos/val",
     ]
-    result = run_cli(TRAIN, *TRAIN_FAST, *data, f"hydra.run.dir={odd}/run train", cwd=tmp_path)
+    result = call_cli(TRAIN, *TRAIN_FAST, *data, f"hydra.run.dir={odd}/run train", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     last = odd / "run train" / "checkpoints" / "last.ckpt"
     assert last.is_file()
-    result = run_cli(
+    result = call_cli(
         TRAIN, *TRAIN_FAST, *data, f"ckpt_path={last}", f"hydra.run.dir={odd}/run resumed", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-2000:]

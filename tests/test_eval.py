@@ -15,7 +15,7 @@ from omegaconf import open_dict
 from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from conftest import run_cli
+from conftest import call_cli
 from deepfill.cli.eval import run
 from deepfill.data.masks import centered_rectangle, eval_mask
 from deepfill.evaluation.evaluate import mean_fill, summarise
@@ -115,7 +115,7 @@ def test_summarise_bins() -> None:
 
 
 def test_cli_missing_weights_is_one_line(tmp_path) -> None:
-    result = run_cli(
+    result = call_cli(
         "deepfill-eval", "weights=/nowhere/model.ckpt", f"paths.log_dir={tmp_path}", cwd=tmp_path
     )
     assert result.returncode == 2

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import GOLDENS, JOB, REPO, run_cli
+from conftest import GOLDENS, JOB, REPO, call_cli
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -89,7 +89,7 @@ def test_masks_notebook(monkeypatch) -> None:
 def test_attention_notebook_on_a_real_ablation_sweep(monkeypatch, tmp_path) -> None:
     args = ["-m", "experiment=ca_ablation", "+sweep=ca_ablation", f"paths.log_dir={tmp_path}"]
     phases = ["model.pretrain_coarse_steps=1", "model.reconstruction_steps=1"]
-    result = run_cli("deepfill-train", *args, *JOB, *phases, cwd=tmp_path)
+    result = call_cli("deepfill-train", *args, *JOB, *phases, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     sweep = tmp_path / "sweeps" / "ca_ablation"
     notebook = execute(NOTEBOOKS[2], monkeypatch, DEEPFILL_NB_ABLATION=str(sweep))
@@ -102,7 +102,7 @@ def test_attention_notebook_on_a_real_ablation_sweep(monkeypatch, tmp_path) -> N
 def test_sweep_analysis_notebook_on_a_real_sweep(monkeypatch, tmp_path) -> None:
     args = ["-m", "+sweep=custom", "sweep_name=nb", "model.optimizer.lr=0.0001,0.001"]
     args.append(f"paths.log_dir={tmp_path}")
-    result = run_cli("deepfill-train", *args, "optimized_metric=val/psnr", *JOB, cwd=tmp_path)
+    result = call_cli("deepfill-train", *args, "optimized_metric=val/psnr", *JOB, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     sweep = tmp_path / "sweeps" / "nb"
     notebook = execute(NOTEBOOKS[3], monkeypatch, DEEPFILL_NB_SWEEP=str(sweep), DEEPFILL_NB_METRIC="val/psnr")

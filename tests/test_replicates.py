@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import TINY, compose_cfg, run_cli
+from conftest import TINY, call_cli, compose_cfg
 from deepfill.evaluation.statistics import bootstrap_mean_difference, paired_difference, summarise_values
 from deepfill.training.sweep import (
     begin_job,
@@ -163,7 +163,7 @@ def test_a_reference_that_is_not_a_setting_is_one_line(reference, message, tmp_p
     _records(tmp_path, [("1", "model.optimizer.lr=2e-4", 42, {"val/psnr": 2.0})])
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         write_results_table(tmp_path, collect_results(tmp_path), "val/psnr", reference=reference)
-    result = run_cli("deepfill-sweep-table", str(tmp_path), "--reference", reference, cwd=tmp_path)
+    result = call_cli("deepfill-sweep-table", str(tmp_path), "--reference", reference, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"deepfill-sweep-table: error: {message}")
@@ -172,7 +172,7 @@ def test_a_reference_that_is_not_a_setting_is_one_line(reference, message, tmp_p
 def test_a_sweep_folder_mixing_other_settings_is_one_line(tmp_path) -> None:
     _records(tmp_path, [("0", "model.optimizer.lr=1e-4", 42, {"val/psnr": 1.0})])
     begin_job(tmp_path / "1", ["+sweep=custom", "model.loss.gan=0.01", "seed=42"], True)
-    result = run_cli("deepfill-sweep-table", str(tmp_path), cwd=tmp_path)
+    result = call_cli("deepfill-sweep-table", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
     assert "mixes runs of other sweeps: model.loss.gan is set in job(s) 1 but not in 0" in line
@@ -213,7 +213,7 @@ def test_a_replicated_sweep_runs_each_setting_with_each_seed_and_resumes_by_skip
         *ONE_EPOCH_QUICKSTART,
         "baseline_comparison.limit=2",
     ]
-    result = run_cli("deepfill-train", *args, cwd=tmp_path)
+    result = call_cli("deepfill-train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = tmp_path / "sweeps" / "rep"
     records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/job.json")}
@@ -233,7 +233,7 @@ def test_a_replicated_sweep_runs_each_setting_with_each_seed_and_resumes_by_skip
     per_image = (sweep / "0" / "comparison_images.csv").read_text().splitlines()
     assert per_image[0].startswith("method,image,hole_ratio,psnr") and len(per_image) == 1 + 2 * 3
     # Rerunning the command skips all four jobs.
-    again = run_cli("deepfill-train", *args, cwd=tmp_path)
+    again = call_cli("deepfill-train", *args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished earlier (resume=true), skipping") == 4
     after = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/job.json")}
@@ -248,7 +248,8 @@ def test_a_replicated_sweep_runs_each_setting_with_each_seed_and_resumes_by_skip
     ],
 )
 def test_bad_replicates_are_one_line(args, message, tmp_path) -> None:
-    result = run_cli("deepfill-train", *args, "debug=fast_dev_run", f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    logs = f"paths.log_dir={tmp_path}"
+    result = call_cli("deepfill-train", *args, "debug=fast_dev_run", logs, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
@@ -271,7 +272,7 @@ def test_the_best_trials_of_a_search_rerun_with_replicate_seeds(tmp_path) -> Non
         begin_job(search / job, [*shared, f"model.loss.l1={l1}", f"model.loss.gan={gan}", "seed=42"], True)
         end_job(search / job, {"val/lpips": lpips, "val/psnr": 20.0})
     export = ["--export-best", "2", "--replicates", "2", "--metric", "val/lpips"]
-    result = run_cli("deepfill-sweep-table", str(search), *export, cwd=tmp_path)
+    result = call_cli("deepfill-sweep-table", str(search), *export, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (search / "best" / "best" / "trial_1.yaml").read_text().splitlines()[2:] == [
         "model:",
@@ -282,7 +283,7 @@ def test_the_best_trials_of_a_search_rerun_with_replicate_seeds(tmp_path) -> Non
     command = shlex.split(result.stdout.strip().splitlines()[-1])
     assert command[:2] == ["deepfill-train", "-m"] and "+best=trial_1,trial_0" in command
     assert "+sweep=optuna_loss_weights" not in command and "replicates=2" in command
-    rerun = run_cli(*command, cwd=tmp_path)
+    rerun = call_cli(*command, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     with (tmp_path / "logs" / "sweeps" / "search_best2" / "results.csv").open() as f:
         table = {row["best"]: row for row in csv.DictReader(f)}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import call_cli
 from deepfill import selftest
 from deepfill.selftest import Check, SelfTestOptions, run_selftest, verdict, write_report
 
@@ -21,7 +21,7 @@ def test_the_cpu_part_passes_and_says_that_no_gpu_was_seen(goldens, tmp_path) ->
     out = tmp_path / "report"
     args = ["--goldens", str(goldens), "--out", str(out), "--sizes", "64", "--train-size", "64"]
     args += ["--train-batch", "1", "--precisions", "float32", "bf16"]
-    result = run_cli("deepfill-selftest", *args, cwd=tmp_path)
+    result = call_cli("deepfill-selftest", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("deepfill-selftest: PASS (no GPU visible: the CPU part only)"), last
@@ -101,7 +101,7 @@ def test_a_failed_check_makes_the_verdict_fail_and_names_it(tmp_path) -> None:
     ],
 )
 def test_bad_arguments_end_in_one_line(tmp_path, args, expected) -> None:
-    result = run_cli("deepfill-selftest", *args, "--out", str(tmp_path / "r"), cwd=tmp_path)
+    result = call_cli("deepfill-selftest", *args, "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert expected in result.stderr.strip().splitlines()[-1]

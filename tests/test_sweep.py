@@ -14,7 +14,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from conftest import JOB, compose_cfg, options, run_cli
+from conftest import JOB, call_cli, compose_cfg, options, run_cli
 from deepfill.evaluation.metrics import higher_is_better, optimization_direction
 from deepfill.training.sweep import (
     JobConflictError,
@@ -203,7 +203,7 @@ def test_sweep_table_cli_rebuilds_a_table(tmp_path) -> None:
     end_job(tmp_path / "0", {"val/psnr": 18.0})
     begin_job(tmp_path / "1", ["model.optimizer.lr=0.0002"], True)
     end_job(tmp_path / "1", {"val/psnr": 19.0})
-    result = run_cli("deepfill-sweep-table", str(tmp_path), "--metric", "val/psnr", "--plot", cwd=tmp_path)
+    result = call_cli("deepfill-sweep-table", str(tmp_path), "--metric", "val/psnr", "--plot", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "| 1 | 0.0002 | 1 | 19 | 1 | n=1: no interval |" in result.stdout
     assert "| 2 | 0.0001 | 1 | 18 |  | reference |" in result.stdout
@@ -213,7 +213,7 @@ def test_sweep_table_cli_rebuilds_a_table(tmp_path) -> None:
         assert picture.size[0] > 300 and picture.size[1] > 100
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_cli("deepfill-sweep-table", str(empty), cwd=tmp_path)
+    result = call_cli("deepfill-sweep-table", str(empty), cwd=tmp_path)
     assert result.returncode == 2
     assert "holds no job.json" in result.stderr.strip().splitlines()[-1]
 
@@ -380,7 +380,7 @@ def test_submitit_local_launcher_runs_a_job(tmp_path) -> None:
 def test_optuna_search_runs_trials_and_continues_its_study(tmp_path) -> None:
     args = ["-m", "+sweep=optuna_loss_weights", "hydra.sweeper.n_trials=2", "optimized_metric=val/psnr"]
     args += [f"paths.log_dir={tmp_path}", *JOB]
-    result = run_cli("deepfill-train", *args, cwd=tmp_path)
+    result = call_cli("deepfill-train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = tmp_path / "sweeps" / "optuna_loss_weights"
     best = OmegaConf.load(sweep / "optimization_results.yaml")
@@ -390,7 +390,7 @@ def test_optuna_search_runs_trials_and_continues_its_study(tmp_path) -> None:
     assert best.best_value == pytest.approx(max(r["val/psnr"] for r in rows))
     # The study is stored: a second invocation adds its trials to the same study and table.
     time.sleep(1.1)  # trial folders are named by the start time (seconds)
-    result = run_cli("deepfill-train", *args, cwd=tmp_path)
+    result = call_cli("deepfill-train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(collect_results(sweep)) == 4
     with (sweep / "results_jobs.csv").open() as f:
@@ -399,7 +399,7 @@ def test_optuna_search_runs_trials_and_continues_its_study(tmp_path) -> None:
 
 def test_an_optuna_metric_that_is_not_computed_stops_before_training(tmp_path) -> None:
     args = ["-m", "+sweep=optuna_loss_weights", "hydra.sweeper.n_trials=1", f"paths.log_dir={tmp_path}"]
-    result = run_cli("deepfill-train", *args, "model.lpips=false", *JOB, cwd=tmp_path)
+    result = call_cli("deepfill-train", *args, "model.lpips=false", *JOB, cwd=tmp_path)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("deepfill-train: error: optimized_metric: 'val/lpips' is not computed")

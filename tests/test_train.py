@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from PIL import Image
 
-from conftest import TINY, compose_cfg, options, run_cli
+from conftest import TINY, call_cli, compose_cfg, options
 from deepfill.cli.train import train
 from deepfill.utils.config import CONFIG_DIR
 from deepfill.utils.validation import ConfigError, validate_config
@@ -311,7 +311,7 @@ def test_an_even_attention_patch_is_allowed(tmp_path) -> None:
 
 
 def _cli(*args: str, cwd: Path):
-    return run_cli("deepfill-train", *args, cwd=cwd)
+    return call_cli("deepfill-train", *args, cwd=cwd)
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path) -> None:
