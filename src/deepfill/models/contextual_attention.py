@@ -561,8 +561,8 @@ class ContextualAttention(nn.Module):
         rows = F.pad(grid, (0, 0, 0, 1, 0, 0, 0, 1)) + F.pad(grid, (0, 0, 1, 0, 0, 0, 1, 0))
         both = F.pad(rows, (0, 1, 0, 0, 0, 1, 0, 0)) + F.pad(rows, (1, 0, 0, 0, 1, 0, 0, 0))
         shifted = both.view(n, (h + 1) * (w + 1), (h + 1) * (w + 1))
-        canvas = torch.bmm(shifted, paste).view(n, h + 1, w + 1, c, r, r).permute(0, 3, 1, 4, 2, 5)
-        canvas = canvas.reshape(n, c, (h + 1) * r, (w + 1) * r)
+        canvas = torch.bmm(shifted, paste).transpose(1, 2).unflatten(2, (h + 1, w + 1))
+        canvas = F.pixel_shuffle(canvas, r)  # (N, C, (h+1)*r, (w+1)*r)
         y = canvas[:, :, r // 2 : r // 2 + height, r // 2 : r // 2 + width] / 4.0
         return y, offsets.view(n, 2, h, w)
 

@@ -45,6 +45,15 @@ def tf_same_padding(size: int, kernel: int, stride: int = 1, dilation: int = 1) 
     TF puts the odd extra pixel at the end (bottom/right), unlike a symmetric PyTorch pad.
     """
     effective = (kernel - 1) * dilation + 1
+    if stride > 1 and _exporting():
+        # Traced for every size at once: the exported graph takes sizes that are multiples of
+        # the generator's (4 x the attention rate), so each strided layer sees a multiple of its
+        # stride, and its padding is a constant. The general formula below (a max of a ceil)
+        # would make every later size an expression the exporter's shape reasoning needs
+        # minutes for; the assumption is checked by the graph itself.
+        torch._check(size % stride == 0)
+        total = max(effective - stride, 0)
+        return total // 2, total - total // 2
     out = -(-size // stride)  # ceil in integers: also for a graph exporter's symbolic sizes
     total = max((out - 1) * stride + effective - size, 0)
     return total // 2, total - total // 2
@@ -444,7 +453,11 @@ def elu_(x: torch.Tensor) -> torch.Tensor:
     by at most a few float32 ulps. Not for tensors that need gradients (:func:`elu` is the one
     for training).
     """
-    flat = _dense_view(x) if x.device.type == "cpu" and not _exporting() else None
+    if _exporting():
+        # Out of place: ONNX's own Elu. The in-place form is traced through its reference
+        # decomposition, op by op over symbolic sizes (seconds per layer).
+        return F.elu(x)
+    flat = _dense_view(x) if x.device.type == "cpu" else None
     if flat is None:
         return F.elu_(x)
     scratch = flat.new_empty(min(flat.numel(), _ELU_CHUNK))
