@@ -270,6 +270,8 @@ TINY = [
     "model.lpips_pretrained=false",
     "trainer=cpu",
     "logger=csv",
+    # The configured schedule as it is (a preset's time budget would rescale it to minutes).
+    "budget=null",
 ]
 
 
@@ -301,6 +303,7 @@ DDP_TINY = [
     "trainer.check_val_every_n_epoch=1",
     "trainer.val_check_interval=1.0",
     "+trainer.num_sanity_val_steps=0",
+    "budget=null",
 ]
 
 

@@ -169,7 +169,7 @@ def test_arguments_read_from_source_are_the_signatures_arguments() -> None:
         ("deepfill-eval", ["weights: ???", "baselines:", "masks_dir:"]),
         ("deepfill-export", ["weights: ???", "precision: fp32", "check_size:"]),
         ("deepfill-demo", ["port: 7860", "max_side:"]),
-        ("deepfill-train", ["seed: 42", "trainer: [auto], cpu", "experiment: ca_ablation", "+sweep"]),
+        ("deepfill-train", ["budget: null", "trainer: [auto], cpu", "experiment: ca_ablation", "+sweep"]),
     ],
 )
 def test_help_shows_the_commands_keys_groups_and_examples(tmp_path, command, shown) -> None:
@@ -183,7 +183,7 @@ def test_help_shows_the_commands_keys_groups_and_examples(tmp_path, command, sho
     for text in shown:
         assert text in out, (text, out[:3000])
     # An override shows in the configuration it describes.
-    key, value = ("seed", "7") if command == "deepfill-train" else ("precision", "bf16")
+    key, value = ("budget", "6min") if command == "deepfill-train" else ("precision", "bf16")
     result = call_cli(command, "--help", f"{key}={value}", cwd=tmp_path)
     assert f"{key}: {value}" in result.stdout
     # A misspelt key is named in one line, as without --help.

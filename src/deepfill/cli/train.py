@@ -106,7 +106,9 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
     from deepfill.training import trainer as setup
     from deepfill.training.callbacks import AtomicCheckpointIO
     from deepfill.utils.devices import configure_cpu
+    from deepfill.utils.logs import ignore_library_internals
 
+    ignore_library_internals()
     pl.seed_everything(cfg.seed, workers=True)
     configure_cpu()
     setup.set_matmul_precision(cfg.get("float32_matmul_precision"))
@@ -116,6 +118,7 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model)
     _say(multirun.check_optimized_metric(cfg, model))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    _check_budget(cfg, model, callbacks)
     job_type = None
     if multirun.is_multirun():
         from deepfill.training.sweep import setting_job_type
@@ -153,10 +156,24 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _check_budget(cfg: DictConfig, model, callbacks: list) -> None:
+    """A ``budget`` needs the callback that fits the schedule to it, and a schedule to fit."""
+    from deepfill.training.budget import TimeBudget
+
+    budgets = [c for c in callbacks if isinstance(c, TimeBudget)]
+    if cfg.get("budget") is not None and not budgets:
+        raise ConfigError(
+            f"budget={cfg.budget}: this configuration has no callbacks.budget to fit the schedule to it "
+            "(debug presets and callbacks=null turn it off); use budget=null"
+        )
+    for budget in budgets:
+        budget.check(model)
+
+
 def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodule) -> None:
     """How the trained generator compares with the classical baselines on the first validation
     images (fixed masks): one line per method, the table in the run folder."""
-    from deepfill.evaluation.evaluate import comparison_lines, write_baseline_comparison
+    from deepfill.evaluation.evaluate import comparison_lines, comparison_verdict, write_baseline_comparison
 
     spec = cfg.get("baseline_comparison")
     if not spec:
@@ -169,6 +186,10 @@ def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodu
     images = rows[0]["images"] if rows else 0
     _say(f"final model vs baselines on {images} validation images with fixed masks ({md_path}):")
     _say("\n".join(comparison_lines(rows)))
+    verdict = comparison_verdict(rows)
+    if any(" is behind " in line for line in verdict):
+        verdict.append("a longer run (a larger budget=, or more steps) trains it further")
+    _say("\n".join(verdict))
 
 
 def _train_job(cfg: DictConfig) -> dict[str, float]:

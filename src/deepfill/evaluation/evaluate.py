@@ -28,6 +28,7 @@ __all__ = [
     "biharmonic_fill",
     "compare_with_baselines",
     "comparison_lines",
+    "comparison_verdict",
     "dataset_batches",
     "evaluate",
     "mask_files",
@@ -264,4 +265,29 @@ def comparison_lines(rows: list[dict]) -> list[str]:
             if spec.name in row
         ]
         lines.append(f"{row['method']:<11s} " + "   ".join(cells) + f"   ({row['images']} images)")
+    return lines
+
+
+def comparison_verdict(rows: list[dict], model: str = "deepfill") -> list[str]:
+    """Plain words on a comparison: for each baseline, the summary metrics on which ``model`` is
+    behind it (in each metric's direction), or that it is ahead on all of them."""
+    by_method = {row["method"]: row for row in rows}
+    ours = by_method.get(model)
+    if ours is None:
+        return []
+    shown = [spec for spec in METRICS.values() if spec.in_summary and spec.name in ours]
+    lines = []
+    for name, row in by_method.items():
+        if name == model:
+            continue
+        behind = []
+        for spec in shown:
+            if spec.name in row:
+                ahead = ours[spec.name] - row[spec.name]
+                if (ahead < 0) if spec.higher_is_better else (ahead > 0):
+                    behind.append(spec.display)
+        if behind:
+            lines.append(f"{model} is behind {name} on {', '.join(behind)}")
+        else:
+            lines.append(f"{model} is ahead of {name} on every metric")
     return lines

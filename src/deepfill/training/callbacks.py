@@ -53,6 +53,15 @@ class LastCheckpoint(ModelCheckpoint):
             warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
             super().on_train_batch_end(*args, **kwargs)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning writes last.ckpt at the end of training only when it has never written one:
+        # a run that stops on max_steps (or max_time) between two every_n_train_steps saves
+        # would keep an older last.ckpt than its final weights.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            return
+        super().on_train_end(trainer, pl_module)
+
 
 class BestCheckpoint(LastCheckpoint):
     """Keeps the best checkpoint by ``val/lpips`` (lower is better) when the model computes

@@ -277,14 +277,21 @@ class DeepFillModule(pl.LightningModule):
         elif self._generator_step(image, mask, opt_g, "adversarial", distance):
             self._set_count("critic_since_generator", 0)
 
-    def _forward(self, image, mask, phase: str = "adversarial", distance=None) -> StepOutputs:
-        """The generator on a batch (stage 1 alone in the coarse phase), with what the losses read."""
+    def phase_outputs(
+        self, generator: InpaintGenerator, image, mask, phase: str = "adversarial", distance=None
+    ) -> StepOutputs:
+        """``generator`` on a batch as the training step of ``phase`` runs it (stage 1 alone in
+        the coarse phase), with what the losses read. ``distance``: the batch's hole distance
+        for the ``nearest_known`` discount, or None."""
         # The data module's masks are binary by construction: no check (a host sync).
         if phase == "coarse":
-            x1, x2, offsets = self.generator.coarse_only(image, mask, check_mask=False), None, None
+            x1, x2, offsets = generator.coarse_only(image, mask, check_mask=False), None, None
         else:
-            x1, x2, offsets = self.generator(image, mask, check_mask=False)
+            x1, x2, offsets = generator(image, mask, check_mask=False)
         return StepOutputs.of(image, mask, x1, x2, self.loss_config.patch_size, offsets, distance)
+
+    def _forward(self, image, mask, phase: str = "adversarial", distance=None) -> StepOutputs:
+        return self.phase_outputs(self.generator, image, mask, phase, distance)
 
     def _critic_step(self, image, mask, opt_d) -> bool:
         # record_function ranges name the parts of a step in profiles (free when not profiling).

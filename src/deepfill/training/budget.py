@@ -1,0 +1,334 @@
+"""A training schedule that fits a time budget, on a fast machine and a slow one alike.
+
+The quickstart's recipe is a *reference schedule* (coarse pre-training, reconstruction, a short
+adversarial phase, the learning rate decayed to 0 over all of it). With ``budget=6min`` the run
+first times one generator update of each phase on this machine (on copies of the networks, so the
+run itself is not touched), then scales every phase of the reference by the same factor so that
+the whole schedule, its validations included, ends within the budget. Every phase runs and the
+learning rate reaches its end value on any machine; only the number of updates differs, and the
+run says how many it chose and why. ``trainer.max_time`` stays a safety net above the budget.
+
+The factor is rounded down to a multiple of :data:`SCALE_STEP`, so that two runs on one machine
+(whose timings differ by a few percent) choose the same schedule, and so the same model; the
+printed overrides repeat a schedule exactly anywhere. A resumed run keeps the schedule it chose
+(saved in its checkpoints).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from deepfill.utils.config import duration_seconds
+from deepfill.utils.errors import ConfigError
+
+__all__ = [
+    "SCALE_STEP",
+    "Schedule",
+    "TimeBudget",
+    "UpdateSeconds",
+    "fit_schedule",
+    "measure_update_seconds",
+    "parse_budget",
+]
+
+log = logging.getLogger(__name__)
+
+# The reference schedule is scaled by a multiple of this (and never below it).
+SCALE_STEP = 0.05
+
+
+def parse_budget(value: Any) -> float | None:
+    """Seconds of a budget written ``6min``, ``90s``, ``1.5h`` or ``00:06:00`` (None: no budget)."""
+    return duration_seconds(value, "budget")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Generator updates per phase (each adversarial update follows ``n_critic`` critic updates)."""
+
+    coarse: int
+    reconstruction: int
+    adversarial: int
+    n_critic: int
+
+    @property
+    def generator_updates(self) -> int:
+        """What the learning rate decays over."""
+        return self.coarse + self.reconstruction + self.adversarial
+
+    @property
+    def batches(self) -> int:
+        """Training batches (one optimizer step each): ``trainer.max_steps``."""
+        return self.coarse + self.reconstruction + self.adversarial * (self.n_critic + 1)
+
+    def overrides(self) -> str:
+        """The command-line keys that run this schedule without a budget."""
+        return (
+            f"budget=null model.pretrain_coarse_steps={self.coarse} "
+            f"model.reconstruction_steps={self.reconstruction} model.lr_decay_steps={self.generator_updates} "
+            f"trainer.max_steps={self.batches}"
+        )
+
+
+@dataclass(frozen=True)
+class UpdateSeconds:
+    """Seconds per generator update of each phase (adversarial: with its critic updates), and per
+    validation batch, measured on this machine."""
+
+    coarse: float
+    reconstruction: float
+    adversarial: float
+    validation_batch: float
+
+    def of(self, schedule: Schedule) -> float:
+        return (
+            schedule.coarse * self.coarse
+            + schedule.reconstruction * self.reconstruction
+            + schedule.adversarial * self.adversarial
+        )
+
+
+def fit_schedule(
+    reference: Schedule, seconds: UpdateSeconds, available: float, multiple: int = 1
+) -> tuple[Schedule, float]:
+    """The reference schedule scaled by the largest multiple of :data:`SCALE_STEP` (at least one)
+    whose updates take at most ``available`` seconds; its batches a multiple of ``multiple`` (the
+    number of validations, so that the last one comes at the end). Returns it and the factor."""
+    per_reference = seconds.of(reference)
+    steps = max(1, math.floor(available / per_reference / SCALE_STEP + 1e-9)) if per_reference > 0 else 1
+    scale = steps * SCALE_STEP
+    scaled = Schedule(
+        coarse=round(reference.coarse * scale),
+        reconstruction=round(reference.reconstruction * scale),
+        adversarial=round(reference.adversarial * scale),
+        n_critic=reference.n_critic,
+    )
+    extra = scaled.batches % multiple
+    if extra:  # trimmed from the longest phase
+        longest = max(("coarse", "reconstruction"), key=lambda name: getattr(scaled, name))
+        scaled = Schedule(**{**asdict(scaled), longest: getattr(scaled, longest) - extra})
+    return scaled, scale
+
+
+def _median_seconds(function, repeats: int) -> float:
+    function()  # warm-up: the first call builds the CPU's convolution kernels
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_update_seconds(module, batch_size: int, eval_batch_size: int, repeats: int = 2) -> UpdateSeconds:
+    """Time one generator update of each phase, and a validation batch, on copies of ``module``'s
+    networks and optimisers (the run's own weights, optimiser states and random streams are
+    untouched), on a box hole of the official size."""
+    from deepfill.data.masks import centered_rectangle, hole_distance
+    from deepfill.training.losses import critic_loss, generator_loss
+
+    device = module.device
+    config = module.loss_config
+    generator, global_critic, local_critic = (
+        copy.deepcopy(m) for m in (module.generator, module.global_critic, module.local_critic)
+    )
+    critic_parameters = list(itertools.chain(global_critic.parameters(), local_critic.parameters()))
+    opt_g = module.optimizer_factory(generator.parameters())
+    opt_d = module.optimizer_factory(critic_parameters)
+    size = global_critic.input_size
+    draw = torch.Generator().manual_seed(0)
+    image = (torch.rand(batch_size, 3, size, size, generator=draw) * 2 - 1).to(device)
+    mask = centered_rectangle(size, size)[None].expand(batch_size, -1, -1, -1).contiguous().to(device)
+    distance = hole_distance(mask[0])[None].expand(batch_size, -1, -1, -1).to(device)
+    distance = distance if config.discount == "nearest_known" else None
+
+    def generator_update(phase: str) -> None:
+        outputs = module.phase_outputs(generator, image, mask, phase, distance)
+        critics = (global_critic, local_critic) if phase == "adversarial" else None
+        for parameter in critic_parameters:  # frozen, as during the run's generator updates
+            parameter.requires_grad_(False)
+        loss = generator_loss(outputs, config, critics)
+        opt_g.zero_grad(set_to_none=True)
+        loss.total.backward()
+        opt_g.step()
+        for parameter in critic_parameters:
+            parameter.requires_grad_(True)
+
+    def critic_update() -> None:
+        with torch.no_grad():
+            outputs = module.phase_outputs(generator, image, mask, "adversarial", distance)
+        alpha = torch.rand(2, batch_size, generator=draw).to(device)
+        loss = critic_loss(global_critic, local_critic, outputs, config, alpha[0], alpha[1])
+        opt_d.zero_grad(set_to_none=True)
+        loss.total.backward()
+        opt_d.step()
+
+    def validation_batch() -> None:
+        with torch.no_grad():
+            generator(image[:1].expand(eval_batch_size, -1, -1, -1), mask[:1], check_mask=False)
+
+    coarse = _median_seconds(lambda: generator_update("coarse"), repeats)
+    reconstruction = _median_seconds(lambda: generator_update("reconstruction"), repeats)
+    critic = _median_seconds(critic_update, repeats)
+    adversarial = _median_seconds(lambda: generator_update("adversarial"), repeats)
+    validation = _median_seconds(validation_batch, repeats)
+    return UpdateSeconds(coarse, reconstruction, adversarial + module.n_critic * critic, validation)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+class TimeBudget(pl.Callback):
+    """Scale the module's schedule (``pretrain_coarse_steps``, ``reconstruction_steps``,
+    ``lr_decay_steps``, the adversarial updates that follow) and the trainer's ``max_steps`` to
+    finish within ``budget`` (see the module doc); validation ``validations`` times, the last at
+    the end. ``budget`` None: the configured schedule runs as it is.
+
+    Args:
+        budget: ``6min``, ``90s``, ``00:06:00`` ... (:func:`parse_budget`).
+        adversarial_updates: the reference schedule's adversarial generator updates (the module
+            runs them until ``max_steps`` ends the run).
+        validations: how many times the run validates (evenly spaced; the last at its end).
+        margin: the share of the budget kept free for what the timing does not see (data
+            loading, logging, checkpoints).
+        eval_batches: validation batches per validation (None: the data module's).
+    """
+
+    def __init__(
+        self,
+        budget: str | float | None = None,
+        adversarial_updates: int = 0,
+        validations: int = 8,
+        margin: float = 0.08,
+        eval_batches: int | None = None,
+    ) -> None:
+        self.seconds = parse_budget(budget)
+        if adversarial_updates < 0:
+            raise ConfigError(f"adversarial_updates: must be >= 0, got {adversarial_updates!r}")
+        if validations < 1:
+            raise ConfigError(f"validations: must be >= 1, got {validations!r}")
+        if not 0 <= margin < 1:
+            raise ConfigError(f"margin: must be in [0, 1), got {margin!r}")
+        self.adversarial_updates, self.validations, self.margin = adversarial_updates, validations, margin
+        self.eval_batches = eval_batches
+        self.schedule: Schedule | None = None
+        self.lines: list[str] = []
+        self._fit_start = 0.0
+
+    def check(self, module) -> None:
+        """Refuse, before the run starts, a budget that has nothing to scale in ``module``."""
+        if self.seconds is not None:
+            self._reference(module)
+
+    # ---------------------------------------------------------------- checkpoints carry the plan
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": asdict(self.schedule)} if self.schedule is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("schedule"):
+            self.schedule = Schedule(**state_dict["schedule"])
+
+    # ---------------------------------------------------------------- hooks
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.seconds is None:
+            return
+        if self.schedule is None:  # a new run: plan it (a resumed one keeps its plan)
+            planned = self._plan(trainer, pl_module) if trainer.is_global_zero else None
+            # Every rank of a DDP run follows rank 0's plan (their timings differ a little).
+            self.schedule = trainer.strategy.broadcast(planned, src=0)
+        else:
+            self._say(f"time budget: continuing the schedule chosen at the start ({self._describe()})")
+        self._apply(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.seconds is None or self.schedule is None:
+            return
+        spent = time.monotonic() - self._fit_start
+        self._say(
+            f"time budget: trained {self._describe()} in {_minutes(spent)} (budget {_minutes(self.seconds)})"
+        )
+
+    # ---------------------------------------------------------------- planning
+    def _reference(self, module) -> Schedule:
+        coarse, reconstruction = module.pretrain_coarse_steps, module.reconstruction_steps
+        reference = Schedule(coarse, reconstruction, self.adversarial_updates, module.n_critic)
+        if reference.generator_updates == 0:
+            raise ConfigError(
+                "budget: this configuration has no step-counted schedule to fit to a budget (its "
+                "model.pretrain_coarse_steps, model.reconstruction_steps and callbacks.budget."
+                "adversarial_updates are 0); use experiment=quickstart, or set them"
+            )
+        return reference
+
+    def _plan(self, trainer: pl.Trainer, module) -> Schedule:
+        datamodule = trainer.datamodule
+        batch_size = int(getattr(datamodule, "batch_size", 1))
+        eval_batch_size = int(getattr(datamodule, "eval_batch_size", batch_size) or batch_size)
+        start = time.monotonic()
+        seconds = measure_update_seconds(module, batch_size, eval_batch_size)
+        eval_batches = self.eval_batches
+        if eval_batches is None:
+            loaders = trainer.val_dataloaders
+            eval_batches = len(loaders) if loaders is not None and hasattr(loaders, "__len__") else 0
+            limit = trainer.limit_val_batches
+            eval_batches = min(eval_batches, limit) if isinstance(limit, int) else int(eval_batches * limit)
+        # A validation batch also computes the metrics and writes a grid: counted twice over.
+        validating = self.validations * eval_batches * seconds.validation_batch * 2
+        elapsed = time.monotonic() - self._fit_start
+        available = (self.seconds - elapsed) * (1 - self.margin) - validating
+        reference = self._reference(module)
+        schedule, scale = fit_schedule(reference, seconds, available, self.validations)
+        expected = seconds.of(schedule) + validating + elapsed
+        self._say(
+            f"time budget {_minutes(self.seconds)}: one update takes {seconds.coarse:.2f} s (coarse), "
+            f"{seconds.reconstruction:.2f} s (reconstruction), {seconds.adversarial:.2f} s "
+            f"(adversarial, with {module.n_critic} critic update(s)) here "
+            f"(timed in {time.monotonic() - start:.0f} s)",
+            f"time budget: {scale:.2f} x the reference schedule: {self._describe(schedule)}, "
+            f"about {_minutes(expected)} with {self.validations} validations; to repeat exactly: "
+            f"{schedule.overrides()}",
+        )
+        if scale == SCALE_STEP and seconds.of(schedule) > available:
+            needed = _minutes(seconds.of(schedule))
+            self._say(
+                f"warning: even {SCALE_STEP:.2f} x the reference schedule needs {needed} of updates; "
+                "the run will take longer than its budget"
+            )
+        return schedule
+
+    def _describe(self, schedule: Schedule | None = None) -> str:
+        s = schedule or self.schedule
+        return (
+            f"{s.coarse} coarse + {s.reconstruction} reconstruction + {s.adversarial} adversarial "
+            f"generator updates ({s.batches} batches)"
+        )
+
+    def _apply(self, trainer: pl.Trainer, module) -> None:
+        s = self.schedule
+        module.pretrain_coarse_steps = s.coarse
+        module.reconstruction_steps = s.reconstruction
+        module.lr_decay_steps = s.generator_updates
+        trainer.fit_loop.epoch_loop.max_steps = s.batches
+        interval = max(1, s.batches // self.validations)
+        trainer.val_check_interval = interval
+        trainer.val_check_batch = interval
+
+    def _say(self, *lines: str) -> None:
+        self.lines += lines
+        if pl.utilities.rank_zero_only.rank == 0:
+            for line in lines:
+                print(line, flush=True)

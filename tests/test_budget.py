@@ -1,0 +1,130 @@
+"""A schedule fitted to a time budget (deepfill.training.budget): the arithmetic, the parsing, and
+the quickstart recipe run with a small budget on a slowed step: every phase runs, the learning
+rate ends at its end value, and the run ends on its schedule, not on the time cap."""
+
+from __future__ import annotations
+
+import csv
+import re
+import time
+
+import pytest
+
+from conftest import TINY, call_cli
+from deepfill.training.budget import SCALE_STEP, Schedule, UpdateSeconds, fit_schedule, parse_budget
+from deepfill.utils.config import budget_cap
+from deepfill.utils.errors import ConfigError
+
+REFERENCE = Schedule(coarse=500, reconstruction=300, adversarial=60, n_critic=1)
+
+
+def test_budgets_are_read_in_every_usual_form() -> None:
+    assert parse_budget("6min") == 360
+    assert parse_budget("90s") == 90
+    assert parse_budget("1.5h") == 5400
+    assert parse_budget("00:06:00") == 360
+    assert parse_budget(None) is None
+    for bad in ("6", "six minutes", "0s", "-1min"):
+        with pytest.raises(ConfigError, match=r"^budget: "):
+            parse_budget(bad)
+    assert budget_cap("6min") == "00:00:12:00"
+    assert budget_cap("1.5h", 2) == "00:03:00:00"
+    assert budget_cap(None) is None
+
+
+def test_the_reference_is_scaled_to_fill_the_time_and_no_more() -> None:
+    seconds = UpdateSeconds(coarse=0.2, reconstruction=0.4, adversarial=1.0, validation_batch=0.1)
+    per_reference = seconds.of(REFERENCE)  # 100 + 120 + 60 = 280 s
+    assert per_reference == pytest.approx(280)
+    schedule, scale = fit_schedule(REFERENCE, seconds, available=560, multiple=8)
+    assert scale == pytest.approx(2.0)
+    assert (schedule.coarse, schedule.reconstruction, schedule.adversarial) == (1000, 600, 120)
+    assert schedule.batches % 8 == 0 and seconds.of(schedule) <= 560
+    assert schedule.generator_updates == 1720
+    # Half a step short of the next multiple: rounded down, never over the time.
+    schedule, scale = fit_schedule(REFERENCE, seconds, available=280 * (1 + SCALE_STEP * 0.99), multiple=1)
+    assert scale == pytest.approx(1.0)
+    assert schedule == REFERENCE
+    # A machine too slow for the smallest step still runs every phase.
+    schedule, scale = fit_schedule(REFERENCE, seconds, available=1.0, multiple=8)
+    assert scale == pytest.approx(SCALE_STEP)
+    assert min(schedule.coarse, schedule.reconstruction, schedule.adversarial) > 0
+    assert schedule.batches % 8 == 0
+    # The same timings (a few percent apart) choose the same schedule.
+    choices = {fit_schedule(REFERENCE, seconds, available=400 * f, multiple=8)[0] for f in (1.0, 1.01, 0.995)}
+    assert len(choices) == 1
+
+
+def test_overrides_repeat_the_schedule() -> None:
+    schedule = Schedule(coarse=250, reconstruction=150, adversarial=30, n_critic=1)
+    assert schedule.batches == 460
+    assert schedule.overrides() == (
+        "budget=null model.pretrain_coarse_steps=250 model.reconstruction_steps=150 "
+        "model.lr_decay_steps=430 trainer.max_steps=460"
+    )
+
+
+def _slowed(monkeypatch, seconds: float) -> None:
+    """Every pass through the coarse stage (each update, each validation batch, and the budget's
+    own timing) takes ``seconds`` longer: a machine slower than the test's."""
+    from deepfill.models.generator import CoarseGenerator
+
+    forward = CoarseGenerator.forward
+
+    def slow(self, *args, **kwargs):
+        time.sleep(seconds)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(CoarseGenerator, "forward", slow)
+
+
+def test_a_budget_fits_every_phase_of_the_quickstart_into_it(tmp_path, monkeypatch) -> None:
+    _slowed(monkeypatch, 0.02)
+    run = tmp_path / "run"
+    budget = 25
+    start = time.monotonic()
+    result = call_cli(
+        "deepfill-train",
+        "experiment=quickstart",
+        *[o for o in TINY if not o.startswith("budget=")],
+        "data.val.length=4",
+        f"budget={budget}s",
+        "baseline_comparison=null",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    planned = re.search(
+        r"(\d+) coarse \+ (\d+) reconstruction \+ (\d+) adversarial generator updates \((\d+) batches\)", out
+    )
+    assert planned, out[-3000:]
+    coarse, reconstruction, adversarial, batches = (int(g) for g in planned.groups())
+    assert min(coarse, reconstruction, adversarial) > 0  # every phase runs
+    assert batches == coarse + reconstruction + 2 * adversarial
+    assert f"`max_steps={batches}` reached" in out  # ended on its schedule ...
+    assert "max_time" not in out.split("time budget")[-1]  # ... not on the cap (2x the budget)
+    assert elapsed < 2 * budget + 30  # the command's start and close included
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    validations = [r for r in rows if r.get("val/psnr")]
+    assert len(validations) == 8
+    import torch
+
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert int(checkpoint["state_dict"]["generator_steps"]) == coarse + reconstruction + adversarial
+    # The learning rate decayed to its end: the last updates ran at a small fraction of the first's.
+    (group,) = checkpoint["optimizer_states"][0]["param_groups"]
+    assert group["lr"] < 0.02 * group["initial_lr"]
+    # The schedule is in the checkpoint: a resumed run keeps it instead of timing again.
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if "TimeBudget" in k]
+    assert state["schedule"]["coarse"] == coarse
+
+
+def test_a_budget_on_a_recipe_without_a_schedule_is_refused_in_one_line(tmp_path) -> None:
+    tiny = [o for o in TINY if not o.startswith("budget=")]
+    run = f"hydra.run.dir={tmp_path}/r"
+    result = call_cli("deepfill-train", *tiny, "debug=fast_dev_run", "budget=1min", run, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("deepfill-train: error: budget: this configuration"), last
