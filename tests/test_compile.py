@@ -111,6 +111,9 @@ def test_a_compiled_step_gives_the_eager_losses_and_gradients(kind) -> None:
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
 
 
+# Slow (a compiled fit, about a minute on one core): the compiled step's losses and gradients
+# equal the eager step's in the fast suite (test_a_compiled_step_gives_the_eager_losses_and_gradients).
+@pytest.mark.slow
 def test_model_compile_trains_to_the_eager_weights(tmp_path) -> None:
     """Every phase of the schedule (coarse pre-training, reconstruction, adversarial) with the
     generator's stages and the critics compiled, against the same run in eager mode."""

@@ -237,6 +237,15 @@ def check_outputs(tokens: list[str], result, ws: dict) -> None:
     elif program == "deepfill-export":
         output = next(t.split("=", 1)[1] for t in tokens if t.startswith("output="))
         assert Path(ws["dir"] / output).is_file() and "onnxruntime matches PyTorch" in out, out[-2000:]
+        if "precision=fp16" in tokens:  # half weights, the attention's softmax kept in float32
+            import onnx
+
+            model = onnx.load(str(ws["dir"] / output))
+            softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+            value = next(v for v in model.graph.value_info if v.name == softmax.input[0])
+            assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+            convs = [i for i in model.graph.initializer if len(i.dims) == 4]
+            assert convs and all(i.data_type == onnx.TensorProto.FLOAT16 for i in convs)
     elif program == "deepfill-convert":
         assert Path(ws["dir"] / tokens[2]).is_file(), out
     elif program == "deepfill-make-masks":

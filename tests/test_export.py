@@ -238,6 +238,9 @@ def test_the_deployment_snippet_inpaints_with_numpy_pillow_and_onnxruntime_only(
 # ---------------------------------------------------------------- half precision, bad input
 
 
+# Slow (a whole fp16 export): the fast suite exports fp16 through the README's `make export ...
+# precision=fp16` (tests/test_docs.py), whose own check compares it with PyTorch.
+@pytest.mark.slow
 def test_fp16_export_keeps_attention_in_float32_and_stays_close(tmp_path) -> None:
     import onnx
 
