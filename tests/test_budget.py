@@ -10,8 +10,15 @@ import time
 
 import pytest
 
-from conftest import TINY, call_cli
-from deepfill.training.budget import SCALE_STEP, Schedule, UpdateSeconds, fit_schedule, parse_budget
+from conftest import TINY, call_cli, make_module
+from deepfill.training.budget import (
+    SCALE_STEP,
+    Schedule,
+    UpdateSeconds,
+    fit_schedule,
+    measure_update_seconds,
+    parse_budget,
+)
 from deepfill.utils.config import budget_cap
 from deepfill.utils.errors import ConfigError
 
@@ -88,6 +95,9 @@ def test_a_budget_fits_every_phase_of_the_quickstart_into_it(tmp_path, monkeypat
         "experiment=quickstart",
         *[o for o in TINY if not o.startswith("budget=")],
         "data.val.length=4",
+        # The three phases: the quickstart's two and the adversarial phase it can add.
+        "callbacks.budget.adversarial_updates=60",
+        "model.reconstruction_steps=300",
         f"budget={budget}s",
         "baseline_comparison=null",
         f"hydra.run.dir={run}",
@@ -96,8 +106,11 @@ def test_a_budget_fits_every_phase_of_the_quickstart_into_it(tmp_path, monkeypat
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
+    # The schedule the run ended with (planned, or fitted again after its first stretch).
     planned = re.search(
-        r"(\d+) coarse \+ (\d+) reconstruction \+ (\d+) adversarial generator updates \((\d+) batches\)", out
+        r"time budget: trained (\d+) coarse \+ (\d+) reconstruction \+ (\d+) adversarial generator "
+        r"updates \((\d+) batches\)",
+        out,
     )
     assert planned, out[-3000:]
     coarse, reconstruction, adversarial, batches = (int(g) for g in planned.groups())
@@ -108,7 +121,7 @@ def test_a_budget_fits_every_phase_of_the_quickstart_into_it(tmp_path, monkeypat
     assert elapsed < 2 * budget + 30  # the command's start and close included
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
     validations = [r for r in rows if r.get("val/psnr")]
-    assert len(validations) == 8
+    assert len(validations) == 8, "\n".join(line for line in out.splitlines() if "time budget" in line)
     import torch
 
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
@@ -128,3 +141,74 @@ def test_a_budget_on_a_recipe_without_a_schedule_is_refused_in_one_line(tmp_path
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("deepfill-train: error: budget: this configuration"), last
+
+
+def test_the_timing_leaves_the_run_untouched_and_skips_a_phase_the_schedule_lacks() -> None:
+    import torch
+
+    module = make_module(n_critic=2)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    state = torch.random.get_rng_state()
+    without = measure_update_seconds(module, batch_size=2, eval_batch_size=2, repeats=1, adversarial=False)
+    assert without.adversarial == 0.0
+    assert min(without.coarse, without.reconstruction, without.validation_batch) > 0
+    # The full model costs more per update than its coarse stage alone.
+    assert without.reconstruction > without.coarse
+    seconds = measure_update_seconds(module, batch_size=2, eval_batch_size=2, repeats=1)
+    assert seconds.adversarial > seconds.reconstruction  # two critic updates and a generator update
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_a_run_slower_than_its_timing_is_fitted_again_and_still_ends_within_its_budget(
+    tmp_path, monkeypatch
+) -> None:
+    """The machine slows down once the timing is done (another process starts, a thermal
+    limit): the first stretch shows it, and the schedule is fitted again to end in time."""
+    from deepfill.models.generator import CoarseGenerator
+    from deepfill.training.budget import TimeBudget
+
+    slowdown = {"factor": 0.0}
+    forward = CoarseGenerator.forward
+
+    def slow(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = forward(self, *args, **kwargs)
+        # The stage takes (1 + factor) times as long: every phase slows by a similar ratio.
+        time.sleep(slowdown["factor"] * (time.perf_counter() - start) * 4)
+        return out
+
+    make_plan = TimeBudget._make_plan
+
+    def plan_then_slow_down(self, *args):
+        schedule = make_plan(self, *args)
+        slowdown["factor"] = 0.5
+        return schedule
+
+    monkeypatch.setattr(CoarseGenerator, "forward", slow)
+    monkeypatch.setattr(TimeBudget, "_make_plan", plan_then_slow_down)
+    run, budget = tmp_path / "run", 20
+    start = time.monotonic()
+    result = call_cli(
+        "deepfill-train",
+        "experiment=quickstart",
+        *[o for o in TINY if not o.startswith("budget=")],
+        "data.val.length=4",
+        f"budget={budget}s",
+        "baseline_comparison=null",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    lines = "\n".join(line for line in out.splitlines() if "time budget" in line)
+    first = re.search(r"reference schedule: .*?\((\d+) batches\)", lines)
+    again = re.search(r"took \d+ s, ([\d.]+) x the timing; rescheduled .*?\((\d+) batches\)", lines)
+    assert first and again, lines
+    assert float(again.group(1)) > 1.1 and int(again.group(2)) < int(first.group(1)), lines
+    assert f"`max_steps={again.group(2)}` reached" in result.stdout + result.stderr
+    assert elapsed < 2 * budget + 30
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    assert len([r for r in rows if r.get("val/psnr")]) == 8, lines

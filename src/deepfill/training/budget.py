@@ -22,7 +22,7 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -32,6 +32,7 @@ from deepfill.utils.config import duration_seconds
 from deepfill.utils.errors import ConfigError
 
 __all__ = [
+    "REPLAN_TOLERANCE",
     "SCALE_STEP",
     "Schedule",
     "TimeBudget",
@@ -39,12 +40,16 @@ __all__ = [
     "fit_schedule",
     "measure_update_seconds",
     "parse_budget",
+    "scale_schedule",
 ]
 
 log = logging.getLogger(__name__)
 
 # The reference schedule is scaled by a multiple of this (and never below it).
 SCALE_STEP = 0.05
+# How far the first stretch of a run may take more or less time than its plan expected before
+# the schedule is fitted again (TimeBudget.on_train_batch_end).
+REPLAN_TOLERANCE = 0.1
 
 
 def parse_budget(value: Any) -> float | None:
@@ -99,14 +104,24 @@ class UpdateSeconds:
 
 
 def fit_schedule(
-    reference: Schedule, seconds: UpdateSeconds, available: float, multiple: int = 1
+    reference: Schedule, seconds: UpdateSeconds, available: float, multiple: int = 1, min_batches: int = 0
 ) -> tuple[Schedule, float]:
     """The reference schedule scaled by the largest multiple of :data:`SCALE_STEP` (at least one)
     whose updates take at most ``available`` seconds; its batches a multiple of ``multiple`` (the
-    number of validations, so that the last one comes at the end). Returns it and the factor."""
+    number of validations, so that the last one comes at the end) and at least ``min_batches``.
+    Returns it and the factor."""
     per_reference = seconds.of(reference)
     steps = max(1, math.floor(available / per_reference / SCALE_STEP + 1e-9)) if per_reference > 0 else 1
-    scale = steps * SCALE_STEP
+    scaled = scale_schedule(reference, steps * SCALE_STEP, multiple)
+    while scaled.batches < min_batches:
+        steps += 1
+        scaled = scale_schedule(reference, steps * SCALE_STEP, multiple)
+    return scaled, steps * SCALE_STEP
+
+
+def scale_schedule(reference: Schedule, scale: float, multiple: int = 1) -> Schedule:
+    """Every phase of ``reference`` times ``scale``, its batches trimmed to a multiple of
+    ``multiple`` (from the longest of the first two phases)."""
     scaled = Schedule(
         coarse=round(reference.coarse * scale),
         reconstruction=round(reference.reconstruction * scale),
@@ -114,10 +129,10 @@ def fit_schedule(
         n_critic=reference.n_critic,
     )
     extra = scaled.batches % multiple
-    if extra:  # trimmed from the longest phase
+    if extra:
         longest = max(("coarse", "reconstruction"), key=lambda name: getattr(scaled, name))
         scaled = Schedule(**{**asdict(scaled), longest: getattr(scaled, longest) - extra})
-    return scaled, scale
+    return scaled
 
 
 def _median_seconds(function, repeats: int) -> float:
@@ -130,10 +145,13 @@ def _median_seconds(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_update_seconds(module, batch_size: int, eval_batch_size: int, repeats: int = 2) -> UpdateSeconds:
+def measure_update_seconds(
+    module, batch_size: int, eval_batch_size: int, repeats: int = 3, adversarial: bool = True
+) -> UpdateSeconds:
     """Time one generator update of each phase, and a validation batch, on copies of ``module``'s
     networks and optimisers (the run's own weights, optimiser states and random streams are
-    untouched), on a box hole of the official size."""
+    untouched), on a box hole of the official size. ``adversarial=False``: a schedule without
+    that phase; it is not timed (0 s)."""
     from deepfill.data.masks import centered_rectangle, hole_distance
     from deepfill.training.losses import critic_loss, generator_loss
 
@@ -179,10 +197,12 @@ def measure_update_seconds(module, batch_size: int, eval_batch_size: int, repeat
 
     coarse = _median_seconds(lambda: generator_update("coarse"), repeats)
     reconstruction = _median_seconds(lambda: generator_update("reconstruction"), repeats)
-    critic = _median_seconds(critic_update, repeats)
-    adversarial = _median_seconds(lambda: generator_update("adversarial"), repeats)
     validation = _median_seconds(validation_batch, repeats)
-    return UpdateSeconds(coarse, reconstruction, adversarial + module.n_critic * critic, validation)
+    if not adversarial:
+        return UpdateSeconds(coarse, reconstruction, 0.0, validation)
+    critic = _median_seconds(critic_update, repeats)
+    generator = _median_seconds(lambda: generator_update("adversarial"), repeats)
+    return UpdateSeconds(coarse, reconstruction, generator + module.n_critic * critic, validation)
 
 
 def _minutes(seconds: float) -> str:
@@ -225,6 +245,9 @@ class TimeBudget(pl.Callback):
         self.schedule: Schedule | None = None
         self.lines: list[str] = []
         self._fit_start = 0.0
+        # The run's first stretch checks the timing (see on_train_batch_end): at this step, once.
+        self._check_step = 0
+        self._plan: dict[str, Any] = {}
 
     def check(self, module) -> None:
         """Refuse, before the run starts, a budget that has nothing to scale in ``module``."""
@@ -247,12 +270,30 @@ class TimeBudget(pl.Callback):
         if self.seconds is None:
             return
         if self.schedule is None:  # a new run: plan it (a resumed one keeps its plan)
-            planned = self._plan(trainer, pl_module) if trainer.is_global_zero else None
+            planned = self._make_plan(trainer, pl_module) if trainer.is_global_zero else None
             # Every rank of a DDP run follows rank 0's plan (their timings differ a little).
             self.schedule = trainer.strategy.broadcast(planned, src=0)
+            # Half way to the first validation: a schedule fitted again there (unless more than
+            # twice as long or short) still validates as many times, evenly spaced.
+            self._check_step = max(1, self.schedule.batches // self.validations // 2)
         else:
             self._say(f"time budget: continuing the schedule chosen at the start ({self._describe()})")
         self._apply(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        """After the first stretch of the run (half way to its first validation), compare the time its
+        updates took with the timing the plan used; when they differ by more than
+        :data:`REPLAN_TOLERANCE`, fit the schedule again with the timing scaled by that ratio. The
+        short timing misses what only a longer stretch shows (the allocator's and the CPU's
+        steady state, other processes): the plan is made to hold, not to be exact."""
+        if not self._check_step or trainer.global_step < self._check_step:
+            return
+        self._check_step = 0
+        replanned = self._replan(trainer.global_step) if trainer.is_global_zero else None
+        replanned = trainer.strategy.broadcast(replanned, src=0)
+        if replanned is not None:
+            self.schedule = replanned
+            self._apply(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.seconds is None or self.schedule is None:
@@ -274,12 +315,15 @@ class TimeBudget(pl.Callback):
             )
         return reference
 
-    def _plan(self, trainer: pl.Trainer, module) -> Schedule:
+    def _make_plan(self, trainer: pl.Trainer, module) -> Schedule:
         datamodule = trainer.datamodule
         batch_size = int(getattr(datamodule, "batch_size", 1))
         eval_batch_size = int(getattr(datamodule, "eval_batch_size", batch_size) or batch_size)
+        reference = self._reference(module)
         start = time.monotonic()
-        seconds = measure_update_seconds(module, batch_size, eval_batch_size)
+        seconds = measure_update_seconds(
+            module, batch_size, eval_batch_size, adversarial=reference.adversarial > 0
+        )
         eval_batches = self.eval_batches
         if eval_batches is None:
             loaders = trainer.val_dataloaders
@@ -290,24 +334,78 @@ class TimeBudget(pl.Callback):
         validating = self.validations * eval_batches * seconds.validation_batch * 2
         elapsed = time.monotonic() - self._fit_start
         available = (self.seconds - elapsed) * (1 - self.margin) - validating
-        reference = self._reference(module)
         schedule, scale = fit_schedule(reference, seconds, available, self.validations)
         expected = seconds.of(schedule) + validating + elapsed
+        adversarial = (
+            f", {seconds.adversarial:.2f} s (adversarial, with {module.n_critic} critic update(s))"
+            if reference.adversarial
+            else ""
+        )
         self._say(
             f"time budget {_minutes(self.seconds)}: one update takes {seconds.coarse:.2f} s (coarse), "
-            f"{seconds.reconstruction:.2f} s (reconstruction), {seconds.adversarial:.2f} s "
-            f"(adversarial, with {module.n_critic} critic update(s)) here "
+            f"{seconds.reconstruction:.2f} s (reconstruction){adversarial} here "
             f"(timed in {time.monotonic() - start:.0f} s)",
             f"time budget: {scale:.2f} x the reference schedule: {self._describe(schedule)}, "
             f"about {_minutes(expected)} with {self.validations} validations; to repeat exactly: "
             f"{schedule.overrides()}",
         )
-        if scale == SCALE_STEP and seconds.of(schedule) > available:
+        self._warn_if_too_slow(schedule, scale, seconds, available)
+        self._plan = {
+            "reference": reference,
+            "seconds": seconds,
+            "validating": validating,
+            "n_critic": module.n_critic,
+            "end": time.monotonic(),
+        }
+        return schedule
+
+    def _warn_if_too_slow(
+        self, schedule: Schedule, scale: float, seconds: UpdateSeconds, available: float
+    ) -> None:
+        if seconds.of(schedule) > available:
             needed = _minutes(seconds.of(schedule))
             self._say(
-                f"warning: even {SCALE_STEP:.2f} x the reference schedule needs {needed} of updates; "
-                "the run will take longer than its budget"
+                f"warning: {scale:.2f} x the reference schedule, the least this run can do, needs "
+                f"{needed} of updates; the run will take longer than its budget"
             )
+
+    def _replan(self, done: int) -> Schedule | None:
+        """The schedule fitted again after ``done`` batches, with the timing scaled by what those
+        batches took against what the plan expected (None: within the tolerance)."""
+        plan, current = self._plan, self.schedule
+        if not plan or current is None:
+            return None
+        actual = time.monotonic() - plan["end"]
+        coarse = min(done, current.coarse)
+        reconstruction = min(done - coarse, current.reconstruction)
+        adversarial = (done - coarse - reconstruction) // (current.n_critic + 1)
+        expected = plan["seconds"].of(Schedule(coarse, reconstruction, adversarial, current.n_critic))
+        if expected <= 0:
+            return None
+        ratio = actual / expected
+        if abs(ratio - 1) <= REPLAN_TOLERANCE:
+            return None
+        seconds = plan["seconds"]
+        scaled = UpdateSeconds(*(value * ratio for value in astuple(seconds)))
+        # What is left of the budget, plus what the batches done took: the whole run's updates.
+        left = self.seconds - (time.monotonic() - self._fit_start)
+        available = left * (1 - self.margin) - plan["validating"] * ratio + actual
+        # Validation comes every batches / validations: a schedule shorter than validations x
+        # the batches done would skip some of them. (This check comes half way to the first
+        # one: the schedule may shrink by half; a machine slower still ends late, and says so.)
+        schedule, scale = fit_schedule(
+            plan["reference"], scaled, available, self.validations, min_batches=(done + 1) * self.validations
+        )
+        if schedule.coarse < coarse:  # never fewer coarse updates than ran already
+            schedule = Schedule(coarse, schedule.reconstruction, schedule.adversarial, schedule.n_critic)
+        if schedule == current:
+            return None
+        self._warn_if_too_slow(schedule, scale, scaled, available)
+        self._say(
+            f"time budget: the first {done} batches took {actual:.0f} s, {ratio:.2f} x the timing; "
+            f"rescheduled to {scale:.2f} x the reference schedule: {self._describe(schedule)}; "
+            f"to repeat exactly: {schedule.overrides()}"
+        )
         return schedule
 
     def _describe(self, schedule: Schedule | None = None) -> str:
