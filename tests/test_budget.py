@@ -85,26 +85,32 @@ def _slowed(monkeypatch, seconds: float) -> None:
     monkeypatch.setattr(CoarseGenerator, "forward", slow)
 
 
-def test_a_budget_fits_every_phase_of_the_quickstart_into_it(tmp_path, monkeypatch) -> None:
-    _slowed(monkeypatch, 0.02)
-    run = tmp_path / "run"
-    budget = 25
+def _budgeted_quickstart(run, budget: int, *extra: str):
+    """The tiny quickstart with a ``budget`` of that many seconds, run in ``run``: the finished
+    command's result and its wall time."""
     start = time.monotonic()
     result = call_cli(
         "deepfill-train",
         "experiment=quickstart",
         *[o for o in TINY if not o.startswith("budget=")],
         "data.val.length=4",
-        # The three phases: the quickstart's two and the adversarial phase it can add.
-        "callbacks.budget.adversarial_updates=60",
-        "model.reconstruction_steps=300",
+        *extra,
         f"budget={budget}s",
         "baseline_comparison=null",
         f"hydra.run.dir={run}",
-        cwd=tmp_path,
+        cwd=run.parent,
     )
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-3000:]
+    return result, elapsed
+
+
+def test_a_budget_fits_every_phase_of_the_quickstart_into_it(tmp_path, monkeypatch) -> None:
+    _slowed(monkeypatch, 0.02)
+    run, budget = tmp_path / "run", 25
+    # The three phases: the quickstart's two and the adversarial phase it can add.
+    three_phases = ["callbacks.budget.adversarial_updates=60", "model.reconstruction_steps=300"]
+    result, elapsed = _budgeted_quickstart(run, budget, *three_phases)
     out = result.stdout + result.stderr
     # The schedule the run ended with (planned, or fitted again after its first stretch).
     planned = re.search(
@@ -189,19 +195,7 @@ def test_a_run_slower_than_its_timing_is_fitted_again_and_still_ends_within_its_
     monkeypatch.setattr(CoarseGenerator, "forward", slow)
     monkeypatch.setattr(TimeBudget, "_make_plan", plan_then_slow_down)
     run, budget = tmp_path / "run", 20
-    start = time.monotonic()
-    result = call_cli(
-        "deepfill-train",
-        "experiment=quickstart",
-        *[o for o in TINY if not o.startswith("budget=")],
-        "data.val.length=4",
-        f"budget={budget}s",
-        "baseline_comparison=null",
-        f"hydra.run.dir={run}",
-        cwd=tmp_path,
-    )
-    elapsed = time.monotonic() - start
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, elapsed = _budgeted_quickstart(run, budget)
     out = result.stdout
     lines = "\n".join(line for line in out.splitlines() if "time budget" in line)
     first = re.search(r"reference schedule: .*?\((\d+) batches\)", lines)
