@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import logging
 import math
 import statistics
 import time
@@ -42,8 +41,6 @@ __all__ = [
     "parse_budget",
     "scale_schedule",
 ]
-
-log = logging.getLogger(__name__)
 
 # The reference schedule is scaled by a multiple of this (and never below it).
 SCALE_STEP = 0.05
@@ -243,7 +240,6 @@ class TimeBudget(pl.Callback):
         self.adversarial_updates, self.validations, self.margin = adversarial_updates, validations, margin
         self.eval_batches = eval_batches
         self.schedule: Schedule | None = None
-        self.lines: list[str] = []
         self._fit_start = 0.0
         # The run's first stretch checks the timing (see on_train_batch_end): at this step, once.
         self._check_step = 0
@@ -426,7 +422,6 @@ class TimeBudget(pl.Callback):
         trainer.val_check_batch = interval
 
     def _say(self, *lines: str) -> None:
-        self.lines += lines
         if pl.utilities.rank_zero_only.rank == 0:
             for line in lines:
                 print(line, flush=True)
