@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from deepfill.utils.errors import EXIT_NO_SPACE, EXIT_USER_ERROR, NoSpaceError
+from deepfill.utils.errors import EXIT_NO_SPACE, NoSpaceError, fail, no_space_error
 
 __all__ = [
     "command_help",
@@ -243,7 +243,6 @@ def run_hydra_command(prog: str, config_name: str, hydra_main: Callable[[], Any]
 
     from deepfill.utils.config import composition_message
     from deepfill.utils.errors import report_errors
-    from deepfill.utils.files import no_space_error
 
     register_command_resolvers()
     if _wants_help(sys.argv[1:]):
@@ -265,14 +264,12 @@ def run_hydra_command(prog: str, config_name: str, hydra_main: Callable[[], Any]
         GlobalHydra.instance().clear()  # Hydra's own run left it set
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             message = composition_message(error, config_name, overrides)
-        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from None
+        fail(prog, message)
     except OSError as error:
         full = no_space_error(error)
         if not isinstance(full, NoSpaceError):
             raise
-        print(f"{prog}: error: {full}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_NO_SPACE) from None
+        fail(prog, full, EXIT_NO_SPACE)
 
 
 def hydra_command(prog: str, config_name: str, function: Callable[[Any], Any]) -> Callable[[], None]:

@@ -19,7 +19,8 @@ from typing import Any
 from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter as _LightningWriter
 
-from deepfill.utils.files import atomic_path, no_space_error
+from deepfill.utils.errors import no_space_error
+from deepfill.utils.files import atomic_path
 
 __all__ = ["CSVLogger", "ResumableExperimentWriter"]
 

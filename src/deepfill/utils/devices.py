@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from deepfill.utils.errors import DeviceClaimError
+
 __all__ = [
     "DeviceClaimError",
     "choose_free",
@@ -37,10 +39,6 @@ __all__ = [
     "reuse_freed_memory",
     "visible_gpus",
 ]
-
-
-class DeviceClaimError(RuntimeError):
-    """No device of the pool could be claimed, or the pool is empty."""
 
 
 # Device id -> open lock file, for this process's whole life.

@@ -1,6 +1,7 @@
 """One error path for every command: a user's mistake ends in one line and exit status 2, a full
 disk in one line naming the file and exit status 74, an interruption in one line and exit status
-130, and a bug in our own code keeps its traceback.
+130, and a bug in our own code keeps its traceback. The project's error types live here too; this
+module imports nothing of the project, so every module may import it.
 
 User errors are the ones a user can fix by changing a key, a value or a file: :class:`UserError`
 (and :class:`ConfigError`), missing or unwritable paths, and what Lightning calls a
@@ -10,18 +11,23 @@ code) is a bug and is shown with its traceback.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 __all__ = [
     "ConfigError",
+    "DeviceClaimError",
     "NoSpaceError",
     "UnreadableImageError",
     "UserError",
+    "fail",
     "is_user_error",
+    "no_space_error",
     "report_errors",
     "user_error_message",
 ]
@@ -57,6 +63,39 @@ class UnreadableImageError(OSError):
     """A file that cannot be decoded as an image (an OSError, as PIL's own errors are)."""
 
 
+class DeviceClaimError(RuntimeError):
+    """No device of a sweep's pool could be claimed, or the pool is empty."""
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def no_space_error(error: BaseException, path: str | os.PathLike | None = None) -> BaseException:
+    """A :class:`NoSpaceError` naming ``path`` (or the error's own file) when ``error`` (or what
+    caused it) is a write that failed for lack of space; otherwise ``error`` itself."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, NoSpaceError):
+            return seen
+        if isinstance(seen, OSError) and seen.errno in _NO_SPACE:
+            where = path if path is not None else (seen.filename or "a file")
+            what = "quota exceeded" if seen.errno == errno.EDQUOT else "no space left on device"
+            return NoSpaceError(
+                seen.errno,
+                f"{where}: {what}; nothing half-written was kept. Free some space and run the same "
+                "command again (training: with resume=true it continues from the last checkpoint)",
+            )
+        seen = seen.__cause__ or seen.__context__
+    return error
+
+
+def fail(prog: str, message: object, status: int = EXIT_USER_ERROR) -> NoReturn:
+    """End the command: ``<prog>: error: <message>`` on stderr and exit ``status``. The one place
+    a command's error line is written."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
+
+
 def _is_misconfiguration(error: BaseException) -> bool:
     try:
         from lightning_fabric.utilities.exceptions import MisconfigurationException
@@ -90,8 +129,6 @@ def is_user_error(error: BaseException) -> bool:
 
     if isinstance(error, MissingMandatoryValue):
         return True
-    from deepfill.utils.devices import DeviceClaimError
-
     if isinstance(error, DeviceClaimError):
         return True
     # Constructors check their own arguments with ValueError ("image_size must be ...").
@@ -165,15 +202,11 @@ def report_errors(prog: str, task: Callable[..., T], *args, **kwargs) -> T:
             raise SystemExit(EXIT_TERMINATED) from None
         raise
     except Exception as error:
-        from deepfill.utils.files import no_space_error
-
         full = no_space_error(error)
         if isinstance(full, NoSpaceError):
-            print(f"{prog}: error: {full}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_NO_SPACE) from None
+            fail(prog, full, EXIT_NO_SPACE)
         if not is_user_error(error):
             raise
-        print(f"{prog}: error: {user_error_message(error)}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from None
+        fail(prog, user_error_message(error))
     finally:
         warnings.formatwarning = formatwarning

@@ -5,7 +5,6 @@ space raises :class:`~deepfill.utils.errors.NoSpaceError` naming the file."""
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import secrets
@@ -14,37 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deepfill.utils.errors import NoSpaceError, UserError
+from deepfill.utils.errors import UserError, no_space_error
 
 __all__ = [
     "atomic_path",
-    "no_space_error",
     "remove_stale_temporaries",
     "save_torch",
     "writable_dir",
     "writable_file",
 ]
-
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
-
-
-def no_space_error(error: BaseException, path: str | os.PathLike | None = None) -> BaseException:
-    """A :class:`NoSpaceError` naming ``path`` (or the error's own file) when ``error`` (or what
-    caused it) is a write that failed for lack of space; otherwise ``error`` itself."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, NoSpaceError):
-            return seen
-        if isinstance(seen, OSError) and seen.errno in _NO_SPACE:
-            where = path if path is not None else (seen.filename or "a file")
-            what = "quota exceeded" if seen.errno == errno.EDQUOT else "no space left on device"
-            return NoSpaceError(
-                seen.errno,
-                f"{where}: {what}; nothing half-written was kept. Free some space and run the same "
-                "command again (training: with resume=true it continues from the last checkpoint)",
-            )
-        seen = seen.__cause__ or seen.__context__
-    return error
 
 
 def _first_existing(path: Path) -> Path:
