@@ -7,12 +7,12 @@ import sys
 
 import yaml
 
+from helpers.paths import REPO
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-from conftest import REPO
 
 
 def _name(requirement: str) -> str:
@@ -110,11 +110,6 @@ _LAYERS = [
     {"demo", "selftest"},
     {"cli"},
 ]
-# Upward imports that stay, each for a reason (all made inside a function, when called):
-_ALLOWED_UPWARD = {
-    # the training-step golden is evaluated with the training losses
-    ("official.goldens", "training"),
-}
 
 
 def _layer(name: str) -> int:
@@ -140,6 +135,60 @@ def test_dependencies_point_down() -> None:
                 target = node.module.split(".")[1]
                 if target in ("__init__",) or _layer(target) <= _layer(own):
                     continue
-                if (module, target) not in _ALLOWED_UPWARD:
-                    wrong.append(f"{module} imports {node.module} (line {node.lineno})")
+                wrong.append(f"{module} imports {node.module} (line {node.lineno})")
     assert not wrong, "imports that point up: " + "; ".join(wrong)
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """Module -> the project's modules it imports, at the top or inside a function."""
+    import ast
+
+    root = REPO / "src" / "deepfill"
+    names = {
+        ".".join(("deepfill", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        for p in root.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(("deepfill", *path.relative_to(root).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        )
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and (node.module or "").startswith("deepfill")
+            ):
+                found = [f"{node.module}.{alias.name}" for alias in node.names]
+                targets |= {t for t in found if t in names} or {node.module}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.startswith("deepfill.")}
+        graph[module] = {t for t in targets if t in names and t != module}
+    return graph
+
+
+def test_no_import_circle_inside_a_package() -> None:
+    """Within one package (``utils``, ``training``, ...) the modules import each other in one
+    direction only: no module reaches, through others of its package, back to itself."""
+    graph = _project_imports()
+
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    circles = []
+    for start in graph:
+        if start.count(".") < 2:  # a package's __init__ re-exports its modules
+            continue
+        seen, stack = set(), [(start, [start])]
+        while stack:
+            module, path = stack.pop()
+            for target in graph.get(module, ()):
+                if target.count(".") < 2 or package(target) != package(start):
+                    continue
+                if target == start:
+                    circles.append(" -> ".join([*path, start]))
+                elif target not in seen:
+                    seen.add(target)
+                    stack.append((target, [*path, target]))
+    assert not circles, "import circles: " + "; ".join(sorted(set(circles)))

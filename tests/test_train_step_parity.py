@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from deepfill.official.convert import critic_variable_names, tf_variable_names
-from deepfill.official.goldens import TRAINING_STEP_GOLDEN, training_step_case, training_step_losses
+from deepfill.official.goldens import TRAINING_STEP_GOLDEN, training_step_case
+from deepfill.selftest import training_step_losses
 
 
 @pytest.fixture(scope="module")

@@ -36,16 +36,21 @@ from pathlib import Path
 
 import torch
 
+from deepfill.official.goldens import TrainingStepCase
+from deepfill.training.losses import Loss, LossConfig, LossWeights, StepOutputs, critic_loss, generator_loss
 from deepfill.utils.logs import quiet_loggers
 
 __all__ = [
     "FLOAT32_GENERATOR_TOLERANCE",
     "FLOAT32_LOSS_TOLERANCE",
     "LOW_PRECISION_TOLERANCE",
+    "OFFICIAL_GAMMA",
+    "OFFICIAL_LOSS",
     "Check",
     "SelfTestOptions",
     "precisions_for",
     "run_selftest",
+    "training_step_losses",
     "write_report",
 ]
 
@@ -58,6 +63,9 @@ FLOAT32_LOSS_TOLERANCE = 1e-4
 # rounds operands to 10 mantissa bits where bf16 keeps 7, so it stays within bf16's tolerance.
 LOW_PRECISION_TOLERANCE = {"hole_mean_abs": 0.03, "loss_relative": 1e-2}
 LOSS_TERMS = ("l1_loss", "ae_loss", "gp_loss", "d_loss", "g_loss")
+# inpaint.yml, the configuration the training-step golden was produced with.
+OFFICIAL_LOSS = LossWeights(coarse=1.2, l1=1.2, ae=1.2, gan=0.001, global_wgan=1.0, gp=10.0)
+OFFICIAL_GAMMA = 0.9
 
 
 @dataclass
@@ -177,8 +185,29 @@ def generator_parity(goldens: Path, device: torch.device, precision: str) -> Che
     return Check(name, "pass" if ok else "fail", f"x_stage2 against the official graph: {limit}", figures)
 
 
+def training_step_losses(
+    case: TrainingStepCase, device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None
+) -> tuple[Loss, Loss, torch.Tensor]:
+    """The generator's and the critics' losses of the case's step, computed by the functions the
+    training step calls, on ``device`` (the case's networks move there), inside an autocast
+    region of ``autocast_dtype`` when given. Returns ``(generator loss, critic loss, origins)``,
+    origins (N,2) being the local patches."""
+    device = torch.device(device)
+    for net in (case.generator, case.global_critic, case.local_critic):
+        net.to(device)
+    image, mask = case.image.to(device), case.mask.to(device)
+    config = LossConfig(OFFICIAL_LOSS, "box", OFFICIAL_GAMMA, patch_size=case.bbox[2])
+    critics = (case.global_critic, case.local_critic)
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        x1, x2, _ = case.generator(image, mask)
+        step = StepOutputs.of(image, mask, x1, x2, config.patch_size)
+        g = generator_loss(step, config, critics)
+        d = critic_loss(*critics, step, config, case.alpha_global.to(device), case.alpha_local.to(device))
+    return g, d, step.origins
+
+
 def training_step_parity(goldens: Path, device: torch.device, precision: str) -> Check:
-    from deepfill.official.goldens import training_step_case, training_step_losses
+    from deepfill.official.goldens import training_step_case
 
     name = f"training step {device.type} {precision}"
     case = training_step_case(goldens)

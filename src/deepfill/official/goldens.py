@@ -1,6 +1,7 @@
 """The official graph's reference outputs (``official_v1`` goldens) as inputs to this project's
-networks and losses: the generator case (``gen_256.npz``) and the training step
-(``train_step_256.npz``). Used by the parity tests and by ``deepfill-selftest`` on any device.
+networks: the generator case (``gen_256.npz``) and the training step (``train_step_256.npz``).
+Used by the parity tests and by ``deepfill-selftest`` on any device; the training step's losses
+are computed beside the self-test (:func:`deepfill.selftest.training_step_losses`).
 
 The goldens are NHWC and BGR (the official channel order); the cases below are NCHW, and the
 training step keeps BGR weights and inputs, as the official graph was fed.
@@ -17,24 +18,17 @@ import torch
 
 from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
 from deepfill.official.convert import load_official_critics, load_official_v1
-from deepfill.training.losses import Loss, LossConfig, LossWeights, StepOutputs, critic_loss, generator_loss
 
 __all__ = [
     "GENERATOR_GOLDEN",
-    "OFFICIAL_GAMMA",
-    "OFFICIAL_LOSS",
     "TRAINING_STEP_GOLDEN",
     "TrainingStepCase",
     "generator_case",
     "training_step_case",
-    "training_step_losses",
 ]
 
 GENERATOR_GOLDEN = "gen_256.npz"
 TRAINING_STEP_GOLDEN = "train_step_256.npz"
-# inpaint.yml, the configuration the training-step golden was produced with.
-OFFICIAL_LOSS = LossWeights(coarse=1.2, l1=1.2, ae=1.2, gan=0.001, global_wgan=1.0, gp=10.0)
-OFFICIAL_GAMMA = 0.9
 
 
 def _nchw(array: np.ndarray) -> torch.Tensor:
@@ -107,24 +101,3 @@ def training_step_case(folder: str | os.PathLike) -> TrainingStepCase:
         local_critic=local_critic,
         golden=golden,
     )
-
-
-def training_step_losses(
-    case: TrainingStepCase, device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None
-) -> tuple[Loss, Loss, torch.Tensor]:
-    """The generator's and the critics' losses of the case's step, computed by the functions the
-    training step calls, on ``device`` (the case's networks move there), inside an autocast
-    region of ``autocast_dtype`` when given. Returns ``(generator loss, critic loss, origins)``,
-    origins (N,2) being the local patches."""
-    device = torch.device(device)
-    for net in (case.generator, case.global_critic, case.local_critic):
-        net.to(device)
-    image, mask = case.image.to(device), case.mask.to(device)
-    config = LossConfig(OFFICIAL_LOSS, "box", OFFICIAL_GAMMA, patch_size=case.bbox[2])
-    critics = (case.global_critic, case.local_critic)
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        x1, x2, _ = case.generator(image, mask)
-        step = StepOutputs.of(image, mask, x1, x2, config.patch_size)
-        g = generator_loss(step, config, critics)
-        d = critic_loss(*critics, step, config, case.alpha_global.to(device), case.alpha_local.to(device))
-    return g, d, step.origins
