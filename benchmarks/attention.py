@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
 from common import timed
 
+# The per-sample loop is test code (the tests' independent second implementation).
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+
 
 # ---------------------------------------------------------------------- attention fwd + bwd
 def attention(args: argparse.Namespace) -> dict:
     from deepfill import ContextualAttention
-    from deepfill.models.reference import contextual_attention_loop
+
+    sys.path.insert(0, str(TESTS))
+    from helpers.reference import contextual_attention_loop
 
     g = torch.Generator().manual_seed(0)
     n, c, h, w = 16, 128, 64, 64

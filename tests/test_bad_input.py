@@ -2,7 +2,7 @@
 one line ``<command>: error: ...`` naming the file, key or value, never a traceback; and what was
 already written must stay whole.
 
-The cases run each command's entry point in this process (:func:`conftest.call_cli`): the logic
+The cases run each command's entry point in this process (:func:`helpers.commands.call_cli`): the logic
 under test is the command's, and a new process per case would spend most of its time importing.
 A sample of them also runs as real processes of the installed console scripts, which is what a
 user's shell sees (exit status, stderr)."""
@@ -18,10 +18,11 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import call_cli, run_cli
 from deepfill.models import InpaintGenerator
+from helpers.commands import call_cli, run_cli
+from helpers.run_if import RunIf
 
-NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the case asks for")
+NO_GPU = RunIf(no_gpu=True)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def ws(tmp_path_factory) -> Path:
 
 def _resume_checkpoint(ws: Path) -> Path:
     """A training checkpoint of a cnum-16 model: state_dict and hyper-parameters as saved."""
-    from conftest import compose_cfg
+    from helpers.tiny import compose_cfg
 
     path = ws / "cnum16.ckpt"
     if not path.exists():

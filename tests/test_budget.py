@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from conftest import TINY, call_cli, make_module
 from deepfill.training.budget import (
     SCALE_STEP,
     Schedule,
@@ -21,6 +20,8 @@ from deepfill.training.budget import (
 )
 from deepfill.utils.config import budget_cap
 from deepfill.utils.errors import ConfigError
+from helpers.commands import call_cli
+from helpers.tiny import TINY, make_module
 
 REFERENCE = Schedule(coarse=500, reconstruction=300, adversarial=60, n_critic=1)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_data, make_module, make_trainer
 from deepfill import InpaintGenerator
 from deepfill.models import GlobalCritic, LocalCritic
 from deepfill.training.losses import LossConfig, StepOutputs, critic_loss, generator_loss
+from helpers.tiny import make_data, make_module, make_trainer
 
 
 @pytest.fixture(autouse=True)

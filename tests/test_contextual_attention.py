@@ -8,7 +8,7 @@ import torch
 
 from deepfill import ContextualAttention, flow_to_image
 from deepfill.models.layers import align_corners_index
-from deepfill.models.reference import contextual_attention_loop
+from helpers.reference import contextual_attention_loop
 
 CASES = ["ca_64x64_rate2_fuse", "ca_64x64_rate2_self", "ca_48x80_rate1_nofuse"]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DDP_TINY
 from deepfill.data import masks as M
 from deepfill.data.datamodule import InpaintDataModule
 from deepfill.data.datasets import SampleImages
 from deepfill.evaluation.means import InpaintingMetrics
 from deepfill.inference import generator_from_checkpoint
 from deepfill.utils.images import to_unit
+from helpers.tiny import DDP_TINY
 
 pytestmark = pytest.mark.slow
 

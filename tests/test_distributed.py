@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import DDP_TINY, finish_group, start_group
+from helpers.commands import finish_group, start_group
+from helpers.tiny import DDP_TINY
 
-SCRIPT = Path(__file__).with_name("ddp_nonfinite.py")
+SCRIPT = Path(__file__).parent / "helpers" / "ddp_nonfinite.py"
 
 
 def test_a_nan_on_one_rank_is_skipped_by_both_without_a_hang(tmp_path) -> None:
@@ -78,7 +79,7 @@ def test_the_requeue_signal_on_one_rank_saves_once_then_hands_over_on_every_rank
     requeues from rank 0, and both ranks stop instead of one waiting for a rank that left."""
     import torch
 
-    script = Path(__file__).with_name("ddp_requeue.py")
+    script = Path(__file__).parent / "helpers" / "ddp_requeue.py"
     process = start_group([sys.executable, str(script), str(tmp_path)], tmp_path)
     out, err = finish_group(process, 240, "the ranks hung after the requeue signal")
     assert process.returncode == 144, err[-3000:]  # submitit's local "requeued" exit code

@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import GOLDENS, REPO, TINY, call_cli
+from helpers.commands import call_cli
+from helpers.paths import GOLDENS, REPO
+from helpers.tiny import TINY
 
 README = REPO / "README.md"
 # Training and conversion first: later pages use the checkpoint, weights and masks they write.
@@ -260,7 +262,7 @@ def test_command_runs(command, workspace) -> None:
     tokens = shlex.split(command)
     tokens = resolve_make(command) if tokens[0] == "make" else [str(BIN / tokens[0]), *tokens[1:]]
     tokens = substitute(tokens, workspace)
-    # Each command runs in this process, through its console entry point (conftest.call_cli):
+    # Each command runs in this process, through its console entry point (helpers.commands.call_cli):
     # what is checked is what it does and prints, not the interpreter's start.
     name, cwd = Path(tokens[0]).name, workspace["dir"]
     if name == "deepfill-demo":

@@ -15,13 +15,13 @@ from omegaconf import open_dict
 from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from conftest import call_cli
 from deepfill.cli.eval import run
 from deepfill.data.masks import centered_rectangle, eval_mask
 from deepfill.evaluation.evaluate import mean_fill, summarise
 from deepfill.models import InpaintGenerator
 from deepfill.utils.config import CONFIG_DIR
 from deepfill.utils.images import to_unit
+from helpers.commands import call_cli
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +128,8 @@ def test_cli_missing_weights_is_one_line(tmp_path) -> None:
 def test_validation_and_deepfill_eval_report_the_same_numbers(tmp_path) -> None:
     """One definition of every metric: the validation loop (Lightning, batch 4) and the
     evaluation path of deepfill-eval (batch 3) agree on the same weights, images and masks."""
-    from conftest import make_data, make_module, make_trainer
     from deepfill.evaluation.evaluate import dataset_batches, evaluate
+    from helpers.tiny import make_data, make_module, make_trainer
 
     module, data = make_module(), make_data()
     logged = make_trainer(tmp_path).validate(module, datamodule=data, verbose=False)[0]

@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, run_cli
 from deepfill.deploy import ONNX_FORMAT, OnnxGenerator, export_onnx
 from deepfill.inference import inpaint_array, load_generator
 from deepfill.models import ContextualAttention, InpaintGenerator, inpaint_padded
@@ -28,6 +27,8 @@ from deepfill.models.layers import (
 )
 from deepfill.official.goldens import generator_case
 from deepfill.utils.errors import UserError
+from helpers.commands import run_cli
+from helpers.paths import REPO
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is installed by `make install`")
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY
+from helpers.tiny import TINY
 
 TRAIN = str(Path(sys.executable).parent / "deepfill-train")
 
@@ -209,7 +209,8 @@ def test_a_full_disk_stops_inpainting_and_converting_in_one_line_with_only_whole
 ) -> None:
     from PIL import Image
 
-    from conftest import GOLDENS, run_cli
+    from helpers.commands import run_cli
+    from helpers.paths import GOLDENS
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 import deepfill
-from conftest import skip_without_tensorflow
 from deepfill import GlobalCritic, InpaintGenerator, LocalCritic, load_official_v1
 from deepfill.cli.convert import main as convert_main
 from deepfill.models import inpaint_padded
@@ -27,6 +26,7 @@ from deepfill.models.layers import (
 )
 from deepfill.official.convert import load_official_critics, tf_variable_names
 from deepfill.official.tf_checkpoint import CheckpointError, read_tf_checkpoint
+from helpers.run_if import RunIf
 
 
 def nchw(array: np.ndarray) -> torch.Tensor:
@@ -67,8 +67,8 @@ def test_builtin_reader_equals_npz_weights(goldens, golden) -> None:
 
 
 @pytest.mark.tf
+@RunIf(tensorflow=True)
 def test_builtin_reader_equals_tensorflow_reader(goldens) -> None:
-    skip_without_tensorflow()
     ours = read_tf_checkpoint(goldens, backend="python")
     theirs = read_tf_checkpoint(goldens, backend="tensorflow")
     assert set(ours) == set(theirs)

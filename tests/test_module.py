@@ -9,7 +9,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import SIZE, adam, make_data, make_module, make_trainer
 from deepfill.data import masks as M
 from deepfill.evaluation.metrics import hole_l1
 from deepfill.inference import generator_from_checkpoint
@@ -27,6 +26,7 @@ from deepfill.training.losses import (
 )
 from deepfill.training.module import DeepFillModule, NonFiniteLossError
 from deepfill.utils.images import to_unit
+from helpers.tiny import SIZE, adam, make_data, make_module, make_trainer
 
 
 def _params(module: torch.nn.Module) -> list[torch.Tensor]:

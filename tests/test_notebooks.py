@@ -8,7 +8,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import GOLDENS, JOB, REPO, call_cli
+from helpers.commands import call_cli
+from helpers.paths import GOLDENS, REPO
+from helpers.tiny import JOB
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import TINY, call_cli, compose_cfg
 from deepfill.evaluation.statistics import bootstrap_mean_difference, paired_difference, summarise_values
 from deepfill.training.sweep import (
     begin_job,
@@ -22,6 +21,8 @@ from deepfill.training.sweep import (
     write_results_table,
 )
 from deepfill.utils.errors import UserError
+from helpers.commands import call_cli
+from helpers.tiny import TINY, compose_cfg
 
 # The quickstart recipe, tiny: one epoch of 2 batches, every phase.
 ONE_EPOCH_QUICKSTART = [

@@ -11,9 +11,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import TINY, compose_cfg, make_data, make_module, make_trainer
 from deepfill.cli.train import train
 from deepfill.training.resume import continue_epoch, start_next_epoch
+from helpers.tiny import TINY, compose_cfg, make_data, make_module, make_trainer
 
 
 class SaveEverywhere(pl.Callback):

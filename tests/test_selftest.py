@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import call_cli
 from deepfill import selftest
 from deepfill.selftest import Check, SelfTestOptions, run_selftest, verdict, write_report
+from helpers.commands import call_cli
 
 CPU = torch.device("cpu")
 

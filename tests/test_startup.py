@@ -173,7 +173,7 @@ def test_arguments_read_from_source_are_the_signatures_arguments() -> None:
     ],
 )
 def test_help_shows_the_commands_keys_groups_and_examples(tmp_path, command, shown) -> None:
-    from conftest import call_cli
+    from helpers.commands import call_cli
 
     result = call_cli(command, "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

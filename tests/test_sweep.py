@@ -14,7 +14,6 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from conftest import JOB, call_cli, compose_cfg, options, run_cli
 from deepfill.evaluation.metrics import higher_is_better, optimization_direction
 from deepfill.training.sweep import (
     JobConflictError,
@@ -26,6 +25,9 @@ from deepfill.training.sweep import (
 )
 from deepfill.utils.config import device_count
 from deepfill.utils.devices import choose_free, visible_gpus
+from helpers.commands import call_cli, run_cli
+from helpers.run_if import RunIf
+from helpers.tiny import JOB, compose_cfg, options
 
 # --- device assignment (no GPU needed) -------------------------------------------------------
 
@@ -450,7 +452,7 @@ print(default, took, reused)
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc only")
+@RunIf(linux=True)  # glibc's malloc
 def test_reuse_freed_memory_stops_large_buffers_page_faulting_on_every_allocation() -> None:
     """By default a large freed block goes back to the system and the next one page-faults
     all its 16384 pages again; with the commands' allocator setting it is reused."""

@@ -17,19 +17,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import skip_without_tensorflow
 from deepfill.models.contextual_attention import _unfold_same
 from deepfill.models.layers import SameConv2d, resize_nearest, tf_same_padding
+from helpers.run_if import RunIf
 
-pytestmark = pytest.mark.tf
+pytestmark = [pytest.mark.tf, RunIf(tensorflow=True)]
 
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory) -> dict[str, np.ndarray]:
-    skip_without_tensorflow()
     out = tmp_path_factory.mktemp("tf") / "oracle.npz"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    script = Path(__file__).with_name("tf_oracle.py")
+    script = Path(__file__).parent / "helpers" / "tf_oracle.py"
     result = subprocess.run(
         [sys.executable, str(script), str(out)], capture_output=True, text=True, env=env, check=False
     )

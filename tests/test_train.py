@@ -16,10 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from PIL import Image
 
-from conftest import TINY, call_cli, compose_cfg, options
 from deepfill.cli.train import train
 from deepfill.utils.config import CONFIG_DIR
 from deepfill.utils.validation import ConfigError, validate_config
+from helpers.commands import call_cli
+from helpers.tiny import TINY, compose_cfg, options
 
 _COMPARISON = (
     r"(deepfill|biharmonic|mean_fill)\s+PSNR\s+([\d.]+) dB\s+SSIM ([\d.]+)\s+L1 in the hole ([\d.]+)"

@@ -4,7 +4,7 @@ It follows the official TensorFlow function operation by operation (a Python loo
 batch, the score matrix as a conv2d output, the fuse as a conv2d with an identity kernel on the
 ``[fh*fw, bh*bw]`` score image, pasting by ``conv_transpose2d``). It is what a direct port looks
 like: the tests use it as an independent second implementation and the benchmarks as the
-baseline. Use :class:`deepfill.ContextualAttention` for real work.
+baseline. The library's layer is :class:`deepfill.ContextualAttention`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layers import pad_same, resize_nearest, tf_same_padding
+from deepfill.models.layers import pad_same, resize_nearest, tf_same_padding
 
 
 def _same_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

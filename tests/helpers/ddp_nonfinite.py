@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ddp_tiny import tiny_run
+
 from deepfill.training import module as module_file
 
 _real_critic_loss = module_file.critic_loss

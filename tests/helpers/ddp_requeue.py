@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
-
 from ddp_tiny import tiny_run
+
 from deepfill.training.callbacks import CheckpointOnSignal
 
 RANK = int(os.environ.get("LOCAL_RANK", "0"))
