@@ -30,21 +30,23 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 _PRELUDE = """
 import json, statistics, time, torch
 torch.set_num_threads({threads})
+chunk_bytes = None
 if {commands}:
+    from deepfill.models import CPU_CHUNK_BYTES_REUSED
     from deepfill.utils.devices import configure_cpu
-    configure_cpu()
+    chunk_bytes = CPU_CHUNK_BYTES_REUSED if configure_cpu() else None
 """
 
 _GENERATOR = (
     """
-from deepfill import InpaintGenerator
+from deepfill.models import InpaintGenerator, set_cpu_chunk_bytes
 torch.manual_seed(0)
 weights = {weights!r}
 if weights:
     from deepfill.inference import load_generator
-    generator = load_generator(weights)
+    generator = load_generator(weights, cpu_chunk_bytes=chunk_bytes)
 else:
-    generator = InpaintGenerator()
+    generator = set_cpu_chunk_bytes(InpaintGenerator(), chunk_bytes)
 generator.eval()
 """
     + timed_generator_calls("torch.inference_mode()")

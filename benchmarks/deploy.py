@@ -40,9 +40,11 @@ import json, resource, statistics, time, torch
 torch.set_num_threads({threads})
 size, way, path = {size}, {way!r}, {path!r}
 if way == "pytorch":
+    from deepfill.models import CPU_CHUNK_BYTES_REUSED, set_cpu_chunk_bytes
     from deepfill.utils.devices import configure_cpu
-    configure_cpu()
+    reused = configure_cpu()
     generator = torch.load(path, weights_only=False).eval()
+    set_cpu_chunk_bytes(generator, CPU_CHUNK_BYTES_REUSED if reused else None)
 else:
     from deepfill.deploy import OnnxGenerator
     generator = OnnxGenerator(path, threads={threads})

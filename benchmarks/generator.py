@@ -198,12 +198,19 @@ import json, statistics, sys, time, torch
 torch.set_num_threads({threads})
 try:  # what the version's commands do first
     from deepfill.utils.devices import configure_cpu
-    configure_cpu()
+    reused = configure_cpu()
 except ImportError:
     torch.set_flush_denormal(True)
+    reused = False
 from deepfill import InpaintGenerator
 torch.manual_seed(0)
 generator = InpaintGenerator().eval()  # the version's default: what its users get
+try:  # versions that take the attention's CPU budget from the command
+    from deepfill.models import CPU_CHUNK_BYTES_REUSED, set_cpu_chunk_bytes
+    if reused:
+        set_cpu_chunk_bytes(generator, CPU_CHUNK_BYTES_REUSED)
+except ImportError:
+    pass
 bf16 = {bf16}  # this version only: bf16 autocast, as precision=bf16 of the commands
 """
     + timed_generator_calls('torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)')

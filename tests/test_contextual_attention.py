@@ -241,27 +241,32 @@ def test_attention_chooses_in_float32_and_pastes_in_bf16_inside_bf16_autocast() 
     assert torch.equal(y_again, y)
 
 
-def test_the_chunk_budget_defaults_by_device(monkeypatch) -> None:
+def test_the_chunk_budget_defaults_by_device() -> None:
     """16 MiB per chunk on a CPU (measured there), 64 MiB once freed memory is reused (the
-    commands' allocator setting), 256 MiB on a GPU (fewer kernel launches); an explicit budget
-    or chunk size wins."""
-    from deepfill.models import contextual_attention
+    commands' allocator setting, which they pass to the layers), 256 MiB on a GPU (fewer kernel
+    launches); an explicit budget or chunk size wins."""
+    from deepfill.models import CPU_CHUNK_BYTES_REUSED, InpaintGenerator, set_cpu_chunk_bytes
     from deepfill.models.contextual_attention import ContextualAttention
 
     layer = ContextualAttention()
     # 64x64 features, batch 16, float32: one foreground row of scores is 16 MiB.
     args = (16, 64, 64, 4)
-    monkeypatch.setattr(contextual_attention, "freed_memory_reused", lambda: False)
     assert layer._rows_per_chunk(*args, torch.device("cpu")) == 1
     assert layer._rows_per_chunk(*args, torch.device("cuda")) == 16
-    monkeypatch.setattr(contextual_attention, "freed_memory_reused", lambda: True)
+    set_cpu_chunk_bytes(layer, CPU_CHUNK_BYTES_REUSED)
     assert layer._rows_per_chunk(*args, torch.device("cpu")) == 4
     assert layer._rows_per_chunk(*args, torch.device("cuda")) == 16
+    set_cpu_chunk_bytes(layer, None)
+    assert layer._rows_per_chunk(*args, torch.device("cpu")) == 1
     assert ContextualAttention(chunk_bytes=2**20)._rows_per_chunk(*args, torch.device("cpu")) == 1
     assert ContextualAttention(chunk_bytes=64 * 2**20)._rows_per_chunk(*args, torch.device("cuda")) == 4
     assert ContextualAttention(chunk_size=128)._rows_per_chunk(*args, torch.device("cpu")) == 2
     with pytest.raises(ValueError, match="chunk_bytes must be >= 1"):
         ContextualAttention(chunk_bytes=0)
+    # The generator's layer gets it too, and nothing else of the process decides it.
+    generator = set_cpu_chunk_bytes(InpaintGenerator(cnum=8), CPU_CHUNK_BYTES_REUSED)
+    assert generator.refine.attention.cpu_chunk_bytes == CPU_CHUNK_BYTES_REUSED
+    assert ContextualAttention().cpu_chunk_bytes == 16 * 2**20
 
 
 def test_shift_sums_equal_a_zero_filled_sum_of_their_pieces() -> None:

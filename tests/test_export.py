@@ -18,6 +18,7 @@ from PIL import Image
 from deepfill.deploy import ONNX_FORMAT, OnnxGenerator, export_onnx
 from deepfill.inference import inpaint_array, load_generator
 from deepfill.models import ContextualAttention, InpaintGenerator, inpaint_padded
+from deepfill.models.attention_dense import attend_dense
 from deepfill.models.layers import (
     _Interleave,
     _interleave,
@@ -73,7 +74,9 @@ def test_the_exported_attention_equals_the_chunked_one(fuse, ksize, rate, fuse_k
     mask[1, :, 8:20, 2:10] = 1
     for m in (mask, None):
         y, offsets = layer._attend(f, f, m)
-        y_dense, offsets_dense = layer._attend_dense(f, f, m)
+        y_dense, offsets_dense = attend_dense(
+            f, f, m, rate=rate, ksize=ksize, fuse_k=fuse_k, softmax_scale=layer.softmax_scale, fuse=fuse
+        )
         torch.testing.assert_close(y_dense, y, atol=1e-4, rtol=1e-4)
         assert torch.equal(offsets_dense, offsets)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deepfill.models.contextual_attention import _unfold_same
+from deepfill.models.attention_patches import unfold_same as _unfold_same
 from deepfill.models.layers import SameConv2d, resize_nearest, tf_same_padding
 from helpers.run_if import RunIf
 

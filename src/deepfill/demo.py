@@ -160,6 +160,7 @@ class Demo:
         device: ``"auto"`` (a CUDA GPU when present), ``"cpu"`` or ``"cuda"``.
         max_side: larger images are refused, or downscaled when the user asks.
         precision: ``"fp32"`` or ``"bf16"`` (see :mod:`deepfill.inference`).
+        cpu_chunk_bytes: the contextual attention's CPU chunk budget (None: its default).
     """
 
     def __init__(
@@ -169,6 +170,7 @@ class Demo:
         device: str = "auto",
         max_side: int = 1024,
         precision: str = "fp32",
+        cpu_chunk_bytes: int | None = None,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -177,6 +179,7 @@ class Demo:
         self.device = device
         self.max_side = int(max_side)
         self.precision = precision
+        self.cpu_chunk_bytes = cpu_chunk_bytes
         self._generators: dict[Path, torch.nn.Module] = {}
         self._lock = threading.Lock()
 
@@ -211,7 +214,7 @@ class Demo:
         """The generator of ``path``, loaded once and kept."""
         key = path.resolve()
         if key not in self._generators:
-            self._generators[key] = load_generator(path, self.device)
+            self._generators[key] = load_generator(path, self.device, self.cpu_chunk_bytes)
         return self._generators[key]
 
     def inpaint(

@@ -18,7 +18,7 @@ at the traced size only; ``torch.export`` keeps them symbolic and checks every s
 against the declared dynamic dimensions. While exporting, the layers take their plain
 formulations (``torch.compiler.is_exporting()``): ELU instead of the in-place CPU one, F.pad
 instead of the write-once pad, the resize indices computed in the graph, and contextual
-attention without chunks (:meth:`ContextualAttention._attend_dense`): the official paste is a
+attention without chunks (:mod:`deepfill.models.attention_dense`): the official paste is a
 transposed convolution with kernels cut from the input, which no exporter takes, and is a
 matrix product of the attention weights with the background's phases here. Tests check each of
 those forms against the PyTorch path.
@@ -62,7 +62,7 @@ ONNX_FORMAT = "deepfill-v1-generator"  # metadata "deepfill.format" of every exp
 INPUT_NAMES = ("image", "mask")
 OUTPUT_NAMES = ("x_stage1", "x_stage2", "offsets")
 # Largest exported side: the dynamic dimensions' bound, and the range over which the x2
-# align-corners resize is known to be a plain repeat (tests/test_layers.py checks it).
+# align-corners resize is known to be a plain repeat (tests/test_export.py checks it).
 MAX_SIDE = 2048
 # Export parity check (max abs difference of x_stage2 against PyTorch at the check size).
 TOLERANCE = {"fp32": 1e-4, "fp16": 0.1}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepfill.models import InpaintGenerator, composite, flow_to_image, inpaint_padded
+from deepfill.models import InpaintGenerator, composite, flow_to_image, inpaint_padded, set_cpu_chunk_bytes
 from deepfill.models.layers import resize_nearest
 from deepfill.utils.checkpoints import check_state_dict, read_checkpoint
 from deepfill.utils.errors import UserError
@@ -56,11 +56,14 @@ def generator_from_checkpoint(
     return generator.to(map_location).eval()
 
 
-def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> InpaintGenerator:
+def load_generator(
+    weights: str | Path, device: str | torch.device = "cpu", cpu_chunk_bytes: int | None = None
+) -> InpaintGenerator:
     """A Lightning checkpoint of training (``.ckpt``), converted official weights (``.pt``),
     an official TF checkpoint (folder or prefix) or an ``.npz`` of official variables; or an
     ONNX export (``.onnx``, from ``deepfill-export``) as a :class:`deepfill.deploy.OnnxGenerator`,
-    run by onnxruntime and called the same way."""
+    run by onnxruntime and called the same way. ``cpu_chunk_bytes``: the contextual attention's
+    CPU chunk budget (:func:`deepfill.models.set_cpu_chunk_bytes`; None: its default)."""
     from deepfill.official.convert import load_official_v1
     from deepfill.official.tf_checkpoint import CheckpointError
 
@@ -81,6 +84,7 @@ def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> I
                 f"weights: the folder {path} holds no weights: expected a training checkpoint (.ckpt), "
                 f"converted weights (.pt), an .npz, or an official TF checkpoint folder ({error})"
             ) from None
+    set_cpu_chunk_bytes(generator, cpu_chunk_bytes)
     return generator.to(device).eval()
 
 

@@ -88,6 +88,7 @@ class SelfTestOptions:
     ddp: bool = True  # across all visible GPUs when there are two or more
     precisions: tuple[str, ...] | None = None  # None: what the device supports
     compile: bool | None = None  # also time compiled training iterations; None: on GPUs only
+    cpu_chunk_bytes: int | None = None  # contextual attention's CPU chunk budget; None: its default
 
 
 def precisions_for(device: torch.device) -> tuple[str, ...]:
@@ -315,11 +316,11 @@ def training_iteration(
     return Check(name, "pass", detail, figures)
 
 
-def inference(device: torch.device, precision: str, size: int) -> Check:
-    from deepfill import InpaintGenerator
+def inference(device: torch.device, precision: str, size: int, cpu_chunk_bytes: int | None = None) -> Check:
+    from deepfill.models import InpaintGenerator, set_cpu_chunk_bytes
 
     name = f"inference {device.type} {precision} {size}²"
-    generator = InpaintGenerator().eval().to(device)
+    generator = set_cpu_chunk_bytes(InpaintGenerator(), cpu_chunk_bytes).eval().to(device)
     image = torch.rand(1, 3, size, size, device=device) * 2 - 1
     mask = torch.zeros(1, 1, size, size, device=device)
     mask[..., size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = 1
@@ -442,7 +443,14 @@ def run_selftest(options: SelfTestOptions, out: Path, say: Callable[[str], None]
         add(f"training iteration {kind} {precision}", training_iteration, device, precision, *train)
     for size in options.sizes:
         for precision in precisions:
-            add(f"inference {kind} {precision} {size}²", inference, device, precision, size)
+            add(
+                f"inference {kind} {precision} {size}²",
+                inference,
+                device,
+                precision,
+                size,
+                options.cpu_chunk_bytes,
+            )
     if (kind == "cuda") if options.compile is None else options.compile:
         # Last: compiling takes minutes, and the budget should go to the other parts first.
         for precision in precisions:

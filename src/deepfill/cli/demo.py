@@ -38,11 +38,12 @@ def serve(cfg: DictConfig, block: bool = True):
             "the demo needs Gradio: pip install 'deepfill[demo]' (make install includes it)"
         ) from None
     from deepfill.demo import Demo, build_app
+    from deepfill.models import CPU_CHUNK_BYTES_REUSED
     from deepfill.utils.devices import configure_cpu
 
-    configure_cpu()
+    chunk_bytes = CPU_CHUNK_BYTES_REUSED if configure_cpu() else None
     device = "auto" if cfg.device == "auto" else resolve_device(cfg.device)
-    demo = Demo(list(cfg.search), cfg.weights, device, int(cfg.max_side), precision)
+    demo = Demo(list(cfg.search), cfg.weights, device, int(cfg.max_side), precision, chunk_bytes)
     if cfg.weights is not None:
         demo.generator(demo.weights)  # loaded now: unreadable weights stop here, in one line
     app = build_app(demo, cfg.files_dir)

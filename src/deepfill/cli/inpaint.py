@@ -157,14 +157,16 @@ def run(cfg: DictConfig) -> list[Path]:
     from deepfill.utils.config import resolve_device
     from deepfill.utils.devices import configure_cpu
 
-    configure_cpu()
+    reused = configure_cpu()
     device = resolve_device(cfg.device)
     output, targets = _targets(cfg, jobs)
     inputs = {p.resolve() for image, mask, _ in jobs for p in (image, mask) if p is not None}
     clash = [t for t in targets if t.resolve() in inputs]
     if clash:
         raise UserError(f"output: {clash[0]} would overwrite an input; choose another output folder")
-    generator = load_generator(cfg.weights, device)
+    from deepfill.models import CPU_CHUNK_BYTES_REUSED
+
+    generator = load_generator(cfg.weights, device, CPU_CHUNK_BYTES_REUSED if reused else None)
     if compile_:
         generator.compile_stages()
     written, skipped, seconds = [], [], 0.0

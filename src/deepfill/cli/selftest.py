@@ -28,10 +28,11 @@ PRECISIONS = ("float32", "tf32", "bf16")
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from deepfill.models import CPU_CHUNK_BYTES_REUSED
     from deepfill.selftest import SelfTestOptions, run_selftest, verdict, write_report
     from deepfill.utils.devices import configure_cpu
 
-    configure_cpu()
+    chunk_bytes = CPU_CHUNK_BYTES_REUSED if configure_cpu() else None
     goldens = args.goldens
     if goldens is None and (_DEFAULT_GOLDENS / "gen_256.npz").is_file():
         goldens = _DEFAULT_GOLDENS
@@ -47,6 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         ddp=not args.no_ddp,
         precisions=tuple(args.precisions) if args.precisions else None,
         compile={"auto": None, "yes": True, "no": False}[args.compile],
+        cpu_chunk_bytes=chunk_bytes,
     )
     out = args.out or Path("outputs") / "selftest" / time.strftime("%Y-%m-%d_%H-%M-%S")
     start = time.monotonic()

@@ -1,11 +1,12 @@
 """DeepFill v1 networks: contextual attention, the two-stage generator and the WGAN critics."""
 
-from .contextual_attention import ContextualAttention
+from .contextual_attention import CPU_CHUNK_BYTES_REUSED, ContextualAttention, set_cpu_chunk_bytes
 from .critics import GlobalCritic, LocalCritic
 from .flow import flow_to_image
 from .generator import CoarseGenerator, InpaintGenerator, RefineGenerator, composite, inpaint_padded
 
 __all__ = [
+    "CPU_CHUNK_BYTES_REUSED",
     "CoarseGenerator",
     "ContextualAttention",
     "GlobalCritic",
@@ -15,4 +16,5 @@ __all__ = [
     "composite",
     "flow_to_image",
     "inpaint_padded",
+    "set_cpu_chunk_bytes",
 ]

@@ -20,17 +20,16 @@ like the official flattened convolution does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepfill.utils.devices import freed_memory_reused
+from .attention_dense import attend_dense
+from .attention_patches import NEGLIGIBLE_WEIGHT, Prepared, prepare, validate_attention_inputs
+from .layers import sum_into, tf_same_padding
 
-from .layers import pad_same, resize_nearest, sum_into, tf_same_padding
-
-__all__ = ["ContextualAttention", "validate_attention_inputs"]
+__all__ = ["CPU_CHUNK_BYTES_REUSED", "DEFAULT_CHUNK_BYTES", "ContextualAttention", "set_cpu_chunk_bytes"]
 
 # Score-matrix budget per chunk when none is given (about 5 such buffers are alive per chunk).
 # CPU: 16 MiB under glibc's default allocator, which unmaps every freed block over 32 MiB, so
@@ -43,43 +42,6 @@ __all__ = ["ContextualAttention", "validate_attention_inputs"]
 # inference memory. Not yet measured on a GPU.
 DEFAULT_CHUNK_BYTES = {"cpu": 16 * 2**20, "cuda": 256 * 2**20}
 CPU_CHUNK_BYTES_REUSED = 64 * 2**20
-_NEGLIGIBLE_WEIGHT = 2.0**-64  # attention weights below it are zeroed (see _attend)
-
-
-def validate_attention_inputs(
-    f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, rate: int, check_mask: bool = True
-) -> None:
-    """Raise one clear ``ValueError`` line for inputs the layer cannot take."""
-    if f.dim() != 4 or b.dim() != 4:
-        raise ValueError(
-            f"contextual attention: f and b must be (N,C,H,W), got f {tuple(f.shape)} and b {tuple(b.shape)}"
-        )
-    if f.shape != b.shape:
-        raise ValueError(
-            f"contextual attention: f and b must have the same shape, got f {tuple(f.shape)} "
-            f"and b {tuple(b.shape)}"
-        )
-    n, _, h, w = f.shape
-    if h % rate or w % rate:
-        raise ValueError(f"contextual attention: H and W must be divisible by rate={rate}, got {h}x{w}")
-    if mask is None:
-        return
-    if mask.dim() != 4 or mask.shape[1] != 1:
-        raise ValueError(f"contextual attention: mask must be (1 or N,1,H,W), got {tuple(mask.shape)}")
-    if mask.shape[0] not in (1, n):
-        raise ValueError(f"contextual attention: mask batch must be 1 or N={n}, got mask {tuple(mask.shape)}")
-    if mask.shape[-2:] != f.shape[-2:]:
-        raise ValueError(
-            f"contextual attention: mask size {tuple(mask.shape[-2:])} does not match features "
-            f"{tuple(f.shape[-2:])}"
-        )
-    if check_mask and not torch.all((mask == 0) | (mask == 1)):
-        raise ValueError("contextual attention: mask must be binary (0 = known, 1 = hole)")
-
-
-def _unfold_same(x: torch.Tensor, kernel: int, stride: int = 1) -> torch.Tensor:
-    """TF ``extract_image_patches`` with 'SAME' padding: ``(N,C,H,W) -> (N, C*k*k, L)``."""
-    return F.unfold(pad_same(x, kernel, stride), kernel_size=kernel, stride=stride)
 
 
 def _flat_shift(shift: int, length: int) -> tuple[slice, slice] | None:
@@ -126,21 +88,6 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-@dataclass
-class _Prepared:
-    """Per-call tensors shared by all chunks."""
-
-    fg: torch.Tensor  # (N, Lf, C) foreground pixels, raster order
-    bg: torch.Tensor  # (N, C, Lb) background pixels, raster order
-    inv_norm: torch.Tensor  # (N, 1, Lb) 1 / max(||background patch||, 1e-4)
-    paste: torch.Tensor  # (N, (h+1)*(w+1), C*r*r) phases of the padded background, in `order`;
-    # bf16 under a bf16 autocast (the paste product only)
-    valid: torch.Tensor  # (1 or N, 1, Lb) 1 where a background patch has no hole pixel, in `order`
-    h: int
-    w: int
-    order: str  # "raster" or "column": order of the background axis after the fuse
-
-
 class ContextualAttention(nn.Module):
     """Contextual attention layer.
 
@@ -155,7 +102,8 @@ class ContextualAttention(nn.Module):
         chunk_size: foreground positions per chunk (rounded to whole rows); ``None`` picks it
             from ``chunk_bytes``. Smaller chunks bound memory, results do not change.
         chunk_bytes: memory budget of one chunk's score matrix when ``chunk_size`` is None;
-            ``None``: by device, 16 MiB on a CPU, 256 MiB on a GPU (``DEFAULT_CHUNK_BYTES``).
+            ``None``: by device, 16 MiB on a CPU, 256 MiB on a GPU (``DEFAULT_CHUNK_BYTES``);
+            the CPU's default is changed with :func:`set_cpu_chunk_bytes`.
 
     ``forward(f, b, mask) -> (y, offsets)``:
         f, b: (N,C,H,W) foreground and background features (the generator passes the same
@@ -196,6 +144,9 @@ class ContextualAttention(nn.Module):
         self.fuse = bool(fuse)
         self.chunk_size = chunk_size
         self.chunk_bytes = None if chunk_bytes is None else int(chunk_bytes)
+        # The CPU budget when chunk_bytes is None; what the process's allocator favours, so set
+        # by the program (set_cpu_chunk_bytes), not by the model's configuration.
+        self.cpu_chunk_bytes = DEFAULT_CHUNK_BYTES["cpu"]
 
     def extra_repr(self) -> str:
         return (
@@ -203,60 +154,7 @@ class ContextualAttention(nn.Module):
             f"softmax_scale={self.softmax_scale}, fuse={self.fuse}, chunk_size={self.chunk_size}"
         )
 
-    # ------------------------------------------------------------------ preparation
-    def _prepare(
-        self,
-        f: torch.Tensor,
-        b: torch.Tensor,
-        mask: torch.Tensor | None,
-        paste_dtype: torch.dtype | None = None,
-    ) -> _Prepared:
-        n, c, height, width = f.shape
-        r, k = self.rate, self.ksize
-        h, w = height // r, width // r
-        # Pasting source. The official paste is a 'SAME' transposed convolution with the 2r x 2r
-        # background patches at stride r. Those patches overlap four times: patch q at offset
-        # s*r + t (s in {0,1}, t in [0,r)) is pixel (q+s)*r + t of the padded background, i.e.
-        # phase t of the background at grid position q+s. So the paste equals
-        #   canvas_t[o] = sum_q' A'[o, q'] * phase_t[q'],  A'[o, q'] = sum_s attn[o-s, q'-s],
-        # 4x fewer multiply-adds than multiplying by the 16x redundant patch matrix.
-        top, bottom = tf_same_padding(height, 2 * r, r)
-        left, right = tf_same_padding(width, 2 * r, r)
-        padded = F.pad(b, (left, right, top, bottom))  # (N, C, (h+1)r, (w+1)r)
-        phases = padded.view(n, c, h + 1, r, w + 1, r)
-        if r > 1:
-            same = f is b
-            f = resize_nearest(f, (h, w))
-            b = f if same else resize_nearest(b, (h, w))
-            if mask is not None:
-                mask = resize_nearest(mask, (h, w))
-        # Patch scores are computed from pixel products (see _scores); patch norms from a k x k
-        # box sum of squared pixel norms, with the zero padding of TF 'SAME'.
-        c = f.shape[1]
-        fg = f.reshape(n, c, h * w).transpose(1, 2)  # (N, Lf, C)
-        bg = b.reshape(n, c, h * w)  # (N, C, Lb)
-        squared = _unfold_same(b.square().sum(dim=1, keepdim=True), k).sum(dim=1, keepdim=True)
-        inv_norm = 1.0 / squared.sqrt().clamp_min(1e-4)
-        if mask is None:
-            valid = torch.ones(1, 1, h * w, dtype=f.dtype, device=f.device)
-        else:
-            # A background patch is valid only if it holds no hole pixel (official: mean == 0).
-            hole = _unfold_same(mask.to(f.dtype), k).amax(dim=1, keepdim=True)
-            valid = (hole == 0).to(f.dtype)
-        order = "column" if self.fuse else "raster"
-        if order == "column":
-            # After the second fuse pass the background axis is in column-major order; keep it
-            # there (softmax does not care) and permute the small per-patch tensors instead.
-            valid = valid.view(valid.shape[0], 1, h, w).transpose(-1, -2).reshape(valid.shape[0], 1, h * w)
-            paste = phases.permute(0, 4, 2, 1, 3, 5)  # (N, w+1, h+1, C, r, r)
-        else:
-            paste = phases.permute(0, 2, 4, 1, 3, 5)  # (N, h+1, w+1, C, r, r)
-        paste = paste.reshape(n, (h + 1) * (w + 1), c * r * r)
-        if paste_dtype is not None:
-            paste = paste.to(paste_dtype)
-        return _Prepared(fg, bg, inv_norm, paste, valid, h, w, order)
-
-    def _paste(self, p: _Prepared, attn: torch.Tensor, rows: int) -> torch.Tensor:
+    def _paste(self, p: Prepared, attn: torch.Tensor, rows: int) -> torch.Tensor:
         """Paste background for ``rows`` foreground rows: (N, C, (rows+1)*r, (w+1)*r) canvas strip."""
         n, h, w, r = attn.shape[0], p.h, p.w, self.rate
         if p.order == "column":
@@ -286,15 +184,13 @@ class ContextualAttention(nn.Module):
         if self.chunk_size is not None:
             return max(1, min(h, math.ceil(self.chunk_size / w)))
         budget = self.chunk_bytes
-        if budget is None and device.type == "cpu" and freed_memory_reused():
-            budget = CPU_CHUNK_BYTES_REUSED
         if budget is None:
-            budget = DEFAULT_CHUNK_BYTES.get(device.type, DEFAULT_CHUNK_BYTES["cuda"])
+            budget = self.cpu_chunk_bytes if device.type == "cpu" else DEFAULT_CHUNK_BYTES["cuda"]
         row_bytes = n * w * (h * w) * itemsize
         return max(1, min(h, budget // max(row_bytes, 1)))
 
     # ------------------------------------------------------------------ scores
-    def _scores(self, p: _Prepared, start: int, stop: int) -> torch.Tensor:
+    def _scores(self, p: Prepared, start: int, stop: int) -> torch.Tensor:
         """Cosine scores of foreground raster positions [start, stop): (N, stop-start, Lb).
 
         The score of foreground patch p and background patch q is
@@ -336,7 +232,7 @@ class ContextualAttention(nn.Module):
         offset = start - row_lo * w
         return scores[:, offset : offset + stop - start]
 
-    def _fuse_raster(self, p: _Prepared, row_lo: int, row_hi: int) -> torch.Tensor:
+    def _fuse_raster(self, p: Prepared, row_lo: int, row_hi: int) -> torch.Tensor:
         """First fuse pass (raster order) for foreground rows [row_lo, row_hi): (N, rows*w, Lb)."""
         k, before = self.fuse_k, (self.fuse_k - 1) // 2
         total = p.h * p.w
@@ -356,7 +252,7 @@ class ContextualAttention(nn.Module):
                 terms.append((0, dst, src))
         return _shift_sum((scores.shape[0], hi - lo, lb), terms, scores)
 
-    def _fused_chunk(self, p: _Prepared, r0: int, r1: int, cache: list) -> torch.Tensor:
+    def _fused_chunk(self, p: Prepared, r0: int, r1: int, cache: list) -> torch.Tensor:
         """Fused scores of foreground rows [r0, r1), background axis column-major: (N, rows*w, Lb)."""
         n, h, w = p.fg.shape[0], p.h, p.w
         k, before = self.fuse_k, (self.fuse_k - 1) // 2
@@ -390,7 +286,7 @@ class ContextualAttention(nn.Module):
                 terms.append((0, (all_, all_, all_, bg[0]), (all_, slice(a, a + rows), all_, bg[1])))
         return _shift_sum((n, rows, w, lb), terms, extended).view(n, rows * w, lb)
 
-    def _cached_rows(self, p: _Prepared, lo: int, hi: int, cache: list) -> list[tuple[int, torch.Tensor]]:
+    def _cached_rows(self, p: Prepared, lo: int, hi: int, cache: list) -> list[tuple[int, torch.Tensor]]:
         """First-pass rows [lo, hi) as (first row, (N, rows*w, Lb)) pieces, reusing earlier chunks'."""
         parts = []
         cur = lo
@@ -426,7 +322,14 @@ class ContextualAttention(nn.Module):
         with torch.autocast(device_type=device, enabled=False):
             wide = [None if x is None else _at_least_float32(x) for x in (f, b, mask)]
             y, offsets = (
-                self._attend_dense(*wide)
+                attend_dense(
+                    *wide,
+                    rate=self.rate,
+                    ksize=self.ksize,
+                    fuse_k=self.fuse_k,
+                    softmax_scale=self.softmax_scale,
+                    fuse=self.fuse,
+                )
                 if torch.compiler.is_exporting()
                 else self._attend(*wide, paste_dtype=paste_dtype)
             )
@@ -442,7 +345,7 @@ class ContextualAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n, c, height, width = f.shape
         r = self.rate
-        p = self._prepare(f, b, mask, paste_dtype)
+        p = prepare(f, b, mask, self.rate, self.ksize, self.fuse, paste_dtype)
         h, w = p.h, p.w
         rows_per_chunk = self._rows_per_chunk(n, h, w, f.element_size(), f.device)
         # Pasted patches are summed on a padded canvas, then cropped like TF's 'SAME' transpose.
@@ -485,7 +388,7 @@ class ContextualAttention(nn.Module):
             # weight above 2^-24. The offsets above still come from the unchanged weights. In
             # place also with autograd (attn is a fresh product): no second score-sized tensor
             # kept for the backward.
-            F.threshold_(attn, _NEGLIGIBLE_WEIGHT, 0.0)
+            F.threshold_(attn, NEGLIGIBLE_WEIGHT, 0.0)
             strip = self._paste(p, attn, r1 - r0)
             canvas[:, :, r0 * r : r0 * r + strip.shape[-2]] += strip
         top, _ = tf_same_padding(height, 2 * r, r)
@@ -493,89 +396,13 @@ class ContextualAttention(nn.Module):
         y = canvas[:, :, top : top + height, left : left + width] / 4.0
         return y, offsets.view(n, 2, h, w)
 
-    # ------------------------------------------------------------------ export form
-    def _attend_dense(
-        self, f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same function as :meth:`_attend`, for graph exporters (ONNX), at any H and W.
 
-        The chunk loop of :meth:`_attend` depends on the input size, and the official paste
-        convolves with kernels cut from the input, which exporters refuse. Here every step is a
-        tensor operation whose shapes follow the input: patch scores as unfolded foreground
-        patches times normalised background patches; the fuse as sums of diagonal shifts of the
-        whole score matrix (the official identity-kernel convolution) in raster, then in
-        column-major order; the paste as the phase product of :meth:`_prepare`, its four shifts
-        taken on the background phases and on the output grid, so that nothing larger than the
-        score matrix is made. No chunks: memory is a few (H*W / rate^2)^2 score matrices.
-        """
-        n, c, height, width = f.shape
-        r, k = self.rate, self.ksize
-        h, w = height // r, width // r
-        lb = h * w
-        # 'SAME' padding of the 2r x 2r, stride r paste on a multiple of r: r in total.
-        padded = F.pad(b, (r // 2, r - r // 2, r // 2, r - r // 2))
-        phases = padded.view(n, c, h + 1, r, w + 1, r).permute(0, 2, 4, 1, 3, 5)  # (N, h+1, w+1, C, r, r)
-        paste = phases.reshape(n, (h + 1) * (w + 1), c * r * r)
-        if r > 1:
-            f = resize_nearest(f, (h, w))
-            b = resize_nearest(b, (h, w))
-            if mask is not None:
-                mask = resize_nearest(mask, (h, w))
-        before = (k - 1) // 2
-        same = (before, k - 1 - before, before, k - 1 - before)
-        # Patch scores as k*k shifted copies of the pixel Gram matrix (see _scores), the
-        # shifts separable: columns of both grids, then rows.
-        squared = F.unfold(F.pad(b.square().sum(dim=1, keepdim=True), same), k).sum(dim=1, keepdim=True)
-        inv_norm = 1.0 / squared.sqrt().clamp_min(1e-4)  # (N, 1, Lb)
-        gram = torch.bmm(f.reshape(n, c, lb).transpose(1, 2), b.reshape(n, c, lb))
-        grid = F.pad(gram.view(n, h, w, h, w), (before, k - 1 - before, 0, 0, before, k - 1 - before))
-        by_columns = grid[:, :, 0:w, :, 0:w]
-        for u in range(1, k):
-            by_columns = by_columns + grid[:, :, u : u + w, :, u : u + w]
-        grid = F.pad(by_columns, (0, 0, before, k - 1 - before, 0, 0, before, k - 1 - before))
-        scores = grid[:, 0:h, :, 0:h]
-        for u in range(1, k):
-            scores = scores + grid[:, u : u + h, :, u : u + h]
-        scores = scores.reshape(n, lb, lb) * inv_norm  # (N, Lf, Lb)
-        if mask is None:
-            valid = torch.ones_like(inv_norm)
-        else:
-            hole = F.unfold(F.pad(mask.to(f.dtype), same), k).amax(dim=1, keepdim=True)
-            valid = (hole == 0).to(f.dtype)  # (N, 1, Lb)
-        if self.fuse:
-            scores = self._diagonal_sum(scores, lb)
-            # Column-major order of both axes (the official second pass), then back to raster.
-            columns = scores.view(n, h, w, h, w).permute(0, 2, 1, 4, 3).reshape(n, lb, lb)
-            columns = self._diagonal_sum(columns, lb)
-            scores = columns.view(n, w, h, w, h).permute(0, 2, 1, 4, 3).reshape(n, lb, lb)
-        attn = torch.softmax(scores * (valid * self.softmax_scale), dim=-1) * valid
-        index = torch.argmax(attn, dim=-1)  # first index of the largest weight, as max()
-        pos = torch.arange(lb, device=f.device)
-        # (x // w, x - (x // w) * w): the exporter has no remainder by a symbolic size.
-        src_row, row = index // w, pos // w
-        offsets = torch.stack([src_row - row, (index - src_row * w) - (pos - row * w)], dim=1)
-        attn = torch.where(attn < _NEGLIGIBLE_WEIGHT, torch.zeros_like(attn), attn)  # see _attend
-        # Paste: A'[o, q'] = sum_s attn[o - s, q' - s] over s in {0,1}^2 on (h+1, w+1) grids,
-        # one axis pair at a time, then one product with the background phases.
-        grid = attn.view(n, h, w, h, w)
-        rows = F.pad(grid, (0, 0, 0, 1, 0, 0, 0, 1)) + F.pad(grid, (0, 0, 1, 0, 0, 0, 1, 0))
-        both = F.pad(rows, (0, 1, 0, 0, 0, 1, 0, 0)) + F.pad(rows, (1, 0, 0, 0, 1, 0, 0, 0))
-        shifted = both.view(n, (h + 1) * (w + 1), (h + 1) * (w + 1))
-        canvas = torch.bmm(shifted, paste).transpose(1, 2).unflatten(2, (h + 1, w + 1))
-        canvas = F.pixel_shuffle(canvas, r)  # (N, C, (h+1)*r, (w+1)*r)
-        y = canvas[:, :, r // 2 : r // 2 + height, r // 2 : r // 2 + width] / 4.0
-        return y, offsets.view(n, 2, h, w)
-
-    def _diagonal_sum(self, scores: torch.Tensor, length: int) -> torch.Tensor:
-        """``out[i, j] = sum_d scores[i + d, j + d]`` over the fuse kernel's offsets d, zeros
-        outside: the official convolution of the score image with an identity kernel."""
-        k = self.fuse_k
-        before = (k - 1) // 2
-        padded = F.pad(scores, (before, k - 1 - before, before, k - 1 - before))
-        out = padded[:, :length, :length]
-        for a in range(1, k):
-            out = out + padded[:, a : a + length, a : a + length]
-        return out
-
-
-_SHIFTS = ((0, 0), (0, 1), (1, 0), (1, 1))
+def set_cpu_chunk_bytes(module: nn.Module, chunk_bytes: int | None) -> nn.Module:
+    """Give every contextual attention layer in ``module`` the CPU chunk budget ``chunk_bytes``
+    (``None``: the default, 16 MiB), used where the layer's own ``chunk_bytes`` is not set. A
+    program that keeps freed memory for reuse (:func:`deepfill.utils.devices.configure_cpu`)
+    passes :data:`CPU_CHUNK_BYTES_REUSED`. Returns ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, ContextualAttention):
+            layer.cpu_chunk_bytes = DEFAULT_CHUNK_BYTES["cpu"] if chunk_bytes is None else int(chunk_bytes)
+    return module

@@ -35,7 +35,6 @@ __all__ = [
     "configure_cpu",
     "cpu_native_bf16",
     "flush_denormals",
-    "freed_memory_reused",
     "reuse_freed_memory",
     "visible_gpus",
 ]
@@ -59,7 +58,6 @@ def flush_denormals() -> None:
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_REUSED = False
 
 
 def reuse_freed_memory() -> bool:
@@ -87,22 +85,15 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    global _REUSED
-    _REUSED = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    return _REUSED
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def freed_memory_reused() -> bool:
-    """Whether :func:`reuse_freed_memory` took effect in this process (contextual attention
-    then takes larger chunks on the CPU)."""
-    return _REUSED
-
-
-def configure_cpu() -> None:
+def configure_cpu() -> bool:
     """What every command does first for CPU speed: :func:`flush_denormals` and
-    :func:`reuse_freed_memory`."""
+    :func:`reuse_freed_memory`. True when freed memory is now reused (the command then gives
+    contextual attention larger CPU chunks: ``deepfill.models.set_cpu_chunk_bytes``)."""
     flush_denormals()
-    reuse_freed_memory()
+    return reuse_freed_memory()
 
 
 def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
