@@ -1,7 +1,7 @@
 """The Python API against the commands' runtime, side by side.
 
 A user's script (the README's snippet, a notebook, a research loop) runs the public API in a
-plain process; every command first calls ``deepfill.utils.devices.configure_cpu()`` (subnormal
+plain process; every command first calls ``deepfill.utils.cpu.configure_cpu()`` (subnormal
 floats flushed to zero, freed memory kept for reuse). This times the same work both ways, each
 in its own fresh process, in alternating rounds so that both see the same machine state; the
 ratio is what carries to other machines. ``--baseline-src`` (the ``src`` folder of another
@@ -33,7 +33,7 @@ torch.set_num_threads({threads})
 chunk_bytes = None
 if {commands}:
     from deepfill.models import CPU_CHUNK_BYTES_REUSED
-    from deepfill.utils.devices import configure_cpu
+    from deepfill.utils.cpu import configure_cpu
     chunk_bytes = CPU_CHUNK_BYTES_REUSED if configure_cpu() else None
 """
 

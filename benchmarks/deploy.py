@@ -41,7 +41,7 @@ torch.set_num_threads({threads})
 size, way, path = {size}, {way!r}, {path!r}
 if way == "pytorch":
     from deepfill.models import CPU_CHUNK_BYTES_REUSED, set_cpu_chunk_bytes
-    from deepfill.utils.devices import configure_cpu
+    from deepfill.utils.cpu import configure_cpu
     reused = configure_cpu()
     generator = torch.load(path, weights_only=False).eval()
     set_cpu_chunk_bytes(generator, CPU_CHUNK_BYTES_REUSED if reused else None)

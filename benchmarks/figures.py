@@ -58,7 +58,7 @@ def quickstart(args: argparse.Namespace) -> Path:
 def ca_ablation(args: argparse.Namespace) -> Path:
     from hydra.utils import instantiate
 
-    from deepfill.training.sweep import finished_jobs
+    from deepfill.sweeps.jobs import finished_jobs
 
     runs, cfg = {}, None
     for folder, job_cfg in finished_jobs(args.sweep):

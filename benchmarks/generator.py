@@ -197,7 +197,7 @@ _DEFAULT_PATH_TIMING = (
 import json, statistics, sys, time, torch
 torch.set_num_threads({threads})
 try:  # what the version's commands do first
-    from deepfill.utils.devices import configure_cpu
+    from deepfill.utils.cpu import configure_cpu
     reused = configure_cpu()
 except ImportError:
     torch.set_flush_denormal(True)

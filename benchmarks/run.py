@@ -33,7 +33,7 @@ import torch
 from attention import attention
 from common import RESULTS, machine, write_results
 from data_loading import loader, masks
-from deepfill.utils.devices import configure_cpu
+from deepfill.utils.cpu import configure_cpu
 from generator import flops, generator, generator_one, precision, profile, versus
 from training import port_training, training
 

@@ -32,7 +32,7 @@ def newest_quickstart() -> Path | None:
 
 
 def finished_study(folder: Path) -> bool:
-    from deepfill.training.sweep import finished_jobs
+    from deepfill.sweeps.jobs import finished_jobs
 
     return (REPO / folder).is_dir() and len(list(finished_jobs(REPO / folder))) >= 2
 

@@ -18,8 +18,8 @@ from deepfill.training.budget import (
     measure_update_seconds,
     parse_budget,
 )
-from deepfill.utils.config import budget_cap
 from deepfill.utils.errors import ConfigError
+from deepfill.utils.resolvers import budget_cap
 from helpers.commands import call_cli
 from helpers.tiny import TINY, make_module
 

@@ -105,7 +105,7 @@ _LAYERS = [
     {"utils"},
     {"models", "data"},
     {"evaluation", "official"},
-    {"training"},
+    {"training", "sweeps"},
     {"inference", "deploy"},
     {"demo", "selftest"},
     {"cli"},

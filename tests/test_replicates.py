@@ -13,13 +13,10 @@ import pytest
 from scipy import stats
 
 from deepfill.evaluation.statistics import bootstrap_mean_difference, paired_difference, summarise_values
-from deepfill.training.sweep import (
-    begin_job,
-    collect_results,
-    end_job,
-    setting_job_type,
-    write_results_table,
-)
+from deepfill.sweeps.jobs import begin_job, end_job
+from deepfill.sweeps.report import write_results_table
+from deepfill.sweeps.results import collect_results
+from deepfill.sweeps.settings import setting_job_type
 from deepfill.utils.errors import UserError
 from helpers.commands import call_cli
 from helpers.tiny import TINY, compose_cfg

@@ -84,7 +84,7 @@ def test_a_command_module_imports_nothing_heavy(command, module) -> None:
 
 def test_the_hydra_callback_every_command_instantiates_is_light() -> None:
     # conf/hydra/default.yaml: every Hydra command builds the sweep results callback at start.
-    result, chains = _imports(["-c", "import deepfill.training.sweep, deepfill.evaluation.metrics"])
+    result, chains = _imports(["-c", "import deepfill.sweeps.callbacks, deepfill.evaluation.metrics"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert not _heavy(chains), _heavy(chains)[:5]
 

@@ -15,16 +15,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from deepfill.evaluation.metrics import higher_is_better, optimization_direction
-from deepfill.training.sweep import (
-    JobConflictError,
-    begin_job,
-    collect_results,
-    end_job,
-    read_record,
-    write_results_table,
-)
-from deepfill.utils.config import device_count
-from deepfill.utils.devices import choose_free, visible_gpus
+from deepfill.sweeps.devices import choose_free, visible_gpus
+from deepfill.sweeps.jobs import JobConflictError, begin_job, end_job, read_record
+from deepfill.sweeps.report import write_results_table
+from deepfill.sweeps.resolvers import device_count
+from deepfill.sweeps.results import collect_results
 from helpers.commands import call_cli, run_cli
 from helpers.run_if import RunIf
 from helpers.tiny import JOB, compose_cfg, options
@@ -57,7 +52,7 @@ def test_visible_gpus_respects_cuda_visible_devices_and_never_needs_cuda() -> No
 
 CLAIM = """
 import os, sys, time
-from deepfill.utils.devices import claim_devices
+from deepfill.sweeps.devices import claim_devices
 got = claim_devices(["0", "1"], sys.argv[1], timeout_s=float(sys.argv[2]), poll_s=0.05)
 again = claim_devices(["0", "1"], sys.argv[1])
 print(got[0], os.environ["CUDA_VISIBLE_DEVICES"], again[0], flush=True)
@@ -103,7 +98,7 @@ def test_processes_claim_distinct_devices_and_wait_for_a_free_one(tmp_path) -> N
 def test_a_lock_file_of_another_user_counts_as_busy(tmp_path, monkeypatch) -> None:
     import os
 
-    from deepfill.utils import devices
+    from deepfill.sweeps import devices
 
     locks = tmp_path / "locks"
     locks.mkdir()
@@ -432,7 +427,7 @@ def test_rows_without_a_metric_keep_numeric_job_order(tmp_path) -> None:
 
 _FAULTS = """
 import resource, statistics, torch
-from deepfill.utils.devices import reuse_freed_memory
+from deepfill.utils.cpu import reuse_freed_memory
 
 def faults_of_a_fresh_64_mib_buffer():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -427,11 +427,11 @@ def test_bf16_on_cpus_only_with_avx512_bf16_or_amx(monkeypatch, asked, flags, ex
     from omegaconf import OmegaConf
 
     from deepfill.training import trainer as setup
-    from deepfill.utils import devices
+    from deepfill.utils import cpu
 
     cpuinfo = f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(setup, "cpu_native_bf16", lambda: devices.cpu_native_bf16(cpuinfo))
+    monkeypatch.setattr(setup, "cpu_native_bf16", lambda: cpu.cpu_native_bf16(cpuinfo))
     cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": asked}})
     message = setup.resolve_precision(cfg.trainer)
     assert cfg.trainer.precision == expected
@@ -468,7 +468,7 @@ def test_trainer_cpu_bf16_trains_in_bf16_mixed(monkeypatch, tmp_path) -> None:
 def test_multirun_with_ddp_needs_slurm(overrides, refused, tmp_path) -> None:
     from omegaconf import OmegaConf
 
-    from deepfill.training.multirun import check_multirun_ddp as _check_multirun_ddp
+    from deepfill.sweeps.multirun import check_multirun_ddp as _check_multirun_ddp
 
     cfg = compose_cfg(overrides, tmp_path)
     OmegaConf.set_readonly(cfg.hydra, False)

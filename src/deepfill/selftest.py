@@ -98,7 +98,7 @@ def precisions_for(device: torch.device) -> tuple[str, ...]:
         major, _ = torch.cuda.get_device_capability(device)
         names = ["float32"] + (["tf32"] if major >= 8 else [])
         return tuple(names + (["bf16"] if torch.cuda.is_bf16_supported() else []))
-    from deepfill.utils.devices import cpu_native_bf16
+    from deepfill.utils.cpu import cpu_native_bf16
 
     return ("float32", "bf16") if cpu_native_bf16() else ("float32",)
 
@@ -129,7 +129,7 @@ def environment(devices: list[torch.device]) -> Check:
         "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "cpu_threads": torch.get_num_threads(),
     }
-    from deepfill.utils.devices import cpu_native_bf16
+    from deepfill.utils.cpu import cpu_native_bf16
 
     figures["cpu_native_bf16"] = cpu_native_bf16()
     gpus = []
@@ -501,13 +501,13 @@ def verdict(checks: list[Check]) -> str:
 
 def write_report(checks: list[Check], out: Path, seconds: float) -> tuple[Path, Path]:
     """``report.json`` and ``report.md`` in ``out`` (written whole, then renamed)."""
+    from deepfill.evaluation.tables import markdown_table
     from deepfill.utils.files import atomic_path
 
     out.mkdir(parents=True, exist_ok=True)
     line = verdict(checks)
     data = {"verdict": line, "seconds": seconds, "checks": [asdict(c) for c in checks]}
-    rows = ["| check | status | detail |", "|---|---|---|"]
-    rows += [f"| {c.name} | {c.status} | {c.detail.replace('|', '/')} |" for c in checks]
+    rows = markdown_table(["check", "status", "detail"], [[c.name, c.status, c.detail] for c in checks])
     env = next((c.figures for c in checks if c.name == "environment"), {})
     markdown = "\n".join(
         [

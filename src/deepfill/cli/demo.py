@@ -12,7 +12,7 @@ import sys
 from omegaconf import DictConfig
 
 from deepfill.cli.launch import hydra_command
-from deepfill.utils.config import resolve_device
+from deepfill.utils.devices import resolve_device
 from deepfill.utils.errors import UserError
 
 __all__ = ["main", "serve"]
@@ -39,7 +39,7 @@ def serve(cfg: DictConfig, block: bool = True):
         ) from None
     from deepfill.demo import Demo, build_app
     from deepfill.models import CPU_CHUNK_BYTES_REUSED
-    from deepfill.utils.devices import configure_cpu
+    from deepfill.utils.cpu import configure_cpu
 
     chunk_bytes = CPU_CHUNK_BYTES_REUSED if configure_cpu() else None
     device = "auto" if cfg.device == "auto" else resolve_device(cfg.device)

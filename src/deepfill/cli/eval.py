@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from deepfill.cli.launch import hydra_command
 from deepfill.utils.checkpoints import check_weights_path
-from deepfill.utils.config import wandb_has_credentials
+from deepfill.utils.credentials import wandb_has_credentials
 from deepfill.utils.errors import UserError
 from deepfill.utils.files import writable_dir
 from deepfill.utils.precision import check_compile, check_precision
@@ -62,8 +62,8 @@ def run(cfg: DictConfig) -> list[dict]:
     from deepfill.evaluation.evaluate import evaluate, methods_with_baselines, summarise, write_tables
     from deepfill.evaluation.means import InpaintingMetrics
     from deepfill.inference import load_generator
-    from deepfill.utils.config import resolve_device
-    from deepfill.utils.devices import configure_cpu
+    from deepfill.utils.cpu import configure_cpu
+    from deepfill.utils.devices import resolve_device
 
     configure_cpu()
     device = resolve_device(cfg.device)

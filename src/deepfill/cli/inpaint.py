@@ -154,8 +154,8 @@ def run(cfg: DictConfig) -> list[Path]:
             )
     jobs = pairs(Path(cfg.input), Path(cfg.mask_path) if cfg.get("mask_path") else None)
     from deepfill.inference import load_generator
-    from deepfill.utils.config import resolve_device
-    from deepfill.utils.devices import configure_cpu
+    from deepfill.utils.cpu import configure_cpu
+    from deepfill.utils.devices import resolve_device
 
     reused = configure_cpu()
     device = resolve_device(cfg.device)

@@ -226,12 +226,13 @@ def command_help(prog: str, config_name: str, description: str | None, argv: Seq
 
 def register_command_resolvers() -> None:
     """Every resolver the configs use, registered where the commands start: the low-level ones
-    of :mod:`deepfill.utils.config` and ``${direction:metric}`` (Optuna's direction for a
-    metric, from the metric registry)."""
+    of :mod:`deepfill.utils.resolvers`, the sweeps' (:mod:`deepfill.sweeps.resolvers`) and
+    ``${direction:metric}`` (Optuna's direction for a metric, from the metric registry)."""
     from deepfill.evaluation.metrics import optimization_direction
-    from deepfill.utils.config import register_resolvers
+    from deepfill.sweeps.resolvers import SWEEP_RESOLVERS
+    from deepfill.utils.resolvers import register_resolvers
 
-    register_resolvers({"direction": optimization_direction})
+    register_resolvers({"direction": optimization_direction, **SWEEP_RESOLVERS})
 
 
 def run_hydra_command(prog: str, config_name: str, hydra_main: Callable[[], Any]) -> None:

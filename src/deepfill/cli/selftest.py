@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from deepfill.models import CPU_CHUNK_BYTES_REUSED
     from deepfill.selftest import SelfTestOptions, run_selftest, verdict, write_report
-    from deepfill.utils.devices import configure_cpu
+    from deepfill.utils.cpu import configure_cpu
 
     chunk_bytes = CPU_CHUNK_BYTES_REUSED if configure_cpu() else None
     goldens = args.goldens

@@ -16,13 +16,10 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from deepfill.training.sweep import (
-    RECORD_NAME,
-    collect_results,
-    export_best,
-    plot_results,
-    write_results_table,
-)
+from deepfill.sweeps.best import export_best
+from deepfill.sweeps.jobs import RECORD_NAME
+from deepfill.sweeps.report import plot_results, write_results_table
+from deepfill.sweeps.results import collect_results
 from deepfill.utils.errors import UserError, report_errors
 
 __all__ = ["main"]

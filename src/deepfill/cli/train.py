@@ -7,8 +7,8 @@ deepfill-train ckpt_path=outputs/.../checkpoints/last.ckpt   # resume
 deepfill-train -m +sweep=attention launcher=local_gpus         # a sweep, one GPU per job
 
 Compose, check, instantiate, fit, report: each step's work lives in the module it belongs to
-(:mod:`deepfill.training.trainer`, :mod:`deepfill.training.multirun`,
-:mod:`deepfill.training.sweep`, :mod:`deepfill.evaluation.evaluate`); this command prints.
+(:mod:`deepfill.training.trainer`, :mod:`deepfill.sweeps.multirun`,
+:mod:`deepfill.sweeps.jobs`, :mod:`deepfill.evaluation.evaluate`); this command prints.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ def _say(*lines: str | None) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from ``cfg``, fit (and optionally test); returns the final metrics.
 
-    The run folder gets a ``job.json`` record (see :mod:`deepfill.training.sweep`); with ``resume=true``
+    The run folder gets a ``job.json`` record (see :mod:`deepfill.sweeps.jobs`); with ``resume=true``
     a finished run returns its recorded metrics and an interrupted one continues from
     ``checkpoints/last.ckpt``.
     """
     from pytorch_lightning.utilities import rank_zero_only
 
-    from deepfill.training import multirun
-    from deepfill.training.sweep import job_record
+    from deepfill.sweeps import multirun
+    from deepfill.sweeps.jobs import job_record
     from deepfill.utils.validation import validate_config
 
     validate_config(cfg)
@@ -102,10 +102,10 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from deepfill.training import multirun
+    from deepfill.sweeps import multirun
     from deepfill.training import trainer as setup
     from deepfill.training.callbacks import AtomicCheckpointIO
-    from deepfill.utils.devices import configure_cpu
+    from deepfill.utils.cpu import configure_cpu
     from deepfill.utils.logs import ignore_library_internals
 
     ignore_library_internals()
@@ -121,7 +121,7 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
     _check_budget(cfg, model, callbacks)
     job_type = None
     if multirun.is_multirun():
-        from deepfill.training.sweep import setting_job_type
+        from deepfill.sweeps.settings import setting_job_type
 
         job_type = setting_job_type(multirun.task_overrides())  # the sweep's setting, shared by its seeds
     loggers, lines = setup.build_loggers(cfg, job_type)
@@ -193,7 +193,7 @@ def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodu
 
 
 def _train_job(cfg: DictConfig) -> dict[str, float]:
-    from deepfill.utils.devices import claim_job_devices
+    from deepfill.sweeps.devices import claim_job_devices
 
     claim_job_devices(cfg.get("job_devices"))  # launcher=local_gpus: a GPU of its own, before CUDA starts
     return train(cfg)

@@ -9,7 +9,7 @@ from typing import Any
 
 from deepfill.utils.files import atomic_path
 
-__all__ = ["write_csv", "write_table"]
+__all__ = ["markdown_table", "write_csv", "write_table"]
 
 
 def _replace_atomically(path: Path, text: str) -> None:
@@ -44,7 +44,16 @@ def write_table(
         return format(value, float_format) if isinstance(value, float) else str(value)
 
     lines = [title, ""] if title else []
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += markdown_table(columns, [[cell(row.get(c, "")) for c in columns] for row in rows])
     _replace_atomically(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """The lines of a markdown table: a header of ``columns``, then one line per row of cells
+    (strings as they are; a ``|`` inside a cell is written ``/`` so that it cannot split it)."""
+
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
+
+    return [line(columns), "|" + "---|" * len(columns), *(line(row) for row in rows)]

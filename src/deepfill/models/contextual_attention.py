@@ -35,7 +35,7 @@ __all__ = ["CPU_CHUNK_BYTES_REUSED", "DEFAULT_CHUNK_BYTES", "ContextualAttention
 # CPU: 16 MiB under glibc's default allocator, which unmaps every freed block over 32 MiB, so
 # that larger chunks page-fault through fresh memory every time (1024²: 10.2 s vs 14.5 s with
 # 256 MiB); 64 MiB once the commands keep freed memory for reuse
-# (deepfill.utils.devices.reuse_freed_memory): 1024² attention 4.7 s -> 3.7 s, 512² level
+# (deepfill.utils.cpu.reuse_freed_memory): 1024² attention 4.7 s -> 3.7 s, 512² level
 # (BENCHMARKS.md). GPU: a GPU step is launch-bound at this model's size, and a 16 MiB budget
 # cuts a 256x256 batch of 16 into 64 chunks of a dozen kernels each; 256 MiB makes 4. Training
 # keeps every chunk's scores for the backward anyway, so on a GPU the budget only bounds
@@ -400,7 +400,7 @@ class ContextualAttention(nn.Module):
 def set_cpu_chunk_bytes(module: nn.Module, chunk_bytes: int | None) -> nn.Module:
     """Give every contextual attention layer in ``module`` the CPU chunk budget ``chunk_bytes``
     (``None``: the default, 16 MiB), used where the layer's own ``chunk_bytes`` is not set. A
-    program that keeps freed memory for reuse (:func:`deepfill.utils.devices.configure_cpu`)
+    program that keeps freed memory for reuse (:func:`deepfill.utils.cpu.configure_cpu`)
     passes :data:`CPU_CHUNK_BYTES_REUSED`. Returns ``module``."""
     for layer in module.modules():
         if isinstance(layer, ContextualAttention):

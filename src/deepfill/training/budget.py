@@ -27,8 +27,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from deepfill.utils.config import duration_seconds
 from deepfill.utils.errors import ConfigError
+from deepfill.utils.resolvers import duration_seconds
 
 __all__ = [
     "REPLAN_TOLERANCE",

@@ -14,8 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from deepfill.utils.config import wandb_has_credentials
-from deepfill.utils.devices import cpu_native_bf16
+from deepfill.utils.cpu import cpu_native_bf16
+from deepfill.utils.credentials import wandb_has_credentials
 from deepfill.utils.errors import ConfigError
 
 __all__ = [
