@@ -282,8 +282,7 @@ def test_weights_of_another_width_load_with_their_own_width(ws, tmp_path) -> Non
 def test_one_mask_convention_in_every_command(tmp_path) -> None:
     """The same file means the same hole to inpaint, eval's masks_dir and training's FolderMasks:
     value >= 128 is hole, also after JPEG compression and anti-aliasing."""
-    from deepfill.cli.inpaint import load_mask
-    from deepfill.data.masks import HOLE_THRESHOLD, FolderMasks, read_mask
+    from deepfill.data.masks import HOLE_THRESHOLD, FolderMasks, mask_for_image, read_mask
     from deepfill.evaluation.evaluate import _file_mask
 
     values = np.zeros((64, 80), np.uint8)
@@ -300,7 +299,7 @@ def test_one_mask_convention_in_every_command(tmp_path) -> None:
     Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(dummy)
     for hole in (
         read_mask(tmp_path / "m.png"),
-        load_mask(tmp_path / "m.png", dummy, (64, 80)) > 0,
+        mask_for_image(tmp_path / "m.png", dummy, (64, 80)) > 0,
         _file_mask(tmp_path / "m.png", 64, 80) > 0,
         training[0].numpy() > 0,
     ):

@@ -26,8 +26,8 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from deepfill.cli.launch import hydra_command
-from deepfill.data.image_files import IMAGE_EXTENSIONS, list_images, load_image
-from deepfill.data.masks import HOLE_THRESHOLD, read_mask
+from deepfill.data.image_files import IMAGE_EXTENSIONS, load_image, pair_images_with_masks
+from deepfill.data.masks import mask_for_image
 from deepfill.utils.checkpoints import check_weights_path
 from deepfill.utils.errors import UnreadableImageError, UserError
 from deepfill.utils.files import atomic_path, writable_dir
@@ -36,64 +36,7 @@ from deepfill.utils.precision import check_compile, check_precision
 # PyTorch and the model are imported in run(), once the command line, the weights path and the
 # inputs have been checked: a mistake there is answered in a second, not after the imports.
 
-__all__ = ["load_mask", "main", "pairs", "run"]
-
-
-def load_mask(path: Path | None, image_path: Path, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) float32 mask, 1 = hole, from a mask file or from the image's alpha channel."""
-    if path is None:
-        with Image.open(image_path) as image:
-            if "A" not in image.getbands() and not (image.mode == "P" and "transparency" in image.info):
-                raise UserError(
-                    f"{image_path}: no mask given (mask_path=) and the image has no alpha channel"
-                )
-            alpha = np.asarray(image.convert("RGBA"))[..., 3]
-        mask = alpha < HOLE_THRESHOLD
-    else:
-        mask = read_mask(path)
-    if mask.shape != size:
-        raise UserError(
-            f"mask {path or image_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
-            f"is {size[1]}x{size[0]} (width x height)"
-        )
-    if not mask.any():
-        raise UserError(f"mask {path or image_path} marks no hole")
-    return mask.astype(np.float32)
-
-
-def pairs(input_path: Path, mask_path: Path | None) -> list[tuple[Path, Path | None, Path]]:
-    """(image, mask or None, relative output path) for a file or a folder of images."""
-    if not input_path.exists():
-        raise UserError(f"input: no such file or folder: {input_path}")
-    if input_path.is_file():
-        if mask_path is not None and not mask_path.is_file():
-            raise UserError(f"mask_path: no such file: {mask_path}")
-        return [(input_path, mask_path, Path(input_path.stem + ".png"))]
-    images = list_images(input_path)
-    if not images:
-        raise UserError(f"input: folder {input_path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    if mask_path is not None and not mask_path.is_dir():
-        raise UserError(f"mask_path: with an input folder, mask_path must be a folder too: {mask_path}")
-    sources: dict[Path, Path] = {}
-    for image in images:
-        target = image.relative_to(input_path).with_suffix(".png")
-        if target in sources:
-            raise UserError(
-                f"input: {sources[target]} and {image} would both be written as {target}; rename one"
-            )
-        sources[target] = image
-    out = []
-    for image in images:
-        relative = image.relative_to(input_path)
-        target = relative.with_suffix(".png")
-        mask = None
-        if mask_path is not None:
-            candidates = [mask_path / relative.with_suffix(ext) for ext in (".png", relative.suffix)]
-            mask = next((c for c in candidates if c.is_file()), None)
-            if mask is None:
-                raise UserError(f"mask_path: no mask for {image} (looked for {candidates[0]})")
-        out.append((image, mask, target))
-    return out
+__all__ = ["main", "run"]
 
 
 def _save(picture: np.ndarray, path: Path) -> None:
@@ -123,7 +66,7 @@ def _inpaint_one(generator, image_path, mask_path, target, cfg) -> tuple[list[Pa
     from deepfill.inference import inpaint_array
 
     array = load_image(image_path)
-    hole = load_mask(mask_path, image_path, array.shape[:2])
+    hole = mask_for_image(mask_path, image_path, array.shape[:2])
     result = inpaint_array(generator, array, hole, cfg.get("precision", "fp32"))
     written = [target]
     _save(result.completed, target)
@@ -152,7 +95,7 @@ def run(cfg: DictConfig) -> list[Path]:
             raise UserError(
                 "compile: an .onnx model runs in onnxruntime, not torch.compile; use compile=false"
             )
-    jobs = pairs(Path(cfg.input), Path(cfg.mask_path) if cfg.get("mask_path") else None)
+    jobs = pair_images_with_masks(Path(cfg.input), Path(cfg.mask_path) if cfg.get("mask_path") else None)
     from deepfill.inference import load_generator
     from deepfill.utils.cpu import configure_cpu
     from deepfill.utils.devices import resolve_device

@@ -275,14 +275,16 @@ def run_hydra_command(prog: str, config_name: str, hydra_main: Callable[[], Any]
 
 def hydra_command(prog: str, config_name: str, function: Callable[[Any], Any]) -> Callable[[], None]:
     """The console entry point of a Hydra command: ``function(cfg)`` on ``conf/<config_name>.yaml``
-    composed with the command line, its user errors reported in one line (:func:`run_hydra_command`)."""
+    composed with the command line, its user errors reported in one line (:func:`run_hydra_command`);
+    its return value is the job's (what a sweeper optimises)."""
     import hydra
 
     from deepfill.utils.config import CONFIG_DIR
     from deepfill.utils.errors import report_errors
 
-    def hydra_main(cfg) -> None:
-        report_errors(prog, function, cfg)
+    def hydra_main(cfg) -> Any:
+        # What the function returns goes back to Hydra: a sweeper (Optuna) optimises it.
+        return report_errors(prog, function, cfg)
 
     # Hydra names the job (and its --help) after the task function's module: the command's.
     hydra_main.__module__ = function.__module__

@@ -16,12 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from deepfill.cli.launch import run_hydra_command
-from deepfill.utils.config import CONFIG_DIR
-from deepfill.utils.errors import ConfigError, report_errors
+from deepfill.cli.launch import hydra_command
+from deepfill.utils.errors import ConfigError
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -192,24 +190,17 @@ def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodu
     _say("\n".join(verdict))
 
 
-def _train_job(cfg: DictConfig) -> dict[str, float]:
+def _train_job(cfg: DictConfig) -> float | None:
+    """One job: ``train``, returning the value a sweeper (Optuna) optimises."""
     from deepfill.sweeps.devices import claim_job_devices
 
     claim_job_devices(cfg.get("job_devices"))  # launcher=local_gpus: a GPU of its own, before CUDA starts
-    return train(cfg)
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
-    metrics = report_errors("deepfill-train", _train_job, cfg)
-    # Sweepers (Optuna) optimise the value returned here.
+    metrics = train(cfg)
     key = cfg.get("optimized_metric")
     return metrics.get(key) if key else None
 
 
-def main() -> None:
-    """Console entry point."""
-    run_hydra_command("deepfill-train", "train", _hydra_main)
+main = hydra_command("deepfill-train", "train", _train_job)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from deepfill.utils.errors import UnreadableImageError
+from deepfill.utils.errors import UnreadableImageError, UserError
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image", "pair_images_with_masks"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -45,3 +45,40 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
 def list_images(root: Path) -> list[Path]:
     """Every file under ``root`` (recursive) with an image extension, sorted."""
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def pair_images_with_masks(input_path: Path, mask_path: Path | None) -> list[tuple[Path, Path | None, Path]]:
+    """(image, mask or None, relative output path) for a file or a folder of images: a folder's
+    masks are found by the image's relative path, as ``.png`` or with the image's extension.
+    Raises :class:`UserError` for a missing input or mask, or two images of one output name."""
+    if not input_path.exists():
+        raise UserError(f"input: no such file or folder: {input_path}")
+    if input_path.is_file():
+        if mask_path is not None and not mask_path.is_file():
+            raise UserError(f"mask_path: no such file: {mask_path}")
+        return [(input_path, mask_path, Path(input_path.stem + ".png"))]
+    images = list_images(input_path)
+    if not images:
+        raise UserError(f"input: folder {input_path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    if mask_path is not None and not mask_path.is_dir():
+        raise UserError(f"mask_path: with an input folder, mask_path must be a folder too: {mask_path}")
+    sources: dict[Path, Path] = {}
+    for image in images:
+        target = image.relative_to(input_path).with_suffix(".png")
+        if target in sources:
+            raise UserError(
+                f"input: {sources[target]} and {image} would both be written as {target}; rename one"
+            )
+        sources[target] = image
+    out = []
+    for image in images:
+        relative = image.relative_to(input_path)
+        target = relative.with_suffix(".png")
+        mask = None
+        if mask_path is not None:
+            candidates = [mask_path / relative.with_suffix(ext) for ext in (".png", relative.suffix)]
+            mask = next((c for c in candidates if c.is_file()), None)
+            if mask is None:
+                raise UserError(f"mask_path: no mask for {image} (looked for {candidates[0]})")
+        out.append((image, mask, target))
+    return out

@@ -47,6 +47,7 @@ __all__ = [
     "hole_distance",
     "hole_ratio",
     "irregular",
+    "mask_for_image",
     "medium",
     "mixed",
     "read_mask",
@@ -341,6 +342,10 @@ def hole_distance(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
     return _to_tensor(distance)
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
+
+
 def read_mask(path: str | Path, invert: bool = False) -> np.ndarray:
     """(H, W) bool hole map of a mask image file (True = hole).
 
@@ -351,13 +356,36 @@ def read_mask(path: str | Path, invert: bool = False) -> np.ndarray:
     that is not an image."""
     try:
         with Image.open(path) as image:
-            has_alpha = "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
-            alpha = np.asarray(image.convert("RGBA"))[..., 3] if has_alpha else None
+            alpha = np.asarray(image.convert("RGBA"))[..., 3] if _has_alpha(image) else None
             values = alpha if alpha is not None and (alpha < 255).any() else np.asarray(image.convert("L"))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(f"{path}: not a readable mask image ({error})") from error
     hole = _binarise(values, str(path))
     return ~hole if invert else hole
+
+
+def mask_for_image(path: Path | None, image_path: Path, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32 mask, 1 = hole, of the image ``image_path`` of ``size`` (H, W): from the
+    mask file ``path`` (:func:`read_mask`) or, when it is None, from the image's own transparent
+    pixels (alpha < 128). Raises :class:`UserError` when the sizes differ or there is no hole."""
+    if path is None:
+        with Image.open(image_path) as image:
+            if not _has_alpha(image):
+                raise UserError(
+                    f"{image_path}: no mask given (mask_path=) and the image has no alpha channel"
+                )
+            alpha = np.asarray(image.convert("RGBA"))[..., 3]
+        mask = alpha < HOLE_THRESHOLD
+    else:
+        mask = read_mask(path)
+    if mask.shape != size:
+        raise UserError(
+            f"mask {path or image_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
+            f"is {size[1]}x{size[0]} (width x height)"
+        )
+    if not mask.any():
+        raise UserError(f"mask {path or image_path} marks no hole")
+    return mask.astype(np.float32)
 
 
 def resize_mask(hole: np.ndarray, height: int, width: int) -> np.ndarray:
