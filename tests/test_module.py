@@ -13,6 +13,7 @@ from deepfill.data import masks as M
 from deepfill.evaluation.metrics import hole_l1
 from deepfill.inference import generator_from_checkpoint
 from deepfill.models import GlobalCritic, LocalCritic
+from deepfill.training.loggers import WandbBestSummary
 from deepfill.training.losses import (
     LossConfig,
     LossWeights,
@@ -373,7 +374,13 @@ def test_wandb_offline_run_holds_metrics_and_images(tmp_path, monkeypatch) -> No
 
     monkeypatch.setattr(logger.experiment, "define_metric", spy)
     trainer = make_trainer(
-        tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=logger, log_every_n_steps=1
+        tmp_path,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=logger,
+        log_every_n_steps=1,
+        callbacks=[WandbBestSummary()],  # what deepfill-train adds when it logs to W&B
     )
     trainer.fit(module, make_data())
     run_dir = Path(logger.experiment.dir).parent  # .../offline-run-*/
@@ -388,6 +395,28 @@ def test_wandb_offline_run_holds_metrics_and_images(tmp_path, monkeypatch) -> No
     # The run summary keeps each validation metric's best value, in the registry's direction.
     assert defined["val/psnr"] == "max" and defined["val/ssim"] == "max"
     assert defined["val/lpips"] == "min" and defined["val/l1_hole"] == "min"
+
+
+def test_a_checkpoint_holds_every_hyper_parameter(tmp_path) -> None:
+    """Every constructor argument is saved (the networks as their configs), so a checkpoint
+    says everything that made it."""
+    import inspect
+
+    module = make_module(n_critic=1, seed=7, max_nonfinite=4, lpips_required=False)
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, make_data())
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    saved = torch.load(tmp_path / "m.ckpt", weights_only=False)["hyper_parameters"]
+    arguments = set(inspect.signature(type(module).__init__).parameters) - {
+        "self",
+        "global_critic",
+        "local_critic",
+    }
+    assert arguments <= set(saved), arguments - set(saved)
+    assert (saved["seed"], saved["max_nonfinite"], saved["n_critic"]) == (7, 4, 1)
+    assert saved["lpips_pretrained"] is False and saved["compile"] is False
+    assert saved["generator"] == module.generator.config
+    assert (saved["global_critic_size"], saved["local_critic_size"]) == (64, 32)
 
 
 def test_generator_is_rebuilt_from_a_checkpoint(tmp_path) -> None:

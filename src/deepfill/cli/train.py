@@ -124,6 +124,10 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
         job_type = setting_job_type(multirun.task_overrides())  # the sweep's setting, shared by its seeds
     loggers, lines = setup.build_loggers(cfg, job_type)
     _say(*lines)
+    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
+        from deepfill.training.loggers import WandbBestSummary
+
+        callbacks.append(WandbBestSummary())
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     # Every checkpoint written atomically, whichever callback writes it (plugins the trainer

@@ -1,4 +1,5 @@
-"""A CSV logger that keeps what a run already logged when the run is resumed in its folder.
+"""What the loggers keep: a CSV logger that keeps what a run already logged when the run is
+resumed in its folder, and W&B's run summary of each validation metric's best value.
 
 Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts, so a run resumed
 after a stop (Ctrl-C, SIGTERM, SIGKILL, a full disk) loses the metrics of everything before it.
@@ -16,13 +17,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter as _LightningWriter
 
+from deepfill.evaluation.metrics import METRICS
 from deepfill.utils.errors import no_space_error
 from deepfill.utils.files import atomic_path
 
-__all__ = ["CSVLogger", "ResumableExperimentWriter"]
+__all__ = ["CSVLogger", "ResumableExperimentWriter", "WandbBestSummary"]
 
 
 def _step(row: dict[str, Any]) -> float:
@@ -97,3 +100,18 @@ class CSVLogger(_LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = ResumableExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class WandbBestSummary(pl.Callback):
+    """W&B's run summary keeps each validation metric's best value, in the metric registry's
+    direction (W&B's default is the last value). Added by ``deepfill-train`` when it logs to W&B."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                for name, spec in METRICS.items():
+                    logger.experiment.define_metric(
+                        f"val/{name}", summary="max" if spec.higher_is_better else "min"
+                    )

@@ -167,19 +167,18 @@ class DeepFillModule(pl.LightningModule):
         for name in _COUNTERS:
             self.register_buffer(name, torch.zeros((), dtype=torch.long))
         self._counts = dict.fromkeys(_COUNTERS, 0)
+        # Every argument, as the config gave it (seed, max_nonfinite, compile, the LPIPS flags,
+        # ...); the networks, the loss weights and the optimiser factory as plain values a
+        # checkpoint can be read and rebuilt from.
+        self.save_hyperparameters(ignore=["generator", "global_critic", "local_critic", "loss", "optimizer"])
         self.save_hyperparameters(
             {
+                **self.hparams,
                 "generator": generator.config,
                 "global_critic_size": global_critic.input_size,
                 "local_critic_size": local_critic.input_size,
                 "loss": weights.__dict__,
                 "optimizer": _describe(self.optimizer_factory),
-                "n_critic": n_critic,
-                "pretrain_coarse_steps": pretrain_coarse_steps,
-                "reconstruction_steps": reconstruction_steps,
-                "lr_decay_steps": lr_decay_steps,
-                "discount": discount,
-                "gamma": gamma,
             }
         )
 
@@ -208,15 +207,6 @@ class DeepFillModule(pl.LightningModule):
     def on_train_start(self) -> None:
         # After any checkpoint restore: the one read of the counters per fit.
         self._counts = {name: int(getattr(self, name)) for name in _COUNTERS}
-        # W&B's run summary keeps each validation metric's best value, in the registry's
-        # direction (its default is the last value).
-        from pytorch_lightning.loggers import WandbLogger
-
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                for name, spec in METRICS.items():
-                    best = "max" if spec.higher_is_better else "min"
-                    logger.experiment.define_metric(f"val/{name}", summary=best)
 
     def _set_count(self, name: str, value: int) -> None:
         self._counts[name] = value
@@ -356,15 +346,26 @@ class DeepFillModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        step = self._forward(batch["image"], batch["mask"])
-        self.val_metrics.update(to_unit(step.completed), to_unit(step.image), step.mask)
-        for name, metric in self.val_metrics.metrics().items():
-            self.log(f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=METRICS[name].progress_bar)
-        if batch_idx == 0:
-            self._maybe_log_images("val/samples", step, force=True)
+        self._evaluation_step(batch, batch_idx, "val", self.val_metrics)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, batch_idx, "test", self.test_metrics)
+
+    def _evaluation_step(
+        self, batch: dict[str, Any], batch_idx: int, split: str, metrics: InpaintingMetrics
+    ) -> None:
+        """One batch of validation or test: the completed images scored into ``metrics``, logged
+        per epoch as ``<split>/<metric>``; validation also shows its first batch's images."""
         step = self._forward(batch["image"], batch["mask"])
-        self.test_metrics.update(to_unit(step.completed), to_unit(step.image), step.mask)
-        for name, metric in self.test_metrics.metrics().items():
-            self.log(f"test/{name}", metric, on_step=False, on_epoch=True)
+        metrics.update(to_unit(step.completed), to_unit(step.image), step.mask)
+        shown = split == "val"
+        for name, metric in metrics.metrics().items():
+            self.log(
+                f"{split}/{name}",
+                metric,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=shown and METRICS[name].progress_bar,
+            )
+        if shown and batch_idx == 0:
+            self._maybe_log_images("val/samples", step, force=True)
