@@ -204,6 +204,45 @@ def test_the_app_answers_its_api_with_the_known_pixels_kept(served, tmp_path) ->
         )
 
 
+def test_refused_requests_are_one_line_for_the_user_and_in_the_console(served, tmp_path, capfd) -> None:
+    """An upload that is not an image, and a request the demo refuses, each give the user one
+    line and the server's console one line, no traceback."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    url, _ = served
+    notes = tmp_path / "holiday notes.png"
+    notes.write_text("not a picture")
+    Image.fromarray(_photo()).save(tmp_path / "photo.png")
+    client = Client(url, verbose=False)
+    capfd.readouterr()
+    with pytest.raises(AppError, match=r"holiday notes\.png: not an image the demo can read"):
+        client.predict(
+            {"background": handle_file(str(notes)), "layers": []},
+            None,
+            "painted",
+            "box",
+            0,
+            False,
+            api_name="/inpaint",
+        )
+    with pytest.raises(AppError, match="no hole: paint over the part to fill"):
+        client.predict(
+            {"background": handle_file(str(tmp_path / "photo.png")), "layers": []},
+            None,
+            "painted",
+            "box",
+            0,
+            False,
+            api_name="/inpaint",
+        )
+    console = capfd.readouterr().err
+    assert "Traceback" not in console, console[-2000:]
+    refusals = [line for line in console.splitlines() if line.startswith("deepfill-demo: refused request: ")]
+    assert len(refusals) == 2, console[-2000:]
+    assert "holiday notes.png: not an image" in refusals[0] and "no hole" in refusals[1]
+
+
 def _chromium(profile: Path):
     """Debian's Chromium through its chromedriver, headless; nothing is downloaded."""
     import shutil

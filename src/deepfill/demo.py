@@ -11,6 +11,7 @@ run one at a time (a queue), so two users never share a half-finished model call
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,8 +23,9 @@ import torch
 from PIL import Image
 
 from deepfill.data import masks as mask_presets
+from deepfill.data.image_files import IMAGE_EXTENSIONS, load_image
 from deepfill.inference import Inpainting, inpaint_array, load_generator
-from deepfill.utils.errors import UserError
+from deepfill.utils.errors import UnreadableImageError, UserError
 from deepfill.utils.files import atomic_path
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "editor_input",
     "find_weights",
     "preset_hole",
+    "read_upload",
 ]
 
 # The suite's mask generators, by the names the page shows.
@@ -116,6 +119,28 @@ def editor_input(value: dict | None) -> tuple[np.ndarray, np.ndarray | None]:
         if layer.ndim == 3 and layer.shape[2] == 4 and layer.shape[:2] == hole.shape:
             hole |= layer[..., 3] > 0
     return image, (hole if hole.any() else None)
+
+
+def read_upload(path: str | Path, name: str | None = None) -> None:
+    """Check that an uploaded file is an image the project reads (as ``deepfill-inpaint`` reads
+    its inputs); :class:`UserError` naming the upload (``name``, the file name the user chose)
+    otherwise."""
+    try:
+        load_image(path)
+    except UnreadableImageError:
+        shown = name or Path(path).name
+        raise UserError(
+            f"{shown}: not an image the demo can read; upload a {', '.join(IMAGE_EXTENSIONS)} file"
+        ) from None
+
+
+def refused(message: str) -> Exception:
+    """A refused request: one line for the user (Gradio's error box, no traceback printed)
+    and one line in the server's console."""
+    import gradio as gr
+
+    print(f"deepfill-demo: refused request: {message}", file=sys.stderr, flush=True)
+    return gr.Error(message, print_exception=False)
 
 
 def preset_hole(name: str, seed: int, height: int, width: int) -> np.ndarray:
@@ -274,6 +299,26 @@ def _examples(folder: Path) -> list[str]:
     return paths
 
 
+def _read_uploads_first(editor) -> None:
+    """Make Gradio's image editor ``editor`` read each upload through the project first, so that
+    a file that is not an image is refused in one line (:func:`read_upload`), not in Gradio's
+    internal words. On the instance: a subclass of a Gradio component would make Gradio write a
+    type stub beside this module."""
+    from gradio.data_classes import FileData
+
+    convert = editor.convert_and_format_image
+
+    def checked(file, flatten_on_white: bool = False):
+        if isinstance(file, FileData):
+            try:
+                read_upload(file.path, file.orig_name)
+            except UserError as error:
+                raise refused(str(error)) from None
+        return convert(file, flatten_on_white)
+
+    editor.convert_and_format_image = checked
+
+
 def build_app(demo: Demo, files: str | Path):
     """The Gradio page for ``demo``; ``files``: a folder for the example photos and results."""
     import gradio as gr
@@ -298,6 +343,7 @@ def build_app(demo: Demo, files: str | Path):
                     brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=24),
                     elem_id="editor",
                 )
+                _read_uploads_first(editor)
                 gr.Examples(examples=_examples(files / "examples"), inputs=[editor], label="sample photos")
             with gr.Column(scale=2):
                 weights = gr.Dropdown(
@@ -334,7 +380,7 @@ def build_app(demo: Demo, files: str | Path):
                     editor_value, weights_choice, source, preset_name, int(seed_value or 0), bool(scale_down)
                 )
             except UserError as error:
-                raise gr.Error(str(error)) from None
+                raise refused(str(error)) from None
             text = (
                 f"{image.shape[1]}x{image.shape[0]} px, hole {hole.mean():.1%} of the image; "
                 f"{result.seconds:.2f} s on {result.device}"
