@@ -169,17 +169,13 @@ def served(weights, tmp_path_factory):
 
 
 def test_the_app_answers_its_api_with_the_known_pixels_kept(served, tmp_path) -> None:
-    from gradio_client import Client, handle_file
+    from gradio_client import Client
 
     url, _ = served
     Image.fromarray(_photo()).save(tmp_path / "photo.png")
     Image.fromarray(_painted(_hole())).save(tmp_path / "layer.png")
     client = Client(url, verbose=False)
-    editor = {
-        "background": handle_file(str(tmp_path / "photo.png")),
-        "layers": [handle_file(str(tmp_path / "layer.png"))],
-    }
-    outputs = client.predict(editor, None, "painted", "box", 0, False, api_name="/inpaint")
+    outputs = _request(client, tmp_path / "photo.png", (tmp_path / "layer.png",))
     *pictures, info, download = outputs
     shown, coarse, refined, result, flow = (np.asarray(Image.open(p).convert("RGB")) for p in pictures)
     assert shown.shape == coarse.shape == refined.shape == flow.shape == (H, W, 3)
@@ -189,25 +185,21 @@ def test_the_app_answers_its_api_with_the_known_pixels_kept(served, tmp_path) ->
     assert not np.array_equal(filled[_hole()], _photo()[_hole()])
     assert np.array_equal(result, filled)  # shown as PNG, not a lossy preview
     assert "84x60 px" in info and "on cpu" in info
-    # A bad request is a message, not a stack trace.
-    from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="no hole: paint over the part to fill"):
-        client.predict(
-            {"background": handle_file(str(tmp_path / "photo.png")), "layers": []},
-            None,
-            "painted",
-            "box",
-            0,
-            False,
-            api_name="/inpaint",
-        )
+
+def _request(client, background: Path, layers: tuple[Path, ...] = ()):
+    """The page's request: the editor's image and painted layers, the first weights, the
+    painted hole."""
+    from gradio_client import handle_file
+
+    editor = {"background": handle_file(str(background)), "layers": [handle_file(str(p)) for p in layers]}
+    return client.predict(editor, None, "painted", "box", 0, False, api_name="/inpaint")
 
 
 def test_refused_requests_are_one_line_for_the_user_and_in_the_console(served, tmp_path, capfd) -> None:
     """An upload that is not an image, and a request the demo refuses, each give the user one
     line and the server's console one line, no traceback."""
-    from gradio_client import Client, handle_file
+    from gradio_client import Client
     from gradio_client.exceptions import AppError
 
     url, _ = served
@@ -217,25 +209,10 @@ def test_refused_requests_are_one_line_for_the_user_and_in_the_console(served, t
     client = Client(url, verbose=False)
     capfd.readouterr()
     with pytest.raises(AppError, match=r"holiday notes\.png: not an image the demo can read"):
-        client.predict(
-            {"background": handle_file(str(notes)), "layers": []},
-            None,
-            "painted",
-            "box",
-            0,
-            False,
-            api_name="/inpaint",
-        )
+        _request(client, notes)
+    # A bad request is a message, not a stack trace.
     with pytest.raises(AppError, match="no hole: paint over the part to fill"):
-        client.predict(
-            {"background": handle_file(str(tmp_path / "photo.png")), "layers": []},
-            None,
-            "painted",
-            "box",
-            0,
-            False,
-            api_name="/inpaint",
-        )
+        _request(client, tmp_path / "photo.png")
     console = capfd.readouterr().err
     assert "Traceback" not in console, console[-2000:]
     refusals = [line for line in console.splitlines() if line.startswith("deepfill-demo: refused request: ")]

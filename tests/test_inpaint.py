@@ -99,15 +99,20 @@ def test_folders_and_bad_input(weights, tmp_path) -> None:
         run(cfg(weights, input=tmp_path / "imgs" / "a.jpg", output=tmp_path / "o3"))
 
 
+def _noise_with_box(seed: int, size: tuple[int, int], box: tuple[slice, slice]) -> tuple[np.ndarray, ...]:
+    """A uniform-noise (H,W,3) uint8 image and its (H,W) bool hole, True inside ``box``."""
+    image = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    hole = np.zeros(size, dtype=bool)
+    hole[box] = True
+    return image, hole
+
+
 def test_inpaint_array_gives_every_picture_at_the_input_size(weights) -> None:
     """The function behind deepfill-inpaint: any size, known pixels exact, the hole filled."""
     from deepfill.inference import inpaint_array, load_generator
 
     generator = load_generator(weights)
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
-    hole = np.zeros((37, 53), dtype=bool)
-    hole[10:25, 12:40] = True
+    image, hole = _noise_with_box(0, (37, 53), (slice(10, 25), slice(12, 40)))
     result = inpaint_array(generator, image, hole)
     for picture in (result.completed, result.coarse, result.refined, result.flow):
         assert picture.shape == (37, 53, 3) and picture.dtype == np.uint8
@@ -124,10 +129,7 @@ def test_bf16_inference_keeps_the_known_pixels_and_stays_close_to_fp32(weights) 
     from deepfill.inference import inpaint_array, load_generator
 
     generator = load_generator(weights)
-    rng = np.random.default_rng(1)
-    image = rng.integers(0, 256, size=(64, 72, 3), dtype=np.uint8)
-    hole = np.zeros((64, 72), dtype=bool)
-    hole[16:48, 20:52] = True
+    image, hole = _noise_with_box(1, (64, 72), (slice(16, 48), slice(20, 52)))
     fp32 = inpaint_array(generator, image, hole, "fp32")
     bf16 = inpaint_array(generator, image, hole, "bf16")
     assert np.array_equal(bf16.completed[~hole], image[~hole])
