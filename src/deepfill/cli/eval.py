@@ -4,7 +4,9 @@
     deepfill-eval weights=places2_v1.pt data=folder data.val.root=photos/ masks_dir=eval_masks/thick
 
 Metrics on the composited output in [0,1]: PSNR, SSIM, LPIPS (when its weights are available),
-L1 and L2 inside the hole; overall and in LaMa's 10 hole-ratio bins (0-10%, ..., 90-100%).
+L1 and L2 inside the hole; overall and in LaMa's 10 hole-ratio bins (0-10%, ..., 90-100%); FID,
+KID, P-IDS and U-IDS against the real images (when the Inception weights are available;
+``inception_weights=<file>`` offline), overall and in bins of at least 50 images.
 Baselines in the same table for context: scikit-image's biharmonic inpainting and mean fill.
 Writes ``metrics.csv`` and ``metrics.md`` to the output folder (and a W&B table with
 ``wandb=true``).
@@ -59,8 +61,15 @@ def run(cfg: DictConfig) -> list[dict]:
     compile_ = check_compile(cfg.get("compile", False))
     import torch
 
-    from deepfill.evaluation.evaluate import evaluate, methods_with_baselines, summarise, write_tables
+    from deepfill.evaluation.evaluate import (
+        add_realism,
+        evaluate,
+        methods_with_baselines,
+        summarise,
+        write_tables,
+    )
     from deepfill.evaluation.means import InpaintingMetrics
+    from deepfill.evaluation.realism import RealismFeatures, load_inception
     from deepfill.inference import load_generator
     from deepfill.utils.cpu import configure_cpu
     from deepfill.utils.devices import resolve_device
@@ -76,18 +85,22 @@ def run(cfg: DictConfig) -> list[dict]:
     methods = methods_with_baselines(generator, cfg.baselines, precision)
     metrics = InpaintingMetrics(lpips=cfg.lpips, lpips_required=cfg.lpips_required)
     lpips_net = metrics.lpips.net.to(device) if metrics.lpips is not None else None
-    records = evaluate(batches, methods, lpips_net)
+    realism = None
+    if cfg.get("realism", True):
+        inception = load_inception(cfg.get("inception_weights"), bool(cfg.get("realism_required", False)))
+        realism = RealismFeatures(inception.to(device)) if inception is not None else None
+    records = evaluate(batches, methods, lpips_net, realism)
     rows = summarise(records)
-    csv_path, md_path = write_tables(rows, Path(cfg.output))
+    notes = add_realism(rows, records, realism) if realism is not None else []
+    csv_path, md_path = write_tables(rows, Path(cfg.output), title="\n".join(notes))
     if cfg.wandb:
         import wandb
 
         mode = "online" if wandb_has_credentials() else "offline"
         run_ = wandb.init(project=cfg.wandb_project, dir=str(Path(cfg.output)), mode=mode, job_type="eval")
         columns = list(rows[0])
-        run_.log(
-            {"eval/metrics": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])}
-        )
+        data = [[None if r.get(c) == "n/a" else r.get(c) for c in columns] for r in rows]  # n/a: empty
+        run_.log({"eval/metrics": wandb.Table(columns=columns, data=data)})
         run_.finish()
     print(md_path.read_text(), flush=True)
     print(f"tables written to {csv_path} and {md_path}", flush=True)

@@ -2,7 +2,9 @@
 overall and by hole size.
 
 Metrics on the composited output in [0,1]: PSNR, SSIM, LPIPS (when its weights are available),
-L1 and L2 inside the hole; overall and in LaMa's 10 hole-ratio bins (0-10%, ..., 90-100%).
+L1 and L2 inside the hole; overall and in LaMa's 10 hole-ratio bins (0-10%, ..., 90-100%); and,
+with the Inception network, the set metrics FID, KID, P-IDS and U-IDS
+(:mod:`deepfill.evaluation.realism`), overall and in the bins that hold enough images.
 Baselines for context: scikit-image's biharmonic inpainting and mean fill. ``deepfill-eval``
 (:mod:`deepfill.cli.eval`) and every training run's final comparison use these functions.
 """
@@ -18,6 +20,7 @@ import torch
 
 from deepfill.data.masks import FolderMasks, read_mask, resize_mask
 from deepfill.evaluation.metrics import METRIC_NAMES, METRICS, image_metrics, network_free_metrics
+from deepfill.evaluation.realism import REALISM_METRICS, RealismFeatures
 from deepfill.evaluation.tables import write_csv, write_table
 from deepfill.models import composite
 from deepfill.utils.errors import UserError
@@ -25,6 +28,8 @@ from deepfill.utils.images import to_unit
 
 __all__ = [
     "BASELINES",
+    "MIN_REALISM_IMAGES",
+    "add_realism",
     "biharmonic_fill",
     "compare_with_baselines",
     "comparison_lines",
@@ -41,6 +46,16 @@ __all__ = [
 ]
 
 BINS = np.linspace(0.0, 1.0, 11)
+# The set metrics of a hole-ratio bin are computed when it holds at least this many images:
+# below, FID's covariances and the SVM of P-IDS/U-IDS say more about the set size than the fill.
+MIN_REALISM_IMAGES = 50
+# LaMa's bins by name ("10-20%"): [lo, hi), the last one with 100% itself.
+_BIN_EDGES = {f"{int(lo * 100)}-{int(hi * 100)}%": (lo, hi) for lo, hi in pairwise(BINS)}
+
+
+def _in_bin(ratio: float, lo: float, hi: float) -> bool:
+    return lo <= ratio < hi or (hi == 1.0 and ratio == 1.0)
+
 
 Method = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -80,17 +95,23 @@ def evaluate(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     methods: dict[str, Method],
     lpips_net: torch.nn.Module | None = None,
+    realism: RealismFeatures | None = None,
 ) -> list[dict]:
     """Run every method on every batch; returns one record per (method, image): the image's
-    index in the order of the batches, its hole ratio and its metrics."""
+    index in the order of the batches, its hole ratio and its metrics. ``realism``, when given,
+    collects the Inception features of the real images and of every method's completions."""
     records = []
     seen = 0
     for image, mask in batches:
         ratios = mask.float().mean(dim=(1, 2, 3)).cpu()
+        if realism is not None:
+            realism.add_real(to_unit(image))
         for name, method in methods.items():
             with torch.no_grad():
                 output = method(image, mask)
             completed = composite(output, image, mask)
+            if realism is not None:
+                realism.add(name, to_unit(completed))
             values = per_image_metrics(completed, image, mask, lpips_net)
             for i in range(image.shape[0]):
                 record = {"method": name, "image": seen + i, "hole_ratio": float(ratios[i])}
@@ -107,12 +128,10 @@ def summarise(records: list[dict]) -> list[dict]:
     for method in methods:
         mine = [r for r in records if r["method"] == method]
         groups = [("all", mine)]
-        for lo, hi in pairwise(BINS):
-            members = [
-                r for r in mine if lo <= r["hole_ratio"] < hi or (hi == 1.0 and r["hole_ratio"] == 1.0)
-            ]
+        for name, (lo, hi) in _BIN_EDGES.items():
+            members = [r for r in mine if _in_bin(r["hole_ratio"], lo, hi)]
             if members:
-                groups.append((f"{int(lo * 100)}-{int(hi * 100)}%", members))
+                groups.append((name, members))
         for name, members in groups:
             row = {"method": method, "hole_ratio": name, "images": len(members)}
             for metric in METRIC_NAMES:
@@ -123,9 +142,41 @@ def summarise(records: list[dict]) -> list[dict]:
     return rows
 
 
-def write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
-    columns = ["method", "hole_ratio", "images", *[m for m in METRIC_NAMES if any(m in r for r in rows)]]
-    return write_table(rows, columns, out_dir / "metrics.csv", out_dir / "metrics.md")
+def add_realism(
+    rows: list[dict], records: list[dict], realism: RealismFeatures, min_images: int = MIN_REALISM_IMAGES
+) -> list[str]:
+    """Add FID, KID, P-IDS and U-IDS to the summary rows of :func:`summarise`: overall, and per
+    hole-ratio bin where the bin holds at least ``min_images`` images (the others get ``n/a``).
+    Returns the notes that say where a value is missing and why."""
+    notes = []
+    skipped = set()
+    for row in rows:
+        lo, hi = _BIN_EDGES.get(row["hole_ratio"], (0.0, 1.0))  # "all": every image
+        mine = [r for r in records if r["method"] == row["method"] and _in_bin(r["hole_ratio"], lo, hi)]
+        index = np.array([r["image"] for r in mine], dtype=int)
+        enough = len(index) >= (2 if row["hole_ratio"] == "all" else min_images)
+        if not enough:
+            row |= dict.fromkeys(REALISM_METRICS, "n/a")
+            skipped.add(row["hole_ratio"])
+            continue
+        row |= realism.scores(row["method"], index)
+    bins = sorted(b for b in skipped if b != "all")
+    if bins:
+        notes.append(
+            f"FID, KID, P-IDS and U-IDS are n/a in the hole-ratio bins {', '.join(bins)}: fewer than "
+            f"{min_images} images each"
+        )
+    if "all" in skipped:
+        notes.append("FID, KID, P-IDS and U-IDS need at least 2 images")
+    return notes
+
+
+def write_tables(rows: list[dict], out_dir: Path, title: str = "") -> tuple[Path, Path]:
+    """``metrics.csv`` and ``metrics.md``: one row per method and hole-ratio bin, a column per
+    metric computed (``title`` above the markdown table)."""
+    names = [*METRIC_NAMES, *REALISM_METRICS]
+    columns = ["method", "hole_ratio", "images", *[m for m in names if any(m in r for r in rows)]]
+    return write_table(rows, columns, out_dir / "metrics.csv", out_dir / "metrics.md", title=title)
 
 
 def mask_files(folder: Path) -> list[Path]:
