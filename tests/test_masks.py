@@ -163,3 +163,38 @@ def test_make_masks_cli_writes_a_reusable_fixed_set(tmp_path, capsys) -> None:
         assert info.value.code == 2
         assert capsys.readouterr().err.startswith("deepfill-make-masks: error:")
     assert not (tmp_path / "c").exists()  # checked before the folder is made
+
+
+# Each protocol's hole ratio over 200 fixed draws: (lowest allowed, highest allowed, the range
+# its mean falls in). LaMa caps its masks at half the image; the v1 box is a quarter; MAT's
+# small and large free-form masks are neither empty nor full, large holding about twice the area.
+PROTOCOL_AREAS = {
+    "thin": (0.0, 0.5, (0.1, 0.3)),
+    "medium": (0.0, 0.5, (0.15, 0.35)),
+    "thick": (0.0, 0.5, (0.25, 0.42)),
+    "small": (0.0, 1.0, (0.15, 0.3)),
+    "large": (0.0, 1.0, (0.33, 0.5)),
+    "box": (0.25, 0.25, (0.25, 0.25)),
+    "strokes": (0.0, 0.5, (0.05, 0.25)),
+}
+
+
+@pytest.mark.parametrize("size", [256, 512])
+@pytest.mark.parametrize("name", M.PROTOCOLS)
+def test_protocols_draw_the_hole_areas_they_describe(name, size) -> None:
+    low, high, (mean_low, mean_high) = PROTOCOL_AREAS[name]
+    ratios = np.array([M.hole_ratio(M.eval_mask(M.PRESETS[name], 0, i, size, size)) for i in range(200)])
+    assert (ratios > 0).all() and (ratios < 1).all()
+    assert low <= ratios.min() and ratios.max() <= high, (ratios.min(), ratios.max())
+    assert mean_low <= ratios.mean() <= mean_high, ratios.mean()
+
+
+def test_small_and_large_follow_mat_at_both_sizes() -> None:
+    """MAT's two generators (256^2 and 512^2): large draws more boxes and strokes than small,
+    so its holes are larger at every quantile; non-square images work too."""
+    for size in (256, 512):
+        small = np.array([M.hole_ratio(M.eval_mask(M.small, 1, i, size, size)) for i in range(200)])
+        large = np.array([M.hole_ratio(M.eval_mask(M.large, 1, i, size, size)) for i in range(200)])
+        assert (np.percentile(large, [25, 50, 75]) > np.percentile(small, [25, 50, 75])).all()
+    mask = M.large(200, 320, np.random.default_rng(0))
+    assert mask.shape == (1, 200, 320) and 0 < M.hole_ratio(mask) < 1

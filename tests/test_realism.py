@@ -216,3 +216,33 @@ def test_eval_without_the_inception_weights_says_so_in_one_line_and_scores_the_r
     assert required.returncode == 2
     (line,) = required.stderr.strip().splitlines()
     assert line.startswith("deepfill-eval: error: FID, KID, P-IDS and U-IDS need the Inception weights at")
+
+
+def test_eval_by_protocol_writes_a_table_per_protocol(photos, random_inception, tmp_path) -> None:
+    import csv
+
+    out = tmp_path / "out"
+    result = _eval(photos, out, "protocol=[thick,large]", f"inception_weights={random_inception}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    ratios = {}
+    for protocol in ("thick", "large"):
+        table = list(csv.DictReader((out / protocol / "metrics.csv").open()))
+        assert {r["method"] for r in table} == {"deepfill", "biharmonic", "mean_fill"}
+        ratios[protocol] = sorted(r["hole_ratio"] for r in table if r["method"] == "deepfill")
+    assert ratios["thick"] != ratios["large"]  # each protocol's own masks
+    summary = (out / "protocols.md").read_text()
+    assert "## thick" in summary and "## large" in summary
+    assert "| method | images | FID | KID | P-IDS | U-IDS | PSNR | SSIM | L1 in the hole |" in summary
+    rows = list(csv.DictReader((out / "protocols.csv").open()))
+    assert [(r["protocol"], r["method"]) for r in rows][:3] == [
+        ("thick", "deepfill"),
+        ("thick", "biharmonic"),
+        ("thick", "mean_fill"),
+    ]
+    assert all(int(r["images"]) == 6 and math.isfinite(float(r["fid"])) for r in rows)
+    wrong = _eval(photos, tmp_path / "wrong", "protocol=huge", "realism=false")
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip() == (
+        "deepfill-eval: error: protocol: 'huge' is not a protocol; choose from thin, medium, thick, small, "
+        "large, box, strokes"
+    )

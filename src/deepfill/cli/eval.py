@@ -37,20 +37,55 @@ __all__ = ["main", "run"]
 # keys have been checked: a mistake there is answered before the imports.
 
 
-def _batches(cfg: DictConfig, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _dataset(cfg: DictConfig):
+    """The evaluation images (``data.val``), the keys of the batches checked."""
     from hydra.utils import instantiate
 
-    from deepfill.evaluation.evaluate import dataset_batches, mask_files
+    from deepfill.evaluation.evaluate import mask_files
 
     datamodule = instantiate(cfg.data)
     datamodule.setup("validate")
     dataset = datamodule.datasets.get("val")
     if dataset is None:
         raise UserError("data: the evaluation needs a val source (data.val)")
-    files = mask_files(Path(cfg.masks_dir)) if cfg.get("masks_dir") else None
     if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise UserError(f"batch_size: must be a positive integer, got {cfg.batch_size!r}")
-    return dataset_batches(dataset, cfg.limit, cfg.batch_size, device, files)
+    if cfg.get("masks_dir"):
+        mask_files(Path(cfg.masks_dir))
+    return dataset
+
+
+def _batches(
+    cfg: DictConfig, dataset, device: str, protocol: str | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of one evaluation: the masks of ``protocol``, of ``masks_dir``, or the mask
+    group's evaluation masks."""
+    from deepfill.data.masks import PRESETS
+    from deepfill.evaluation.evaluate import dataset_batches, mask_files
+
+    files = mask_files(Path(cfg.masks_dir)) if cfg.get("masks_dir") else None
+    masks = (PRESETS[protocol], int(cfg.seed)) if protocol is not None else None
+    return dataset_batches(dataset, cfg.limit, cfg.batch_size, device, files, masks)
+
+
+def _protocols(cfg: DictConfig) -> list[str]:
+    """The mask protocols asked for (``protocol=thick`` or ``protocol=[thin,thick]``); [] for the
+    mask group's evaluation masks."""
+    from omegaconf import ListConfig
+
+    from deepfill.data.masks import PROTOCOLS
+
+    asked = cfg.get("protocol")
+    if asked is None:
+        return []
+    names = [str(n) for n in asked] if isinstance(asked, ListConfig | list | tuple) else [str(asked)]
+    unknown = [n for n in names if n not in PROTOCOLS]
+    if unknown or not names:
+        wrong = repr(unknown[0]) if unknown else "an empty list"
+        raise UserError(f"protocol: {wrong} is not a protocol; choose from {', '.join(PROTOCOLS)}")
+    if cfg.get("masks_dir"):
+        raise UserError("protocol and masks_dir both give the masks; use one of them")
+    return list(dict.fromkeys(names))
 
 
 def run(cfg: DictConfig) -> list[dict]:
@@ -66,6 +101,7 @@ def run(cfg: DictConfig) -> list[dict]:
         evaluate,
         methods_with_baselines,
         summarise,
+        write_protocol_tables,
         write_tables,
     )
     from deepfill.evaluation.means import InpaintingMetrics
@@ -77,34 +113,45 @@ def run(cfg: DictConfig) -> list[dict]:
     configure_cpu()
     device = resolve_device(cfg.device)
     methods_with_baselines(torch.nn.Identity(), cfg.baselines)
-    writable_dir(cfg.output, "output")
-    batches = _batches(cfg, device)
+    protocols = _protocols(cfg)
+    out = writable_dir(cfg.output, "output")
+    dataset = _dataset(cfg)
+    _batches(cfg, dataset, device, None)  # the limit and the mask files checked before the model loads
     generator = load_generator(cfg.weights, device)
     if compile_:
         generator.compile_stages()
     methods = methods_with_baselines(generator, cfg.baselines, precision)
     metrics = InpaintingMetrics(lpips=cfg.lpips, lpips_required=cfg.lpips_required)
     lpips_net = metrics.lpips.net.to(device) if metrics.lpips is not None else None
-    realism = None
+    inception = None
     if cfg.get("realism", True):
         inception = load_inception(cfg.get("inception_weights"), bool(cfg.get("realism_required", False)))
-        realism = RealismFeatures(inception.to(device)) if inception is not None else None
-    records = evaluate(batches, methods, lpips_net, realism)
-    rows = summarise(records)
-    notes = add_realism(rows, records, realism) if realism is not None else []
-    csv_path, md_path = write_tables(rows, Path(cfg.output), title="\n".join(notes))
+        inception = inception.to(device) if inception is not None else None
+    all_rows = []
+    for protocol in protocols or [None]:
+        realism = RealismFeatures(inception) if inception is not None else None
+        records = evaluate(_batches(cfg, dataset, device, protocol), methods, lpips_net, realism)
+        rows = summarise(records)
+        notes = add_realism(rows, records, realism) if realism is not None else []
+        folder = out / protocol if protocol else out
+        title = "\n".join([f"Protocol: {protocol}" if protocol else "", *notes]).strip()
+        csv_path, md_path = write_tables(rows, writable_dir(folder, "output"), title=title)
+        print(md_path.read_text(), flush=True)
+        all_rows += [{"protocol": protocol or "mask", **row} for row in rows]
+    if protocols:
+        csv_path, md_path = write_protocol_tables(all_rows, out)
+        print(md_path.read_text(), flush=True)
     if cfg.wandb:
         import wandb
 
         mode = "online" if wandb_has_credentials() else "offline"
-        run_ = wandb.init(project=cfg.wandb_project, dir=str(Path(cfg.output)), mode=mode, job_type="eval")
-        columns = list(rows[0])
-        data = [[None if r.get(c) == "n/a" else r.get(c) for c in columns] for r in rows]  # n/a: empty
+        run_ = wandb.init(project=cfg.wandb_project, dir=str(out), mode=mode, job_type="eval")
+        columns = list(dict.fromkeys(c for r in all_rows for c in r))
+        data = [[None if r.get(c) == "n/a" else r.get(c) for c in columns] for r in all_rows]  # n/a: empty
         run_.log({"eval/metrics": wandb.Table(columns=columns, data=data)})
         run_.finish()
-    print(md_path.read_text(), flush=True)
     print(f"tables written to {csv_path} and {md_path}", flush=True)
-    return rows
+    return all_rows if protocols else [{k: v for k, v in r.items() if k != "protocol"} for r in all_rows]
 
 
 main = hydra_command("deepfill-eval", "eval", run)

@@ -9,6 +9,7 @@ function of ``(height, width, rng)``.
   :func:`centered_rectangle` its evaluation form.
 * :func:`free_form` — the v2 brush strokes.
 * :func:`thin`, :func:`medium`, :func:`thick` — LaMa's evaluation presets, at any size.
+* :func:`small`, :func:`large` — CoModGAN's free-form masks in MAT's two evaluation sizes.
 * :func:`mixed` — a weighted choice among generators, or their union (v2: box OR strokes).
 * :class:`FolderMasks` — mask images from a folder (e.g. the NVIDIA irregular mask set).
 * :func:`read_mask` — a mask image file as a hole map, by the one convention every command
@@ -38,21 +39,25 @@ if TYPE_CHECKING:
 __all__ = [
     "HOLE_THRESHOLD",
     "PRESETS",
+    "PROTOCOLS",
     "FolderMasks",
     "MaskGenerator",
     "bounded",
     "centered_rectangle",
+    "comodgan",
     "eval_mask",
     "free_form",
     "hole_distance",
     "hole_ratio",
     "irregular",
+    "large",
     "mask_for_image",
     "medium",
     "mixed",
     "read_mask",
     "rectangle",
     "resize_mask",
+    "small",
     "thick",
     "thin",
     "write_eval_set",
@@ -242,6 +247,56 @@ def thick(height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
         )
 
     return bounded(height, width, rng, draw, max_ratio=_LAMA_MAX_RATIO)
+
+
+def comodgan(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    half_boxes: int = 5,
+    full_boxes: int = 3,
+    brushes: int = 9,
+    stroke_width: tuple[float, float] = (12, 48),
+) -> torch.Tensor:
+    """CoModGAN's free-form masks (Zhao et al. ICLR 2021), as MAT evaluates with them: up to
+    ``half_boxes - 1`` boxes of sides below half the image, up to ``full_boxes - 1`` of sides below
+    the whole image (each may reach half its size past the border), and up to ``brushes - 1``
+    v2-style brush strokes of 4-17 vertices and ``stroke_width`` px; redrawn until neither
+    empty nor full."""
+    while True:
+        mask = np.zeros((height, width), np.float32)
+        for count, (limit_h, limit_w) in (
+            (half_boxes, (height // 2, width // 2)),
+            (full_boxes, (height, width)),
+        ):
+            for _ in range(int(rng.integers(count))):
+                box_h, box_w = int(rng.integers(max(limit_h, 1))), int(rng.integers(max(limit_w, 1)))
+                top = int(rng.integers(-(box_h // 2), height - box_h + box_h // 2))
+                left = int(rng.integers(-(box_w // 2), width - box_w + box_w // 2))
+                mask[max(top, 0) : max(top + box_h, 0), max(left, 0) : max(left + box_w, 0)] = 1
+        strokes = free_form(
+            height, width, rng, strokes=(0, brushes - 1), vertices=(4, 17), stroke_width=stroke_width
+        )[0].numpy()
+        mask = np.maximum(mask, strokes)
+        if 0.0 < mask.mean() < 1.0:
+            return _to_tensor(mask)
+
+
+def _mat_counts(height: int, width: int, large: bool) -> tuple[int, int, int]:
+    # MAT's generators: one for 256^2, one for 512^2; the nearer one by the shorter side.
+    if min(height, width) < 384:
+        return (4, 2, 8) if large else (2, 2, 3)
+    return (5, 3, 9) if large else (3, 2, 4)
+
+
+def small(height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+    """MAT's 'small' free-form masks (:func:`comodgan` with fewer boxes and strokes)."""
+    return comodgan(height, width, rng, *_mat_counts(height, width, large=False))
+
+
+def large(height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+    """MAT's 'large' free-form masks (:func:`comodgan`)."""
+    return comodgan(height, width, rng, *_mat_counts(height, width, large=True))
 
 
 # ---------------------------------------------------------------------- combinators
@@ -443,7 +498,15 @@ PRESETS: dict[str, MaskGenerator] = {
     "thin": thin,
     "medium": medium,
     "thick": thick,
+    "small": small,
+    "large": large,
+    "box": centered_rectangle,
+    "strokes": free_form,
 }
+# The evaluation protocols of the field's tables, by the names they are reported under: LaMa's
+# thin/medium/thick, CoModGAN's and MAT's small/large, the official v1 centred box and DeepFill
+# v2's brush strokes. Each is a preset too (deepfill-make-masks --preset).
+PROTOCOLS = ("thin", "medium", "thick", "small", "large", "box", "strokes")
 
 
 def eval_mask(generator: MaskGenerator, seed: int, index: int, height: int, width: int) -> torch.Tensor:

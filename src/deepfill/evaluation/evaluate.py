@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepfill.data.masks import FolderMasks, read_mask, resize_mask
+from deepfill.data.masks import FolderMasks, MaskGenerator, eval_mask, read_mask, resize_mask
 from deepfill.evaluation.metrics import METRIC_NAMES, METRICS, image_metrics, network_free_metrics
 from deepfill.evaluation.realism import REALISM_METRICS, RealismFeatures
-from deepfill.evaluation.tables import write_csv, write_table
+from deepfill.evaluation.tables import markdown_table, write_csv, write_table
 from deepfill.models import composite
 from deepfill.utils.errors import UserError
+from deepfill.utils.files import atomic_path
 from deepfill.utils.images import to_unit
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "per_image_metrics",
     "summarise",
     "write_baseline_comparison",
+    "write_protocol_tables",
     "write_tables",
 ]
 
@@ -179,6 +181,44 @@ def write_tables(rows: list[dict], out_dir: Path, title: str = "") -> tuple[Path
     return write_table(rows, columns, out_dir / "metrics.csv", out_dir / "metrics.md", title=title)
 
 
+def write_protocol_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    """``protocols.csv`` and ``protocols.md``: per mask protocol (rows keyed ``protocol``, as
+    ``deepfill-eval protocol=[...]`` collects them) one table of the methods over all images,
+    the set metrics first, as the field's tables show them."""
+    overall = [r for r in rows if r["hole_ratio"] == "all"]
+    order = ["fid", "kid", "p_ids", "u_ids", "lpips", "psnr", "ssim", "l1_hole"]
+    shown = [m for m in order if any(m in r for r in overall)]
+    names = {
+        **{m: s.display for m, s in METRICS.items()},
+        **{m: s.display for m, s in REALISM_METRICS.items()},
+    }
+    formats = {
+        **{m: s.format for m, s in METRICS.items()},
+        **{m: s.format for m, s in REALISM_METRICS.items()},
+    }
+    csv_path = write_csv(
+        overall, ["protocol", "method", "images", *shown, "kid_std"], out_dir / "protocols.csv"
+    )
+    lines = ["# Evaluation by mask protocol", ""]
+    for protocol in dict.fromkeys(r["protocol"] for r in overall):
+        mine = [r for r in overall if r["protocol"] == protocol]
+        cells = [[r["method"], r["images"], *(_cell(r.get(m, ""), formats[m]) for m in shown)] for r in mine]
+        lines += [
+            f"## {protocol}",
+            "",
+            *markdown_table(["method", "images", *(names[m] for m in shown)], cells),
+            "",
+        ]
+    md_path = out_dir / "protocols.md"
+    with atomic_path(md_path) as tmp:
+        tmp.write_text("\n".join(lines))
+    return csv_path, md_path
+
+
+def _cell(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
 def mask_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise UserError(f"masks_dir: no such folder: {folder}")
@@ -209,9 +249,11 @@ def dataset_batches(
     batch_size: int,
     device: str | torch.device,
     mask_files: list[Path] | None = None,
+    protocol: tuple[MaskGenerator, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(image, mask)`` batches of the first ``limit`` items of an evaluation dataset (all when
-    None): each item's fixed mask, or with ``mask_files`` item i gets file i.
+    None): each item's fixed mask; with ``mask_files`` item i gets file i; with ``protocol``
+    (a mask generator and a seed) item i gets the protocol's mask i (:func:`eval_mask`).
 
     The limit and the mask files (enough of them, readable, each with a hole) are checked when
     this is called, before the first batch is made."""
@@ -226,14 +268,18 @@ def dataset_batches(
         for path in mask_files[:limit]:
             if not read_mask(path).any():
                 raise UserError(f"masks_dir: {path} marks no hole; every mask needs a hole")
-    return _batches_of(dataset, limit, batch_size, device, mask_files)
+    return _batches_of(dataset, limit, batch_size, device, mask_files, protocol)
 
 
-def _batches_of(dataset, limit: int, size: int, device, mask_files) -> Iterator:
+def _batches_of(dataset, limit: int, size: int, device, mask_files, protocol) -> Iterator:
     for start in range(0, limit, size):
         items = [dataset[i] for i in range(start, min(start + size, limit))]
         image = torch.stack([it["image"] for it in items])
-        if mask_files is None:
+        if protocol is not None:
+            generator, seed = protocol
+            h, w = image.shape[-2:]
+            mask = torch.stack([eval_mask(generator, seed, start + i, h, w) for i in range(len(items))])
+        elif mask_files is None:
             mask = torch.stack([it["mask"] for it in items])
         else:  # item i gets mask file i: a fixed set shared across methods and papers
             h, w = image.shape[-2:]
