@@ -10,6 +10,8 @@ skipped with one warning line that says how to provide it (or the run stops when
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -100,7 +102,9 @@ def _lpips_available(required: bool) -> bool:
     if path.is_file():
         return True
     try:
-        torch.hub.load_state_dict_from_url(ALEXNET_URL, progress=False)
+        # torch.hub announces the download on stdout itself; the outcome is said below.
+        with contextlib.redirect_stdout(io.StringIO()):
+            torch.hub.load_state_dict_from_url(ALEXNET_URL, progress=False)
         return True
     except Exception as error:  # no network, proxy, disk: all end the same way
         reason = f"{type(error).__name__}: {error}"

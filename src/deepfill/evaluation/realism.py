@@ -21,6 +21,8 @@ metrics are skipped with one line saying where the file comes from.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -105,7 +107,9 @@ def load_inception(weights: str | os.PathLike | None, required: bool = False) ->
     path = inception_weights_path(weights)
     if weights is None and not path.is_file():
         try:
-            torch.hub.load_state_dict_from_url(INCEPTION_URL, progress=False)
+            # torch.hub announces the download on stdout itself; the outcome is said below.
+            with contextlib.redirect_stdout(io.StringIO()):
+                torch.hub.load_state_dict_from_url(INCEPTION_URL, progress=False)
         except Exception as error:  # no network, proxy, disk: all end the same way
             reason = f"downloading them failed ({type(error).__name__}: {error})"
         else:
