@@ -142,3 +142,29 @@ def test_validation_and_deepfill_eval_report_the_same_numbers(tmp_path) -> None:
     assert overall["hole_ratio"] == "all" and overall["images"] == 4
     for name in ("psnr", "ssim", "lpips", "l1_hole", "l2_hole"):
         assert logged[f"val/{name}"] == pytest.approx(overall[name], rel=1e-5, abs=1e-6), name
+
+
+def test_the_contact_sheet_keeps_the_worst_and_best_completions(tmp_path) -> None:
+    """By PSNR (higher is better) and by LPIPS (lower is better): the two worst at the top, the
+    two best at the bottom, whatever the order the images come in; one row per image, a column per
+    method between the input and the original."""
+    from PIL import Image as PILImage
+
+    from deepfill.evaluation.contact_sheet import ContactSheet
+
+    scores = [20.0, 35.0, 10.0, 30.0, 25.0, float("nan")]
+    for metric, higher, expected in (
+        ("psnr", True, [("worst", 2), ("worst", 0), ("best", 3), ("best", 1)]),
+        ("lpips", False, [("worst", 1), ("worst", 3), ("best", 0), ("best", 2)]),
+    ):
+        sheet = ContactSheet(metric, higher, count=2)
+        for i, score in enumerate(scores):
+            image = torch.full((3, 16, 20), i / 10.0)
+            mask = torch.zeros(1, 16, 20)
+            mask[:, 4:10, 5:12] = 1
+            sheet.offer(i, score, image, mask, {"deepfill": image, "mean_fill": image * 0})
+        assert [(kind, index) for kind, index, _ in sheet.shown()] == expected
+        path = sheet.write(tmp_path / f"{metric}.png")
+        with PILImage.open(path) as picture:
+            assert picture.size == (150 + 4 * 24, 44 + 4 * 20)  # 4 columns, 4 rows
+    assert ContactSheet("psnr", True).write(tmp_path / "none.png") is None

@@ -230,6 +230,9 @@ def test_eval_by_protocol_writes_a_table_per_protocol(photos, random_inception, 
         assert {r["method"] for r in table} == {"deepfill", "biharmonic", "mean_fill"}
         ratios[protocol] = sorted(r["hole_ratio"] for r in table if r["method"] == "deepfill")
     assert ratios["thick"] != ratios["large"]  # each protocol's own masks
+    for protocol in ("thick", "large"):  # the worst and best completions, by PSNR here (no LPIPS)
+        assert (out / protocol / "contact_sheet.png").is_file()
+        assert f"contact sheet: {out / protocol / 'contact_sheet.png'}" in result.stdout
     summary = (out / "protocols.md").read_text()
     assert "## thick" in summary and "## large" in summary
     assert "| method | images | FID | KID | P-IDS | U-IDS | PSNR | SSIM | L1 in the hole |" in summary

@@ -14,6 +14,7 @@ Writes ``metrics.csv`` and ``metrics.md`` to the output folder (and a W&B table 
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,7 +96,9 @@ def run(cfg: DictConfig) -> list[dict]:
     precision = check_precision(cfg.get("precision", "fp32"))
     compile_ = check_compile(cfg.get("compile", False))
     import torch
+    from rich.progress import track
 
+    from deepfill.evaluation.contact_sheet import ContactSheet
     from deepfill.evaluation.evaluate import (
         add_realism,
         evaluate,
@@ -105,6 +108,7 @@ def run(cfg: DictConfig) -> list[dict]:
         write_tables,
     )
     from deepfill.evaluation.means import InpaintingMetrics
+    from deepfill.evaluation.metrics import METRICS
     from deepfill.evaluation.realism import RealismFeatures, load_inception
     from deepfill.inference import load_generator
     from deepfill.utils.cpu import configure_cpu
@@ -130,12 +134,25 @@ def run(cfg: DictConfig) -> list[dict]:
     all_rows = []
     for protocol in protocols or [None]:
         realism = RealismFeatures(inception) if inception is not None else None
-        records = evaluate(_batches(cfg, dataset, device, protocol), methods, lpips_net, realism)
+        ranking = "lpips" if lpips_net is not None else "psnr"
+        sheet = ContactSheet(ranking, METRICS[ranking].higher_is_better)
+        count = min(len(dataset), cfg.limit or len(dataset))
+        batches = track(
+            _batches(cfg, dataset, device, protocol),
+            total=math.ceil(count / cfg.batch_size),
+            description=f"evaluating {protocol or 'masks'}: {count} images",
+            transient=True,
+        )
+        records = evaluate(batches, methods, lpips_net, realism, sheet)
         rows = summarise(records)
         notes = add_realism(rows, records, realism) if realism is not None else []
-        folder = out / protocol if protocol else out
+        folder = writable_dir(out / protocol if protocol else out, "output")
         title = "\n".join([f"Protocol: {protocol}" if protocol else "", *notes]).strip()
-        csv_path, md_path = write_tables(rows, writable_dir(folder, "output"), title=title)
+        csv_path, md_path = write_tables(rows, folder, title=title)
+        picture = sheet.write(
+            folder / "contact_sheet.png", f"{protocol or 'evaluation'}: deepfill, worst and best by {ranking}"
+        )
+        print(f"contact sheet: {picture}", flush=True)
         print(md_path.read_text(), flush=True)
         all_rows += [{"protocol": protocol or "mask", **row} for row in rows]
     if protocols:

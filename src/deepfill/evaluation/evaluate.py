@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from deepfill.data.masks import FolderMasks, MaskGenerator, eval_mask, read_mask, resize_mask
+from deepfill.evaluation.contact_sheet import ContactSheet
 from deepfill.evaluation.metrics import METRIC_NAMES, METRICS, image_metrics, network_free_metrics
 from deepfill.evaluation.realism import REALISM_METRICS, RealismFeatures
 from deepfill.evaluation.tables import markdown_table, write_csv, write_table
@@ -98,27 +99,37 @@ def evaluate(
     methods: dict[str, Method],
     lpips_net: torch.nn.Module | None = None,
     realism: RealismFeatures | None = None,
+    sheet: ContactSheet | None = None,
 ) -> list[dict]:
     """Run every method on every batch; returns one record per (method, image): the image's
     index in the order of the batches, its hole ratio and its metrics. ``realism``, when given,
-    collects the Inception features of the real images and of every method's completions."""
+    collects the Inception features of the real images and of every method's completions;
+    ``sheet`` the ranked method's worst and best completions."""
     records = []
     seen = 0
     for image, mask in batches:
         ratios = mask.float().mean(dim=(1, 2, 3)).cpu()
         if realism is not None:
             realism.add_real(to_unit(image))
+        outputs, scores = {}, {}
         for name, method in methods.items():
             with torch.no_grad():
                 output = method(image, mask)
             completed = composite(output, image, mask)
+            outputs[name] = completed
             if realism is not None:
                 realism.add(name, to_unit(completed))
             values = per_image_metrics(completed, image, mask, lpips_net)
+            scores[name] = values
             for i in range(image.shape[0]):
                 record = {"method": name, "image": seen + i, "hole_ratio": float(ratios[i])}
                 record |= {k: float(v[i]) for k, v in values.items()}
                 records.append(record)
+        if sheet is not None and sheet.ranked in scores and sheet.metric in scores[sheet.ranked]:
+            ranking = scores[sheet.ranked][sheet.metric]
+            for i in range(image.shape[0]):
+                row = {name: out[i].cpu() for name, out in outputs.items()}
+                sheet.offer(seen + i, float(ranking[i]), image[i].cpu(), mask[i].cpu(), row)
         seen += image.shape[0]
     return records
 
