@@ -402,11 +402,17 @@ def test_a_checkpoint_holds_every_hyper_parameter(tmp_path) -> None:
     says everything that made it."""
     import inspect
 
-    module = make_module(n_critic=1, seed=7, max_nonfinite=4, lpips_required=False)
+    from omegaconf import OmegaConf
+
+    # Mappings arrive from Hydra as DictConfig: saved as plain dicts, so that the checkpoint loads
+    # with weights_only=True (what resuming and deepfill-inpaint do).
+    options = OmegaConf.create({"backend": "aot_eager"})
+    module = make_module(n_critic=1, seed=7, max_nonfinite=4, lpips_required=False, compile_options=options)
     trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
     trainer.fit(module, make_data())
     trainer.save_checkpoint(tmp_path / "m.ckpt")
-    saved = torch.load(tmp_path / "m.ckpt", weights_only=False)["hyper_parameters"]
+    saved = torch.load(tmp_path / "m.ckpt", weights_only=True)["hyper_parameters"]
+    assert saved["compile_options"] == {"backend": "aot_eager"}
     arguments = set(inspect.signature(type(module).__init__).parameters) - {
         "self",
         "global_critic",

@@ -171,9 +171,19 @@ class DeepFillModule(pl.LightningModule):
         # ...); the networks, the loss weights and the optimiser factory as plain values a
         # checkpoint can be read and rebuilt from.
         self.save_hyperparameters(ignore=["generator", "global_critic", "local_critic", "loss", "optimizer"])
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        # Plain containers: a checkpoint must load with torch.load(weights_only=True), which
+        # refuses OmegaConf's classes (Hydra passes mappings such as compile_options as them).
+        plain = {
+            key: OmegaConf.to_container(value, resolve=True)
+            if isinstance(value, DictConfig | ListConfig)
+            else value
+            for key, value in self.hparams.items()
+        }
         self.save_hyperparameters(
             {
-                **self.hparams,
+                **plain,
                 "generator": generator.config,
                 "global_critic_size": global_critic.input_size,
                 "local_critic_size": local_critic.input_size,
