@@ -18,22 +18,15 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from deepfill.cli.eval import run
 from deepfill.data.masks import centered_rectangle, eval_mask
 from deepfill.evaluation.evaluate import mean_fill, summarise
-from deepfill.models import InpaintGenerator
 from deepfill.utils.config import CONFIG_DIR
 from deepfill.utils.images import to_unit
 from helpers.commands import call_cli
+from helpers.tiny import eval_overrides, eval_workspace
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    rng = np.random.default_rng(0)
-    (root / "photos").mkdir()
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (72, 90, 3), dtype=np.uint8)).save(root / "photos" / f"{i}.png")
-    torch.manual_seed(0)
-    torch.save({"state_dict": InpaintGenerator().state_dict()}, root / "w.pt")
-    return root
+    return eval_workspace(tmp_path_factory.mktemp("eval"), 5)
 
 
 def compose_eval(root: Path, extra: list[str]):
@@ -41,19 +34,7 @@ def compose_eval(root: Path, extra: list[str]):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "eval",
-            overrides=[
-                f"weights={root / 'w.pt'}",
-                "data=folder",
-                f"data.val.root={root / 'photos'}",
-                f"data.train.root={root / 'photos'}",
-                "data.image_size=64",
-                "data.num_workers=0",
-                "data.persistent_workers=false",
-                "lpips=false",
-                "device=cpu",
-                "batch_size=2",
-                *extra,
-            ],
+            overrides=[*eval_overrides(root), "batch_size=2", *extra],
             return_hydra_config=True,
         )
     with open_dict(cfg):

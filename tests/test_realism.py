@@ -22,6 +22,7 @@ from deepfill.evaluation.realism import (
     load_inception,
 )
 from helpers.commands import call_cli
+from helpers.tiny import eval_overrides, eval_workspace
 
 
 class _Given(torch.nn.Module):
@@ -150,38 +151,12 @@ def test_missing_inception_weights_are_one_line_and_the_rest_still_runs(tmp_path
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """Six photos and converted weights: what deepfill-eval reads."""
-    from PIL import Image
-
-    from deepfill.models import InpaintGenerator
-
-    root = tmp_path_factory.mktemp("realism")
-    rng = np.random.default_rng(0)
-    (root / "photos").mkdir()
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (72, 90, 3), dtype=np.uint8)).save(root / "photos" / f"{i}.png")
-    torch.manual_seed(0)
-    torch.save({"state_dict": InpaintGenerator().state_dict()}, root / "w.pt")
-    return root
+    return eval_workspace(tmp_path_factory.mktemp("realism"), 6)
 
 
 def _eval(root: Path, out: Path, *extra: str):
-    return call_cli(
-        "deepfill-eval",
-        f"weights={root / 'w.pt'}",
-        "data=folder",
-        f"data.val.root={root / 'photos'}",
-        f"data.train.root={root / 'photos'}",
-        "data.image_size=64",
-        "data.num_workers=0",
-        "data.persistent_workers=false",
-        "lpips=false",
-        "device=cpu",
-        "batch_size=4",
-        f"output={out}",
-        f"hydra.run.dir={out}/run",
-        *extra,
-        cwd=root,
-    )
+    overrides = [*eval_overrides(root), "batch_size=4", f"output={out}", f"hydra.run.dir={out}/run"]
+    return call_cli("deepfill-eval", *overrides, *extra, cwd=root)
 
 
 def test_eval_reports_the_set_metrics_of_every_method(photos, random_inception, tmp_path) -> None:

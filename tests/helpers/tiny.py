@@ -133,3 +133,34 @@ def compose_cfg(
             cfg[key] = value
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+# ---------------------------------------------------------------- deepfill-eval on a folder
+def eval_workspace(root: Path, count: int) -> Path:
+    """``count`` random 72x90 photos in ``root/photos`` and converted weights ``root/w.pt`` (a
+    default-width generator, seed 0): what deepfill-eval reads in :func:`eval_overrides`."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "photos").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (72, 90, 3), dtype=np.uint8)).save(root / "photos" / f"{i}.png")
+    torch.manual_seed(0)
+    torch.save({"state_dict": InpaintGenerator().state_dict()}, root / "w.pt")
+    return root
+
+
+def eval_overrides(root: Path) -> list[str]:
+    """deepfill-eval on :func:`eval_workspace`'s photos at 64x64 on the CPU, without LPIPS."""
+    return [
+        f"weights={root / 'w.pt'}",
+        "data=folder",
+        f"data.val.root={root / 'photos'}",
+        f"data.train.root={root / 'photos'}",
+        "data.image_size=64",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "lpips=false",
+        "device=cpu",
+    ]

@@ -10,8 +10,6 @@ skipped with one warning line that says how to provide it (or the run stops when
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import warnings
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 import torchmetrics
 
 from deepfill.evaluation.metrics import float32_region, image_metrics
+from deepfill.utils.downloads import download_failure
 
 __all__ = ["ALEXNET_URL", "ImageMean", "InpaintingMetrics", "LPIPSMetric", "alexnet_weights_path"]
 
@@ -101,13 +100,9 @@ def _lpips_available(required: bool) -> bool:
     path = alexnet_weights_path()
     if path.is_file():
         return True
-    try:
-        # torch.hub announces the download on stdout itself; the outcome is said below.
-        with contextlib.redirect_stdout(io.StringIO()):
-            torch.hub.load_state_dict_from_url(ALEXNET_URL, progress=False)
+    reason = download_failure(ALEXNET_URL)
+    if reason is None:
         return True
-    except Exception as error:  # no network, proxy, disk: all end the same way
-        reason = f"{type(error).__name__}: {error}"
     torch_home = os.environ.get("TORCH_HOME", "~/.cache/torch")
     message = (
         f"LPIPS needs the AlexNet weights at {path} and downloading them failed ({reason}); "

@@ -21,8 +21,6 @@ metrics are skipped with one line saying where the file comes from.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -30,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from deepfill.utils.downloads import download_failure
 
 __all__ = [
     "INCEPTION_URL",
@@ -106,14 +106,8 @@ def load_inception(weights: str | os.PathLike | None, required: bool = False) ->
     cannot be downloaded now; ``required``: raise :class:`FileNotFoundError` instead."""
     path = inception_weights_path(weights)
     if weights is None and not path.is_file():
-        try:
-            # torch.hub announces the download on stdout itself; the outcome is said below.
-            with contextlib.redirect_stdout(io.StringIO()):
-                torch.hub.load_state_dict_from_url(INCEPTION_URL, progress=False)
-        except Exception as error:  # no network, proxy, disk: all end the same way
-            reason = f"downloading them failed ({type(error).__name__}: {error})"
-        else:
-            reason = ""
+        failure = download_failure(INCEPTION_URL)
+        reason = f"downloading them failed ({failure})" if failure else ""
     else:
         reason = "" if path.is_file() else "no such file"
     if reason:
