@@ -18,6 +18,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 # ---------------------------------------------------------------------- attention fwd + bwd
 def attention(args: argparse.Namespace) -> dict:
     from deepfill import ContextualAttention
+    from deepfill.models import set_cpu_chunk_bytes
 
     sys.path.insert(0, str(TESTS))
     from helpers.reference import contextual_attention_loop
@@ -29,7 +30,7 @@ def attention(args: argparse.Namespace) -> dict:
     for i in range(n):  # a different box per sample, as in training
         top, left = 4 + (i * 3) % 24, 6 + (i * 5) % 24
         mask[i, :, top : top + 24, left : left + 24] = 1
-    layer = ContextualAttention(rate=2)
+    layer = set_cpu_chunk_bytes(ContextualAttention(rate=2), getattr(args, "cpu_chunk_bytes", None))
 
     def batched() -> None:
         x = features.clone().requires_grad_(True)

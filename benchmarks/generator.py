@@ -30,9 +30,12 @@ def precision(args: argparse.Namespace) -> dict:
     from deepfill.data import masks as M
     from deepfill.data.datasets import SampleImages
     from deepfill.inference import autocast, inpaint_array, load_generator
+    from deepfill.models import set_cpu_chunk_bytes
 
     device = torch.device(args.device)
-    generator = InpaintGenerator().eval().to(device)
+    generator = (
+        set_cpu_chunk_bytes(InpaintGenerator(), getattr(args, "cpu_chunk_bytes", None)).eval().to(device)
+    )
     image, mask = inputs(args.size, device=device)
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for _ in range(args.repeats):
@@ -117,10 +120,12 @@ def _conv_peak_gflops(device: str, dtype) -> float:
 # ---------------------------------------------------------------------- generator (one size)
 def generator_one(args: argparse.Namespace) -> dict:
     from deepfill import InpaintGenerator
+    from deepfill.models import set_cpu_chunk_bytes
 
     device = args.device
     # The layout asked for, not the default (channels_last since it became the default).
-    generator = InpaintGenerator(channels_last=args.channels_last).eval().to(device)
+    generator = InpaintGenerator(channels_last=args.channels_last)
+    generator = set_cpu_chunk_bytes(generator, getattr(args, "cpu_chunk_bytes", None)).eval().to(device)
     image, mask = inputs(args.size, device=device)
     if args.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)

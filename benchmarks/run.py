@@ -102,8 +102,11 @@ def main() -> None:
             configure_cpu()
         print(json.dumps(port_training(args)))
         return
-    # As every command of the project does: no subnormal floats, freed memory reused.
-    configure_cpu()
+    # As every command of the project does: no subnormal floats, freed memory reused, and then
+    # the attention's larger CPU chunks.
+    from deepfill.models import CPU_CHUNK_BYTES_REUSED
+
+    args.cpu_chunk_bytes = CPU_CHUNK_BYTES_REUSED if configure_cpu() else None
     if args.what == "generator-one":
         print(json.dumps(generator_one(args)))
         return

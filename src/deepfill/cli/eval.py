@@ -114,14 +114,16 @@ def run(cfg: DictConfig) -> list[dict]:
     from deepfill.utils.cpu import configure_cpu
     from deepfill.utils.devices import resolve_device
 
-    configure_cpu()
+    reused = configure_cpu()
     device = resolve_device(cfg.device)
     methods_with_baselines(torch.nn.Identity(), cfg.baselines)
     protocols = _protocols(cfg)
     out = writable_dir(cfg.output, "output")
     dataset = _dataset(cfg)
     _batches(cfg, dataset, device, None)  # the limit and the mask files checked before the model loads
-    generator = load_generator(cfg.weights, device)
+    from deepfill.models import CPU_CHUNK_BYTES_REUSED
+
+    generator = load_generator(cfg.weights, device, CPU_CHUNK_BYTES_REUSED if reused else None)
     if compile_:
         generator.compile_stages()
     methods = methods_with_baselines(generator, cfg.baselines, precision)

@@ -108,12 +108,16 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
 
     ignore_library_internals()
     pl.seed_everything(cfg.seed, workers=True)
-    configure_cpu()
+    reused = configure_cpu()
     setup.set_matmul_precision(cfg.get("float32_matmul_precision"))
     setup.check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
     _say(setup.resolve_precision(cfg.trainer))
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    if reused:  # freed memory is kept: larger attention chunks cost no page faults (BENCHMARKS.md)
+        from deepfill.models import CPU_CHUNK_BYTES_REUSED, set_cpu_chunk_bytes
+
+        set_cpu_chunk_bytes(model, CPU_CHUNK_BYTES_REUSED)
     _say(multirun.check_optimized_metric(cfg, model))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     _check_budget(cfg, model, callbacks)
