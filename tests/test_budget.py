@@ -17,6 +17,7 @@ from deepfill.training.budget import (
     fit_schedule,
     measure_update_seconds,
     parse_budget,
+    scale_grid_floor,
 )
 from deepfill.utils.errors import ConfigError
 from deepfill.utils.resolvers import budget_cap
@@ -58,9 +59,28 @@ def test_the_reference_is_scaled_to_fill_the_time_and_no_more() -> None:
     assert scale == pytest.approx(SCALE_STEP)
     assert min(schedule.coarse, schedule.reconstruction, schedule.adversarial) > 0
     assert schedule.batches % 8 == 0
+    # On a slow machine the grid is finer: rounding down costs at most 10% there too.
+    schedule, scale = fit_schedule(REFERENCE, seconds, available=280 * 0.149, multiple=1)
+    assert scale == pytest.approx(0.14)
+    schedule, scale = fit_schedule(REFERENCE, seconds, available=280 * 0.0999, multiple=1)
+    assert scale == pytest.approx(0.095)
     # The same timings (a few percent apart) choose the same schedule.
     choices = {fit_schedule(REFERENCE, seconds, available=400 * f, multiple=8)[0] for f in (1.0, 1.01, 0.995)}
     assert len(choices) == 1
+
+
+def test_the_scale_grid_rounds_down_by_less_than_a_tenth() -> None:
+    previous = 0.0
+    for k in range(1, 400):
+        wanted = SCALE_STEP + k * 0.0037
+        scale = scale_grid_floor(wanted)
+        assert scale <= wanted + 1e-12
+        assert scale >= previous  # monotone
+        assert wanted - scale < 0.1 * wanted + 1e-12
+        previous = scale
+    assert scale_grid_floor(0.01) == SCALE_STEP
+    floors = [scale_grid_floor(x) for x in (0.0599, 0.1, 0.149, 0.5, 0.74, 1.0)]
+    assert floors == [0.055, 0.1, 0.14, 0.5, 0.7, 1.0]
 
 
 def test_overrides_repeat_the_schedule() -> None:

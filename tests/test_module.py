@@ -196,6 +196,46 @@ def test_pretraining_loss_is_the_reconstruction_of_the_coarse_output(tmp_path) -
     assert logged["train/g_adv"].item() == 0.0
 
 
+def test_half_resolution_pretraining_is_the_loss_of_the_batch_at_half_the_side(tmp_path) -> None:
+    """coarse_scale=0.5: stage 1 sees each 2x2 block's mean colour, and a hole wherever a block
+    held a hole pixel; its loss is the same reconstruction, on a local patch of half the side."""
+    module = make_module(pretrain_coarse_steps=1, discount="box", coarse_scale=0.5)
+    data = make_data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    image, mask = batch["image"], batch["mask"]
+    n, half = image.shape[0], SIZE // 2
+    small = image.reshape(n, 3, half, 2, half, 2).mean(dim=(3, 5))
+    small_mask = mask.expand(n, -1, -1, -1).reshape(n, 1, half, 2, half, 2).amax(dim=(3, 5))
+    assert 0 < small_mask.sum() < small_mask.numel()
+    with torch.no_grad():
+        x1 = module.generator.coarse(small * (1 - small_mask), small_mask)
+    w = LossWeights()
+    l1 = _box_l1(small, small_mask, x1, SIZE // 4, w.coarse)
+    ae = ae_loss(small, x1, None, small_mask, w.coarse)
+    logged = _first_step_logs(module, tmp_path)
+    assert logged["train/l1"].item() == pytest.approx(l1.item(), rel=1e-5)
+    assert logged["train/g_loss"].item() == pytest.approx((w.l1 * l1 + w.ae * ae).item(), rel=1e-5)
+
+
+def test_half_resolution_pretraining_recomputes_the_hole_distance() -> None:
+    """The nearest_known discount at half the side measures distances on the shrunk hole."""
+    module = make_module(coarse_scale=0.5, discount="nearest_known")
+    mask = torch.zeros(2, 1, SIZE, SIZE)
+    mask[0, :, 8:40, 16:33] = 1  # odd edges: the shrunk hole takes every block they touch
+    mask[1, :, 30:31, 30:31] = 1
+    distance = torch.stack([M.hole_distance(m) for m in mask])
+    image = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    step = module.phase_outputs(module.generator, image, mask, "coarse", distance)
+    assert step.x1.shape == (2, 3, SIZE // 2, SIZE // 2)
+    assert step.mask[0, 0].nonzero().amin(0).tolist() == [4, 8]
+    assert step.mask[0, 0].nonzero().amax(0).tolist() == [19, 16]
+    assert step.mask[1].sum() == 1
+    expected = torch.stack([M.hole_distance(m) for m in step.mask])
+    assert torch.equal(step.distance, expected)
+    assert step.distance[0].max() == 5  # a 16 x 9 hole: 5 steps from its middle to the edge
+
+
 def _first_step_logs(module: DeepFillModule, tmp_path) -> dict:
     """What the module's first training step logs through ``log_dict``."""
     logged = {}
@@ -307,19 +347,21 @@ def test_overfitting_one_batch_reduces_the_hole_error(tmp_path) -> None:
     assert after < 0.6 * before, (before, after)
 
 
-def test_resume_mid_epoch_gives_the_same_weights(tmp_path) -> None:
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_mid_epoch_gives_the_same_weights(ema_decay, tmp_path) -> None:
+    """Also the average of the generator's weights, when the run keeps one."""
     from deepfill.training.callbacks import LastCheckpoint
 
     # Straight: 6 batches (d d g d d g with n_critic 2). Interrupted: the periodic checkpoint
     # after 4 optimizer steps (3 critic + 1 generator: the first 4 batches), resumed for the rest.
     pl.seed_everything(0)
-    straight = make_module(n_critic=2)
+    straight = make_module(n_critic=2, ema_decay=ema_decay)
     make_trainer(tmp_path / "a", max_epochs=1, limit_train_batches=6, limit_val_batches=0).fit(
         straight, make_data()
     )
 
     pl.seed_everything(0)
-    first = make_module(n_critic=2)
+    first = make_module(n_critic=2, ema_decay=ema_decay)
     periodic = LastCheckpoint(dirpath=tmp_path, filename="mid", every_n_train_steps=4, save_top_k=-1)
     make_trainer(
         tmp_path / "b",
@@ -334,11 +376,12 @@ def test_resume_mid_epoch_gives_the_same_weights(tmp_path) -> None:
     assert torch.load(checkpoint, weights_only=False)["state_dict"]["critic_steps"] == 3
 
     pl.seed_everything(123)  # a different global RNG state must not matter
-    resumed = make_module(n_critic=2)
+    resumed = make_module(n_critic=2, ema_decay=ema_decay)
     make_trainer(tmp_path / "c", max_epochs=1, limit_train_batches=6, limit_val_batches=0).fit(
         resumed, make_data(), ckpt_path=checkpoint
     )
     assert (int(resumed.critic_steps), int(resumed.generator_steps)) == (4, 2)
+    assert any(name.startswith("generator_ema.") for name in resumed.state_dict()) == bool(ema_decay)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
 
@@ -434,6 +477,40 @@ def test_generator_is_rebuilt_from_a_checkpoint(tmp_path) -> None:
     for a, b in zip(generator.state_dict().values(), module.generator.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert generator.config["cnum"] == 8
+
+
+def test_the_weight_average_follows_each_generator_update(tmp_path) -> None:
+    """ema_decay: after update t the average is d_t * average + (1 - d_t) * weights, with
+    d_t = min(decay, (1 + t) / (10 + t)), starting from the initial weights; validation and the
+    checkpoint's generator use it, the critics' fakes come from the trained generator."""
+    module = make_module(n_critic=1, pretrain_coarse_steps=2, ema_decay=0.8)
+    average = _params(module.generator)
+    assert _same(average, _params(module.generator_ema))
+    snapshots = []
+    update = module._update_ema
+
+    def recording() -> None:
+        snapshots.append(_params(module.generator))
+        update()
+
+    module._update_ema = recording
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=5, limit_val_batches=1)
+    trainer.fit(module, make_data())
+    assert len(snapshots) == int(module.generator_steps) == 3  # 2 coarse, then d g d
+    for t, weights in enumerate(snapshots):
+        d = min(0.8, (1 + t) / (10 + t))
+        average = [d * a + (1 - d) * w for a, w in zip(average, weights, strict=True)]
+    for a, b in zip(average, _params(module.generator_ema), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not _same(_params(module.generator_ema), _params(module.generator))
+    assert all(not p.requires_grad for p in module.generator_ema.parameters())
+    assert module.evaluated_generator is module.generator_ema
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    rebuilt = generator_from_checkpoint(tmp_path / "m.ckpt")
+    for a, b in zip(rebuilt.parameters(), module.generator_ema.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"model.ema_decay must be in \[0, 1\), got 1"):
+        make_module(ema_decay=1)
 
 
 def _one_step_in(precision_bf16: bool, module, batch, alpha):

@@ -251,6 +251,21 @@ def test_quickstart_trains_and_writes_checkpoints_metrics_and_grids(tmp_path, ca
     assert epochs == {"2"}  # epochs 0 and 1 came from the checkpoint
 
 
+@pytest.mark.parametrize("arm", options("coarse"))
+def test_each_coarse_arm_of_the_quickstart_study_builds_its_schedule(arm, tmp_path) -> None:
+    """The arms of +sweep=quickstart_coarse: each composes on the quickstart, keeps the same
+    reconstruction-and-after schedule shape (decay over every update), and builds its module."""
+    cfg = compose_cfg(["experiment=quickstart", f"+coarse={arm}"], tmp_path)
+    validate_config(cfg)
+    arm_cfg = OmegaConf.load(CONFIG_DIR / "coarse" / f"{arm}.yaml")
+    for key in ("coarse_scale", "pretrain_coarse_steps", "reconstruction_steps", "lr_decay_steps"):
+        assert cfg.model[key] == arm_cfg.model[key]
+    assert cfg.model.lr_decay_steps == cfg.model.pretrain_coarse_steps + cfg.model.reconstruction_steps
+    assert cfg.trainer.max_steps == cfg.model.lr_decay_steps
+    module = instantiate(cfg.model)
+    assert module.coarse_scale == arm_cfg.model.coarse_scale
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -280,6 +295,12 @@ def test_misspelt_keys_and_wrong_kinds_name_the_key(override, message, tmp_path)
         ),
         ("model.loss.gan=-1", "model.loss.gan must be >= 0, got -1"),
         ("model.n_critic=0", "model.n_critic must be >= 1, got 0"),
+        ("model.coarse_scale=0", "model.coarse_scale must be in (0, 1], got 0"),
+        (
+            "model.coarse_scale=0.3",
+            "model.coarse_scale=0.3 gives the coarse pre-training images of side 22; it must be a "
+            "positive multiple of 4 (data.image_size=72)",
+        ),
         ("model.optimizer.lr=-1", "model.optimizer: Invalid learning rate: -1"),
         ("model.generator.attention.rate=4", "data.image_size must be divisible by 4 * attention rate = 16"),
         ("data.image_size=100", "data.image_size must be a positive multiple of 8, got 100"),

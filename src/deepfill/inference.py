@@ -42,14 +42,16 @@ def generator_from_checkpoint(
 ) -> InpaintGenerator:
     """The trained generator of a training checkpoint (``.ckpt`` of ``deepfill-train``): rebuilt
     from the hyper-parameters the run saved (``hyper_parameters.generator``) and its
-    ``generator.*`` tensors, in eval mode. Read without Lightning, which a command that only
-    inpaints need not load."""
+    ``generator_ema.*`` tensors (the average of its weights, when the run kept one:
+    ``model.ema_decay``) or else its ``generator.*`` tensors, in eval mode. Read without
+    Lightning, which a command that only inpaints need not load."""
     checkpoint = read_checkpoint(path, "weights", weights_only=False)
     config = (checkpoint.get("hyper_parameters") or {}).get("generator")
     if config is None or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"weights: {path} is not a training checkpoint of this project (no generator)")
     generator = InpaintGenerator(**config)
-    prefix = "generator."
+    has_average = any(k.startswith("generator_ema.") for k in checkpoint["state_dict"])
+    prefix = "generator_ema." if has_average else "generator."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     check_state_dict(generator, state, "weights", path)
     generator.load_state_dict(state)

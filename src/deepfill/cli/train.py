@@ -188,7 +188,8 @@ def _compare_with_baselines(cfg: DictConfig, model: pl.LightningModule, datamodu
     if dataset is None:
         _say("baseline comparison skipped: no validation data")
         return
-    rows, md_path = write_baseline_comparison(model.generator, dataset, spec, Path(cfg.paths.output_dir))
+    generator = getattr(model, "evaluated_generator", model.generator)  # the EMA when kept
+    rows, md_path = write_baseline_comparison(generator, dataset, spec, Path(cfg.paths.output_dir))
     images = rows[0]["images"] if rows else 0
     _say(f"final model vs baselines on {images} validation images with fixed masks ({md_path}):")
     _say("\n".join(comparison_lines(rows)))

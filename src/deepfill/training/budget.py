@@ -8,9 +8,11 @@ the whole schedule, its validations included, ends within the budget. Every phas
 learning rate reaches its end value on any machine; only the number of updates differs, and the
 run says how many it chose and why. ``trainer.max_time`` stays a safety net above the budget.
 
-The factor is rounded down to a multiple of :data:`SCALE_STEP`, so that two runs on one machine
-(whose timings differ by a few percent) choose the same schedule, and so the same model; the
-printed overrides repeat a schedule exactly anywhere. A resumed run keeps the schedule it chose
+The factor is rounded down to a grid of steps of at most 10% (:func:`scale_grid_floor`: 0.05
+from 0.5 up, 0.01 from 0.1, 0.005 below), so that two runs on one machine (whose timings differ
+by a few percent) mostly choose the same schedule, and so the same model, while a slow machine
+loses no more of its budget to the rounding than a fast one; the printed overrides repeat a
+schedule exactly anywhere. A resumed run keeps the schedule it chose
 (saved in its checkpoints).
 """
 
@@ -39,10 +41,11 @@ __all__ = [
     "fit_schedule",
     "measure_update_seconds",
     "parse_budget",
+    "scale_grid_floor",
     "scale_schedule",
 ]
 
-# The reference schedule is scaled by a multiple of this (and never below it).
+# The reference schedule is scaled by a factor on a grid (scale_grid_floor) and never below this.
 SCALE_STEP = 0.05
 # How far the first stretch of a run may take more or less time than its plan expected before
 # the schedule is fitted again (TimeBudget.on_train_batch_end).
@@ -100,20 +103,39 @@ class UpdateSeconds:
         )
 
 
+def _grid_step(scale: float) -> float:
+    """The grid's step at ``scale``: at most 10% of it (0.05 from 0.5 up, 0.01 from 0.1, 0.005)."""
+    return 0.05 if scale >= 0.5 - 1e-9 else 0.01 if scale >= 0.1 - 1e-9 else 0.005
+
+
+def scale_grid_floor(scale: float) -> float:
+    """The largest factor of the grid at most ``scale`` (and at least :data:`SCALE_STEP`): steps of
+    0.05 from 0.5 up, 0.01 from 0.1 to 0.5, 0.005 below, so that rounding down costs at most
+    10% of the schedule on a slow machine as on a fast one."""
+    if scale <= SCALE_STEP:
+        return SCALE_STEP
+    step = _grid_step(scale)
+    return round(math.floor(scale / step + 1e-9) * step, 3)
+
+
+def _grid_next(scale: float) -> float:
+    return round(scale + _grid_step(scale), 3)
+
+
 def fit_schedule(
     reference: Schedule, seconds: UpdateSeconds, available: float, multiple: int = 1, min_batches: int = 0
 ) -> tuple[Schedule, float]:
-    """The reference schedule scaled by the largest multiple of :data:`SCALE_STEP` (at least one)
-    whose updates take at most ``available`` seconds; its batches a multiple of ``multiple`` (the
-    number of validations, so that the last one comes at the end) and at least ``min_batches``.
-    Returns it and the factor."""
+    """The reference schedule scaled by the largest factor of the grid (:func:`scale_grid_floor`,
+    at least :data:`SCALE_STEP`) whose updates take at most ``available`` seconds; its batches a
+    multiple of ``multiple`` (the number of validations, so that the last one comes at the end)
+    and at least ``min_batches``. Returns it and the factor."""
     per_reference = seconds.of(reference)
-    steps = max(1, math.floor(available / per_reference / SCALE_STEP + 1e-9)) if per_reference > 0 else 1
-    scaled = scale_schedule(reference, steps * SCALE_STEP, multiple)
+    scale = scale_grid_floor(available / per_reference) if per_reference > 0 else SCALE_STEP
+    scaled = scale_schedule(reference, scale, multiple)
     while scaled.batches < min_batches:
-        steps += 1
-        scaled = scale_schedule(reference, steps * SCALE_STEP, multiple)
-    return scaled, steps * SCALE_STEP
+        scale = _grid_next(scale)
+        scaled = scale_schedule(reference, scale, multiple)
+    return scaled, scale
 
 
 def scale_schedule(reference: Schedule, scale: float, multiple: int = 1) -> Schedule:
@@ -172,7 +194,7 @@ def measure_update_seconds(
         critics = (global_critic, local_critic) if phase == "adversarial" else None
         for parameter in critic_parameters:  # frozen, as during the run's generator updates
             parameter.requires_grad_(False)
-        loss = generator_loss(outputs, config, critics)
+        loss = generator_loss(outputs, module.loss_config_for(phase), critics)
         opt_g.zero_grad(set_to_none=True)
         loss.total.backward()
         opt_g.step()
@@ -341,7 +363,7 @@ class TimeBudget(pl.Callback):
             f"time budget {_minutes(self.seconds)}: one update takes {seconds.coarse:.2f} s (coarse), "
             f"{seconds.reconstruction:.2f} s (reconstruction){adversarial} here "
             f"(timed in {time.monotonic() - start:.0f} s)",
-            f"time budget: {scale:.2f} x the reference schedule: {self._describe(schedule)}, "
+            f"time budget: {scale:g} x the reference schedule: {self._describe(schedule)}, "
             f"about {_minutes(expected)} with {self.validations} validations; to repeat exactly: "
             f"{schedule.overrides()}",
         )
@@ -361,7 +383,7 @@ class TimeBudget(pl.Callback):
         if seconds.of(schedule) > available:
             needed = _minutes(seconds.of(schedule))
             self._say(
-                f"warning: {scale:.2f} x the reference schedule, the least this run can do, needs "
+                f"warning: {scale:g} x the reference schedule, the least this run can do, needs "
                 f"{needed} of updates; the run will take longer than its budget"
             )
 
@@ -399,7 +421,7 @@ class TimeBudget(pl.Callback):
         self._warn_if_too_slow(schedule, scale, scaled, available)
         self._say(
             f"time budget: the first {done} batches took {actual:.0f} s, {ratio:.2f} x the timing; "
-            f"rescheduled to {scale:.2f} x the reference schedule: {self._describe(schedule)}; "
+            f"rescheduled to {scale:g} x the reference schedule: {self._describe(schedule)}; "
             f"to repeat exactly: {schedule.overrides()}"
         )
         return schedule

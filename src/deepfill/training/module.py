@@ -17,6 +17,7 @@ The module orchestrates; the maths lives in :mod:`deepfill.training.losses` and
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -55,6 +56,23 @@ def _describe(factory) -> dict:
 _COUNTERS = ("critic_steps", "generator_steps", "critic_since_generator", "nonfinite_streak")
 
 
+def _resized(
+    image: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A batch at ``scale`` times its side: the image averaged over each block (``area``), the
+    hole every block with a hole pixel in it (what the network must fill stays a hole), and the
+    hole distance recomputed on that hole when the batch has one. image: (N,3,H,W); mask:
+    (N or 1,1,H,W), 1 = hole; distance: (N,1,H,W) or None."""
+    size = (round(image.shape[-2] * scale), round(image.shape[-1] * scale))
+    image = torch.nn.functional.interpolate(image, size=size, mode="area")
+    mask = (torch.nn.functional.interpolate(mask.to(image.dtype), size=size, mode="area") > 0).to(mask.dtype)
+    if distance is not None:
+        from deepfill.data.masks import hole_distance
+
+        distance = torch.stack([hole_distance(m.cpu()) for m in mask]).to(distance.device, distance.dtype)
+    return image, mask, distance
+
+
 def _grad_norm(parameters) -> torch.Tensor:
     grads = [p.grad.detach().norm() for p in parameters if p.grad is not None]
     return torch.stack(grads).norm() if grads else torch.tensor(0.0)
@@ -76,8 +94,17 @@ class DeepFillModule(pl.LightningModule):
         n_critic: critic updates per generator update (paper: 5).
         pretrain_coarse_steps: the first K generator updates train stage 1 alone with L1 + AE,
             one per batch, no critics (official PRETRAIN_COARSE_NETWORK).
+        coarse_scale: those K updates see each batch resized by this factor (1: as it comes;
+            0.5: half the side, a quarter of the work per update, so a short run affords more
+            of them; the coarse network is fully convolutional). The hole is shrunk to every
+            block that held a hole pixel.
         reconstruction_steps: the next R generator updates train both stages with L1 + AE
             alone, one per batch, no critics (not in the paper; for short runs).
+        ema_decay: keep an exponential moving average of the generator's weights
+            (``generator_ema``) with this decay per generator update (0: none; warmed up as
+            ``min(ema_decay, (1 + t) / (10 + t))`` after t updates, so that it follows the first
+            updates closely). Validation, test and the checkpoints' generator
+            (:func:`deepfill.inference.generator_from_checkpoint`) use the average.
         discount: spatial discount form, ``"box"`` (official) or ``"nearest_known"`` (paper,
             right for free-form holes); gamma: its base (0.9).
         max_nonfinite: stop after this many non-finite losses in a row (each one is skipped).
@@ -102,6 +129,8 @@ class DeepFillModule(pl.LightningModule):
         pretrain_coarse_steps: int = 0,
         reconstruction_steps: int = 0,
         lr_decay_steps: int = 0,
+        coarse_scale: float = 1.0,
+        ema_decay: float = 0.0,
         discount: str = "box",
         gamma: float = 0.9,
         max_nonfinite: int = 10,
@@ -128,6 +157,16 @@ class DeepFillModule(pl.LightningModule):
         ):
             if value < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {value!r}")
+        if not (isinstance(coarse_scale, int | float) and 0 < coarse_scale <= 1):
+            raise ValueError(f"model.coarse_scale must be in (0, 1], got {coarse_scale!r}")
+        coarse_size = round(size * coarse_scale)
+        if coarse_size < 4 or coarse_size % 4:
+            raise ValueError(
+                f"model.coarse_scale={coarse_scale} gives the coarse pre-training images of side "
+                f"{coarse_size}; it must be a positive multiple of 4 (data.image_size={size})"
+            )
+        if not (isinstance(ema_decay, int | float) and 0 <= ema_decay < 1):
+            raise ValueError(f"model.ema_decay must be in [0, 1), got {ema_decay!r}")
         if not isinstance(compile, bool):
             raise ValueError(f"model.compile must be true or false, got {compile!r}")
         if not isinstance(compile_options, Mapping | None):
@@ -135,6 +174,9 @@ class DeepFillModule(pl.LightningModule):
                 f"model.compile_options must be a mapping of torch.compile arguments, got {compile_options!r}"
             )
         self.automatic_optimization = False
+        # The average is a copy of the eager generator (made before compiling), never trained.
+        self.ema_decay = float(ema_decay)
+        self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay else None
         if compile:
             # In place: parameter names, and so checkpoints, stay those of the eager modules.
             options = dict(compile_options or {})
@@ -147,6 +189,11 @@ class DeepFillModule(pl.LightningModule):
         weights = loss if isinstance(loss, LossWeights) else LossWeights(**(loss or {}))
         # One loss configuration; the local patch side is the local critic's input size.
         self.loss_config = LossConfig(weights, discount, gamma, local_critic.input_size)
+        # The coarse pre-training's local patch shrinks with its images.
+        self.coarse_scale = float(coarse_scale)
+        self.coarse_loss_config = LossConfig(
+            weights, discount, gamma, max(1, round(local_critic.input_size * coarse_scale))
+        )
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.5, 0.9))
         try:  # its own checks (a negative lr, betas out of range), here rather than at fit time
             self.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
@@ -281,14 +328,23 @@ class DeepFillModule(pl.LightningModule):
         self, generator: InpaintGenerator, image, mask, phase: str = "adversarial", distance=None
     ) -> StepOutputs:
         """``generator`` on a batch as the training step of ``phase`` runs it (stage 1 alone in
-        the coarse phase), with what the losses read. ``distance``: the batch's hole distance
-        for the ``nearest_known`` discount, or None."""
+        the coarse phase, on the batch resized by ``coarse_scale``), with what the losses of
+        :meth:`loss_config_for` that phase read. ``distance``: the batch's hole distance for the
+        ``nearest_known`` discount, or None."""
+        config = self.loss_config_for(phase)
         # The data module's masks are binary by construction: no check (a host sync).
         if phase == "coarse":
+            if self.coarse_scale != 1.0:
+                image, mask, distance = _resized(image, mask, distance, self.coarse_scale)
             x1, x2, offsets = generator.coarse_only(image, mask, check_mask=False), None, None
         else:
             x1, x2, offsets = generator(image, mask, check_mask=False)
-        return StepOutputs.of(image, mask, x1, x2, self.loss_config.patch_size, offsets, distance)
+        return StepOutputs.of(image, mask, x1, x2, config.patch_size, offsets, distance)
+
+    def loss_config_for(self, phase: str) -> LossConfig:
+        """What the losses of ``phase`` read: the coarse pre-training's local patch is scaled
+        with its images."""
+        return self.coarse_loss_config if phase == "coarse" else self.loss_config
 
     def _forward(self, image, mask, phase: str = "adversarial", distance=None) -> StepOutputs:
         return self.phase_outputs(self.generator, image, mask, phase, distance)
@@ -328,7 +384,7 @@ class DeepFillModule(pl.LightningModule):
             with record_function("deepfill/generator_step/forward"):
                 step = self._forward(image, mask, phase, distance)
             critics = (self.global_critic, self.local_critic) if phase == "adversarial" else None
-            loss = generator_loss(step, self.loss_config, critics)
+            loss = generator_loss(step, self.loss_config_for(phase), critics)
             opt_g.zero_grad(set_to_none=True)
             with record_function("deepfill/generator_step/backward"):
                 self.manual_backward(loss.total)
@@ -336,6 +392,7 @@ class DeepFillModule(pl.LightningModule):
                 return False
             grad_norm = _grad_norm(self.generator.parameters())
             opt_g.step()
+            self._update_ema()
         finally:
             self.untoggle_optimizer(opt_g)
         self._set_count("generator_steps", self._counts["generator_steps"] + 1)
@@ -344,6 +401,24 @@ class DeepFillModule(pl.LightningModule):
         if step.x2 is not None:
             self._maybe_log_images("train/samples", step)
         return True
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Move the average towards the generator's new weights (after its optimiser step)."""
+        if self.generator_ema is None:
+            return
+        done = self._counts["generator_steps"]  # updates before this one
+        decay = min(self.ema_decay, (1 + done) / (10 + done))
+        averaged = list(self.generator_ema.parameters())
+        torch._foreach_lerp_(averaged, [p.detach() for p in self.generator.parameters()], 1 - decay)
+        for average, buffer in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
+            average.copy_(buffer)
+
+    @property
+    def evaluated_generator(self) -> InpaintGenerator:
+        """The generator that validation, test and the checkpoints' users see: the average of its
+        weights when the run keeps one (``ema_decay``), else the trained one."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
 
     def _maybe_log_images(self, key: str, step: StepOutputs, force: bool = False) -> None:
         every = self.log_images_every_n_steps
@@ -366,7 +441,7 @@ class DeepFillModule(pl.LightningModule):
     ) -> None:
         """One batch of validation or test: the completed images scored into ``metrics``, logged
         per epoch as ``<split>/<metric>``; validation also shows its first batch's images."""
-        step = self._forward(batch["image"], batch["mask"])
+        step = self.phase_outputs(self.evaluated_generator, batch["image"], batch["mask"])
         metrics.update(to_unit(step.completed), to_unit(step.image), step.mask)
         shown = split == "val"
         for name, metric in metrics.metrics().items():
