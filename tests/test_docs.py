@@ -55,6 +55,7 @@ TINY_TRAIN = [
 # Sweep presets: pin all but one swept key (command-line values beat the preset's grid).
 TINY_SWEEPS = {
     "ca_study": ["replicates=2", "+arm=attention_k3,no_attention"],
+    "quickstart_coarse": ["replicates=1"],
     "attention": [
         "model.generator.attention.ksize=3",
         "model.generator.attention.rate=2",
