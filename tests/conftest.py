@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.paths import GOLDENS
+from helpers.paths import GOLDENS, GOLDENS_V2
 
 # Start the CPU's worker threads now, with this process's default floating-point settings.
 # Commands run in this process (call_cli) flush subnormal floats to zero as they start, which
@@ -39,3 +39,13 @@ def goldens() -> Path:
             f"official goldens not found at {GOLDENS}; set DEEPFILL_GOLDENS to the official_v1 folder"
         )
     return GOLDENS
+
+
+@pytest.fixture(scope="session")
+def goldens_v2() -> Path:
+    if not (GOLDENS_V2 / "gen_v2_256.npz").exists():
+        pytest.fail(
+            f"official v2 goldens not found at {GOLDENS_V2}; "
+            "set DEEPFILL_GOLDENS_V2 to the official_v2 folder"
+        )
+    return GOLDENS_V2

@@ -289,7 +289,7 @@ def test_batches_have_the_documented_layout() -> None:
         InpaintDataModule(train=None, train_masks=M.rectangle, eval_masks=M.rectangle, batch_size=0)
 
 
-@pytest.mark.parametrize("discount", [None, "box", "nearest_known"])
+@pytest.mark.parametrize("discount", [None, "box", "nearest_known", "none"])
 def test_training_items_carry_the_hole_distance_only_for_the_nearest_known_discount(discount) -> None:
     dm = _sample_data(M.free_form, M.thick, batch_size=2, discount=discount)
     batch = next(iter(dm.train_dataloader()))
@@ -299,7 +299,9 @@ def test_training_items_carry_the_hole_distance_only_for_the_nearest_known_disco
     else:
         assert "hole_distance" not in batch  # the box discount never reads it
     assert "hole_distance" not in next(iter(dm.val_dataloader()))
-    with pytest.raises(ValueError, match=r"data\.discount must be 'box' or 'nearest_known', got 'gauss'"):
+    with pytest.raises(
+        ValueError, match=r"data\.discount must be 'box', 'nearest_known' or 'none', got 'gauss'"
+    ):
         InpaintDataModule(train=None, train_masks=M.rectangle, eval_masks=M.rectangle, discount="gauss")
 
 

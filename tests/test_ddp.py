@@ -17,15 +17,16 @@ from deepfill.data.datasets import SampleImages
 from deepfill.evaluation.means import InpaintingMetrics
 from deepfill.inference import generator_from_checkpoint
 from deepfill.utils.images import to_unit
-from helpers.tiny import DDP_TINY
+from helpers.tiny import DDP_TINY, DDP_TINY_V2
 
 pytestmark = pytest.mark.slow
 
 
-def test_ddp_cpu_trains_and_syncs_validation_metrics(tmp_path) -> None:
+@pytest.mark.parametrize("family", ["v1", "v2"])
+def test_ddp_cpu_trains_and_syncs_validation_metrics(family, tmp_path) -> None:
     run = tmp_path / "run"
     args = [
-        *DDP_TINY,
+        *(DDP_TINY if family == "v1" else DDP_TINY_V2),
         "data.batch_size=2",
         "data.train.length=16",
         "data.val.length=6",

@@ -258,7 +258,10 @@ def test_loss_weights_reject_negatives() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"discount": "gaussian"}, r"model\.discount must be 'box' or 'nearest_known', got 'gaussian'"),
+        (
+            {"discount": "gaussian"},
+            r"model\.discount must be 'box', 'nearest_known' or 'none', got 'gaussian'",
+        ),
         ({"gamma": 0.0}, r"model\.gamma must be in \(0, 1\], got 0\.0"),
         ({"gamma": 1.5}, r"model\.gamma must be in \(0, 1\], got 1\.5"),
         ({"patch_size": 0}, r"local patch size must be >= 1, got 0"),

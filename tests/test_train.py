@@ -20,7 +20,7 @@ from deepfill.cli.train import train
 from deepfill.utils.config import CONFIG_DIR
 from deepfill.utils.validation import ConfigError, validate_config
 from helpers.commands import call_cli
-from helpers.tiny import TINY, compose_cfg, options
+from helpers.tiny import TINY, compose_cfg, options, tiny
 
 _COMPARISON = (
     r"(deepfill|biharmonic|mean_fill)\s+PSNR\s+([\d.]+) dB\s+SSIM ([\d.]+)\s+L1 in the hole ([\d.]+)"
@@ -75,7 +75,9 @@ def flist_dir(tmp_path_factory) -> Path:
 def test_every_config_option_composes(group, name, tmp_path) -> None:
     """Each option composes, passes the config checks, and its own values are what the composed
     config holds (an option shadowed by another layer, or a misplaced package, would not be)."""
-    cfg = compose_cfg([f"{group}={name}"], tmp_path)
+    # The model chooses its loss and optimiser (its own defaults list): chosen as group@package.
+    chosen_as = {"loss": "loss@model.loss", "optim": "optim@model"}.get(group, group)
+    cfg = compose_cfg([f"{chosen_as}={name}"], tmp_path)
     validate_config(cfg)
     path = CONFIG_DIR / group / f"{name}.yaml"
     header = re.search(r"^# @package (\S+)", path.read_text(), flags=re.M)
@@ -94,7 +96,7 @@ def test_every_config_option_composes(group, name, tmp_path) -> None:
         same = composed == value or (type(composed) is not type(value) and str(composed) == str(value))
         assert same, f"{group}={name}: {prefix + key} is {composed!r}, the option says {value!r}"
         checked += 1
-    assert cfg.hydra.runtime.choices[group] == name
+    assert cfg.hydra.runtime.choices[chosen_as] == name
     if not checked:  # made of its defaults list and interpolations: the group is there
         assert OmegaConf.select(cfg, package) if package else cfg, f"{group}={name}: composed to nothing"
 
@@ -113,7 +115,8 @@ def _leaves(node, prefix: str = "") -> list[tuple[str, object]]:
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_runs_a_fast_dev_run_step(experiment, tmp_path, flist_dir) -> None:
     cfg = compose_cfg(
-        [f"experiment={experiment}", "debug=fast_dev_run", f"paths.data_dir={flist_dir}", *TINY], tmp_path
+        [f"experiment={experiment}", "debug=fast_dev_run", f"paths.data_dir={flist_dir}", *tiny(experiment)],
+        tmp_path,
     )
     metrics = train(cfg)
     assert np.isfinite(metrics["train/g_loss"]) and np.isfinite(metrics["train/d_loss"])
@@ -130,7 +133,7 @@ def test_every_preset_starts_on_short_data_with_validation_each_epoch(
         [
             f"experiment={experiment}",
             f"paths.data_dir={flist_dir}",
-            *TINY,
+            *tiny(experiment),
             "data.batch_size=2",
             "trainer.max_epochs=2",
             "trainer.max_steps=-1",

@@ -383,7 +383,7 @@ def build_app(demo: Demo, files: str | Path):
                 raise refused(str(error)) from None
             text = (
                 f"{image.shape[1]}x{image.shape[0]} px, hole {hole.mean():.1%} of the image; "
-                f"{result.seconds:.2f} s on {result.device}"
+                f"DeepFill {result.family}, {result.seconds:.2f} s on {result.device}"
             )
             return (
                 _with_hole(image, hole),

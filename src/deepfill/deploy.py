@@ -58,7 +58,9 @@ __all__ = [
 
 EXPORT_PRECISIONS = ("fp32", "fp16")
 ONNX_OPSET = 18
-ONNX_FORMAT = "deepfill-v1-generator"  # metadata "deepfill.format" of every export
+# Metadata "deepfill.format" of every export: the inputs and outputs, the same for v1 and v2
+# (their family: "deepfill.family").
+ONNX_FORMAT = "deepfill-v1-generator"
 INPUT_NAMES = ("image", "mask")
 OUTPUT_NAMES = ("x_stage1", "x_stage2", "offsets")
 # Largest exported side: the dynamic dimensions' bound, and the range over which the x2
@@ -148,6 +150,7 @@ def _write_model(program, path: Path, generator: InpaintGenerator, precision: st
         metadata = {
             "deepfill.format": ONNX_FORMAT,
             "deepfill.multiple": str(generator.multiple),
+            "deepfill.family": generator.family,
             "deepfill.precision": precision,
             "deepfill.generator": json.dumps(generator.config, sort_keys=True),
             "deepfill.inputs": "image (N,3,H,W) float32 RGB in [-1,1]; mask (N,1,H,W) float32, 1 = hole",
@@ -282,6 +285,8 @@ class OnnxGenerator:
         self.multiple = int(meta["deepfill.multiple"])
         self.precision = meta.get("deepfill.precision", "fp32")
         self.config = json.loads(meta.get("deepfill.generator", "{}"))
+        # "v1" or "v2"; exports made before the metadata held it are read off the settings.
+        self.family = meta.get("deepfill.family") or ("v2" if self.config.get("gated") else "v1")
 
     def __repr__(self) -> str:
         return f"OnnxGenerator({str(self.path)!r}, precision={self.precision}, device={self.device})"

@@ -62,11 +62,12 @@ def load_generator(
     weights: str | Path, device: str | torch.device = "cpu", cpu_chunk_bytes: int | None = None
 ) -> InpaintGenerator:
     """A Lightning checkpoint of training (``.ckpt``), converted official weights (``.pt``),
-    an official TF checkpoint (folder or prefix) or an ``.npz`` of official variables; or an
+    an official TF checkpoint (folder or prefix) or an ``.npz`` of official variables, of
+    DeepFill v1 or v2 (the family is read off the file: ``generator.family``); or an
     ONNX export (``.onnx``, from ``deepfill-export``) as a :class:`deepfill.deploy.OnnxGenerator`,
     run by onnxruntime and called the same way. ``cpu_chunk_bytes``: the contextual attention's
     CPU chunk budget (:func:`deepfill.models.set_cpu_chunk_bytes`; None: its default)."""
-    from deepfill.official.convert import load_official_v1
+    from deepfill.official.convert import load_official
     from deepfill.official.tf_checkpoint import CheckpointError
 
     path = Path(weights)
@@ -78,7 +79,7 @@ def load_generator(
         generator = generator_from_checkpoint(path)
     else:
         try:
-            generator = load_official_v1(path)
+            generator = load_official(path)
         except CheckpointError as error:
             if not path.is_dir():
                 raise
@@ -104,7 +105,8 @@ class Inpainting:
     completed: the result (refined stage inside the hole, the input's pixels outside, exactly);
     coarse: the coarse stage composited the same way; refined: the refined stage everywhere;
     flow: where contextual attention copied from (colour = direction, brightness = distance);
-    seconds: the generator's time; device: where it ran."""
+    seconds: the generator's time; device: where it ran; family: the generator's, ``"v1"`` or
+    ``"v2"``."""
 
     completed: np.ndarray
     coarse: np.ndarray
@@ -112,6 +114,7 @@ class Inpainting:
     flow: np.ndarray
     seconds: float
     device: str
+    family: str = "v1"
 
 
 @torch.no_grad()
@@ -148,4 +151,5 @@ def inpaint_array(
         flow=to_uint8(flow[0]),
         seconds=seconds,
         device=str(device),
+        family=getattr(generator, "family", "v1"),
     )

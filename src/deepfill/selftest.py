@@ -37,7 +37,15 @@ from pathlib import Path
 import torch
 
 from deepfill.official.goldens import TrainingStepCase
-from deepfill.training.losses import Loss, LossConfig, LossWeights, StepOutputs, critic_loss, generator_loss
+from deepfill.training.losses import (
+    Loss,
+    LossConfig,
+    LossWeights,
+    StepOutputs,
+    critic_loss,
+    generator_loss,
+    patch_critic_loss,
+)
 from deepfill.utils.logs import quiet_loggers
 
 __all__ = [
@@ -46,11 +54,13 @@ __all__ = [
     "LOW_PRECISION_TOLERANCE",
     "OFFICIAL_GAMMA",
     "OFFICIAL_LOSS",
+    "OFFICIAL_LOSS_V2",
     "Check",
     "SelfTestOptions",
     "precisions_for",
     "run_selftest",
     "training_step_losses",
+    "training_step_losses_v2",
     "write_report",
 ]
 
@@ -66,6 +76,9 @@ LOSS_TERMS = ("l1_loss", "ae_loss", "gp_loss", "d_loss", "g_loss")
 # inpaint.yml, the configuration the training-step golden was produced with.
 OFFICIAL_LOSS = LossWeights(coarse=1.2, l1=1.2, ae=1.2, gan=0.001, global_wgan=1.0, gp=10.0)
 OFFICIAL_GAMMA = 0.9
+# DeepFill v2's inpaint.yml: l1_loss_alpha = gan_loss_alpha = 1, plain L1 on both stages (no
+# discount, no AE term); the WGAN fields are v1's and unused with its SN-PatchGAN critic.
+OFFICIAL_LOSS_V2 = LossWeights(coarse=1.0, l1=1.0, ae=0.0, gan=1.0, global_wgan=1.0, gp=0.0)
 
 
 @dataclass
@@ -81,6 +94,7 @@ class Check:
 @dataclass
 class SelfTestOptions:
     goldens: Path | None = None  # the official_v1 goldens folder; None: skip the parity parts
+    goldens_v2: Path | None = None  # the official_v2 goldens folder; None: skip v2's parity parts
     sizes: tuple[int, ...] = (512, 1024, 2048)  # inference sizes
     train_size: int = 256
     train_batch: int = 16
@@ -162,11 +176,11 @@ def environment(devices: list[torch.device]) -> Check:
     return Check("environment", "info", detail, figures)
 
 
-def generator_parity(goldens: Path, device: torch.device, precision: str) -> Check:
+def generator_parity(goldens: Path, device: torch.device, precision: str, family: str = "v1") -> Check:
     from deepfill.official.goldens import generator_case
 
-    name = f"parity {device.type} {precision}"
-    case = generator_case(goldens)
+    name = f"parity{'' if family == 'v1' else ' ' + family} {device.type} {precision}"
+    case = generator_case(goldens, family)
     generator = case["generator"].to(device).eval()
     image, mask = case["image"].to(device), case["mask"].to(device)
     with torch.inference_mode(), _precision(device, precision):
@@ -207,27 +221,39 @@ def training_step_losses(
     return g, d, step.origins
 
 
-def training_step_parity(goldens: Path, device: torch.device, precision: str) -> Check:
-    from deepfill.official.goldens import training_step_case
+def training_step_losses_v2(
+    case, device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None
+) -> tuple[Loss, Loss]:
+    """The v2 step's generator and critic losses (a :class:`~deepfill.official.goldens.
+    TrainingStepCaseV2`), computed by the functions the training step calls, as the official
+    graph does: one critic forward for both losses, so one power iteration (the generator's
+    term reads the critic in eval mode, which leaves ``u`` as it was; the critic's loss then
+    advances it once). Returns ``(generator loss, critic loss)``."""
+    device = torch.device(device)
+    case.generator.to(device)
+    case.critic.to(device)
+    image, mask = case.image.to(device), case.mask.to(device)
+    config = LossConfig(OFFICIAL_LOSS_V2, "none", OFFICIAL_GAMMA, patch_size=1)
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        x1, x2, _ = case.generator(image, mask)
+        step = StepOutputs.of(image, mask, x1, x2, config.patch_size)
+        case.critic.eval()
+        g = generator_loss(step, config, case.critic)
+        case.critic.train()
+        d = patch_critic_loss(case.critic, step)
+    return g, d
 
-    name = f"training step {device.type} {precision}"
-    case = training_step_case(goldens)
-    with _precision(device, "tf32" if precision == "tf32" else "float32"):
-        dtype = torch.bfloat16 if precision == "bf16" else None
-        g, d, _ = training_step_losses(case, device, dtype)
-        terms = {"l1_loss": g["l1"], "ae_loss": g["ae"], "gp_loss": d["gp"]}
-        terms |= {"d_loss": d.total, "g_loss": g.total}
-        (g.total + d.total).backward()  # the backward runs on the device too
+
+def _losses_check(name: str, terms: dict, golden: dict, networks, precision: str) -> Check:
+    """A training step's losses ``terms`` against the golden's ``loss:<key>``, and every
+    gradient of ``networks`` finite (the step's backward has run)."""
     ours = {key: float(value.detach()) for key, value in terms.items()}
     relative = {
-        key: abs(ours[key] - float(case.golden[f"loss:{key}"]))
-        / max(abs(float(case.golden[f"loss:{key}"])), 1e-12)
-        for key in LOSS_TERMS
+        key: abs(ours[key] - float(golden[f"loss:{key}"])) / max(abs(float(golden[f"loss:{key}"])), 1e-12)
+        for key in terms
     }
     grads_finite = all(
-        p.grad is None or bool(torch.isfinite(p.grad).all())
-        for net in (case.generator, case.global_critic, case.local_critic)
-        for p in net.parameters()
+        p.grad is None or bool(torch.isfinite(p.grad).all()) for net in networks for p in net.parameters()
     )
     allowed = FLOAT32_LOSS_TOLERANCE if precision == "float32" else LOW_PRECISION_TOLERANCE["loss_relative"]
     worst = max(relative, key=relative.get)
@@ -238,6 +264,34 @@ def training_step_parity(goldens: Path, device: torch.device, precision: str) ->
     detail = f"losses against the official graph: worst {worst} {relative[worst]:.1e} relative"
     detail += f" (allowed {allowed:g})"
     return Check(name, "pass" if ok else "fail", detail, figures)
+
+
+def training_step_parity_v2(goldens: Path, device: torch.device, precision: str) -> Check:
+    """The official v2 step's losses (``ae_loss``, ``g_loss``, ``d_loss``) on ``device``."""
+    from deepfill.official.goldens import training_step_case_v2
+
+    case = training_step_case_v2(goldens)
+    with _precision(device, "tf32" if precision == "tf32" else "float32"):
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        g, d = training_step_losses_v2(case, device, dtype)
+        terms = {"ae_loss": g["l1"], "g_loss": g.total, "d_loss": d.total}
+        (g.total + d.total).backward()  # the backward runs on the device too
+    name = f"training step v2 {device.type} {precision}"
+    return _losses_check(name, terms, case.golden, (case.generator, case.critic), precision)
+
+
+def training_step_parity(goldens: Path, device: torch.device, precision: str) -> Check:
+    from deepfill.official.goldens import training_step_case
+
+    case = training_step_case(goldens)
+    with _precision(device, "tf32" if precision == "tf32" else "float32"):
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        g, d, _ = training_step_losses(case, device, dtype)
+        terms = {"l1_loss": g["l1"], "ae_loss": g["ae"], "gp_loss": d["gp"]}
+        terms |= {"d_loss": d.total, "g_loss": g.total}
+        (g.total + d.total).backward()  # the backward runs on the device too
+    networks = (case.generator, case.global_critic, case.local_critic)
+    return _losses_check(f"training step {device.type} {precision}", terms, case.golden, networks, precision)
 
 
 def training_iteration(
@@ -438,6 +492,18 @@ def run_selftest(options: SelfTestOptions, out: Path, say: Callable[[str], None]
         for precision in precisions:
             add(f"parity {kind} {precision}", generator_parity, options.goldens, device, precision)
             add(f"training step {kind} {precision}", training_step_parity, options.goldens, device, precision)
+    if options.goldens_v2 is not None:
+        for precision in precisions:
+            add(
+                f"parity v2 {kind} {precision}", generator_parity, options.goldens_v2, device, precision, "v2"
+            )
+            add(
+                f"training step v2 {kind} {precision}",
+                training_step_parity_v2,
+                options.goldens_v2,
+                device,
+                precision,
+            )
     train = (options.train_size, options.train_batch)
     for precision in precisions:
         add(f"training iteration {kind} {precision}", training_iteration, device, precision, *train)

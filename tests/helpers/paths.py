@@ -16,4 +16,10 @@ def _goldens_dir() -> Path:
     return REPO.parent / "shared" / "goldens" / "official_v1"
 
 
+def _goldens_v2_dir() -> Path:
+    env = os.environ.get("DEEPFILL_GOLDENS_V2")
+    return Path(env) if env else REPO.parent / "shared" / "goldens" / "official_v2"
+
+
 GOLDENS = _goldens_dir()
+GOLDENS_V2 = _goldens_v2_dir()

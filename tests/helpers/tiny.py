@@ -17,7 +17,8 @@ from deepfill.cli.launch import register_command_resolvers
 from deepfill.data import masks as M
 from deepfill.data.datamodule import InpaintDataModule
 from deepfill.data.datasets import SampleImages
-from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
+from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic, SNPatchGANCritic
+from deepfill.selftest import OFFICIAL_LOSS_V2
 from deepfill.training.module import DeepFillModule
 from deepfill.utils.config import CONFIG_DIR
 
@@ -28,10 +29,17 @@ def adam(lr: float) -> functools.partial:
     return functools.partial(torch.optim.Adam, lr=lr, betas=(0.5, 0.9))
 
 
-def make_module(size: int = SIZE, cnum: int = 8, **kwargs) -> DeepFillModule:
+def make_module(size: int = SIZE, cnum: int = 8, family: str = "v1", **kwargs) -> DeepFillModule:
+    """A tiny module: v1 (two WGAN critics) or v2 (gated generator, SN-PatchGAN critic, the
+    official v2 losses and one critic update per generator update unless ``kwargs`` say)."""
     torch.manual_seed(0)
     kwargs.setdefault("lpips_pretrained", False)
     kwargs.setdefault("log_images_every_n_steps", 0)
+    if family == "v2":
+        kwargs = {"loss": OFFICIAL_LOSS_V2, "discount": "none", "n_critic": 1} | kwargs
+        return DeepFillModule(
+            InpaintGenerator(cnum=cnum, gated=True), critic=SNPatchGANCritic(size, cnum=cnum), **kwargs
+        )
     return DeepFillModule(
         InpaintGenerator(cnum=cnum),
         GlobalCritic(size, cnum=cnum),
@@ -83,6 +91,15 @@ TINY = [
 ]
 
 
+# TINY for the presets of DeepFill v2 (one critic, no global and local ones).
+TINY_V2 = [o for o in TINY if "_critic." not in o] + ["model.critic.cnum=8"]
+
+
+def tiny(experiment: str) -> list[str]:
+    """The TINY overrides for an experiment preset (v2 presets end in ``_v2``)."""
+    return TINY_V2 if experiment.endswith("_v2") else TINY
+
+
 # Two critic steps and one validation batch per job of a sweep: seconds on a CPU.
 JOB = [
     *TINY,
@@ -113,6 +130,12 @@ DDP_TINY = [
     "+trainer.num_sanity_val_steps=0",
     "budget=null",
 ]
+
+
+# The same for DeepFill v2 (its quickstart; one critic).
+DDP_TINY_V2 = [
+    "experiment=quickstart_v2" if o == "experiment=quickstart" else o for o in DDP_TINY if "_critic." not in o
+] + ["model.critic.cnum=8"]
 
 
 def options(group: str) -> list[str]:

@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     parser = argparse.ArgumentParser(
         prog="deepfill-convert",
-        description="Convert an official DeepFill v1 TF checkpoint (or .npz) to a PyTorch state dict.",
+        description="Convert an official DeepFill v1 or v2 TF checkpoint (or .npz) to a PyTorch state dict.",
     )
     parser.add_argument("checkpoint", help="checkpoint folder, prefix (e.g. .../snap-0) or .npz")
     parser.add_argument("output", help="output .pt file")
@@ -22,10 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from deepfill.official.convert import convert_checkpoint  # PyTorch: after the arguments are read
 
-    count = report_errors(
+    count, family = report_errors(
         "deepfill-convert", convert_checkpoint, args.checkpoint, args.output, args.keep_bgr, args.backend
     )
-    print(f"wrote {args.output} ({count:,} parameters, {'BGR' if args.keep_bgr else 'RGB'} input)")
+    order = "BGR" if args.keep_bgr else "RGB"
+    print(f"wrote {args.output} (DeepFill {family}, {count:,} parameters, {order} input)")
     return 0
 
 

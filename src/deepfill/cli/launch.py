@@ -206,12 +206,16 @@ def command_help(prog: str, config_name: str, description: str | None, argv: Seq
     if description:
         lines += [description.strip(), ""]
     groups = []
-    for group, chosen in sorted(choices.items()):
+    for key, chosen in sorted(choices.items()):
+        # A group that a config's own defaults choose is keyed group@package (the model's loss).
+        group, _, package = key.partition("@")
         options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
         shown = [f"[{o}]" if o == chosen else o for o in options]
-        groups.append(f"  {group}: {', '.join(shown)}" + ("" if chosen else "  (none chosen)"))
+        note = f"  (chosen by {package.split('.')[0]})" if package else ("" if chosen else "  (none chosen)")
+        groups.append(f"  {group}: {', '.join(shown)}{note}")
+    named = {key.partition("@")[0] for key in choices}
     others = sorted(
-        p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in choices and p.name != "hydra"
+        p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in named and p.name != "hydra"
     )
     if groups:
         lines += [f"Config groups of conf/{config_name}.yaml (group=option; [chosen]):", *groups]

@@ -20,8 +20,9 @@ from deepfill.utils.errors import UserError, report_errors
 
 __all__ = ["main"]
 
-# The goldens beside a checkout of the project (shared/goldens/official_v1), when there.
+# The goldens beside a checkout of the project (shared/goldens/official_v1 and _v2), when there.
 _DEFAULT_GOLDENS = Path(__file__).resolve().parents[3].parent / "shared" / "goldens" / "official_v1"
+_DEFAULT_GOLDENS_V2 = _DEFAULT_GOLDENS.parent / "official_v2"
 PRECISIONS = ("float32", "tf32", "bf16")
 
 
@@ -38,9 +39,17 @@ def _run(args: argparse.Namespace) -> int:
         goldens = _DEFAULT_GOLDENS
     if goldens is not None and not (goldens / "gen_256.npz").is_file():
         raise UserError(f"--goldens {goldens}: expected the official_v1 goldens folder (with gen_256.npz)")
+    goldens_v2 = args.goldens_v2
+    if goldens_v2 is None and (_DEFAULT_GOLDENS_V2 / "gen_v2_256.npz").is_file():
+        goldens_v2 = _DEFAULT_GOLDENS_V2
+    if goldens_v2 is not None and not (goldens_v2 / "gen_v2_256.npz").is_file():
+        raise UserError(
+            f"--goldens-v2 {goldens_v2}: expected the official_v2 goldens folder (with gen_v2_256.npz)"
+        )
     on_gpu = torch.cuda.is_available() and torch.cuda.device_count() > 0
     options = SelfTestOptions(
         goldens=goldens,
+        goldens_v2=goldens_v2,
         sizes=tuple(args.sizes or ((512, 1024, 2048) if on_gpu else (256, 512))),
         train_size=args.train_size,
         train_batch=args.train_batch or (16 if on_gpu else 2),
@@ -68,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--goldens", type=Path, default=None, help="the official_v1 goldens folder (parity checks)"
+    )
+    parser.add_argument(
+        "--goldens-v2", type=Path, default=None, help="the official_v2 goldens folder (v2 parity checks)"
     )
     parser.add_argument("--out", type=Path, default=None, help="report folder")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""``deepfill-train``: train DeepFill v1 from the Hydra configs in ``conf/``.
+"""``deepfill-train``: train DeepFill v1 or v2 from the Hydra configs in ``conf/``.
 
 deepfill-train                                  # conf/train.yaml (sample data, free-form masks)
 deepfill-train experiment=quickstart            # what `make train` runs

@@ -177,8 +177,8 @@ class InpaintDataModule(pl.LightningDataModule):
         discount: str | None = None,
     ) -> None:
         super().__init__()
-        if discount not in (None, "box", "nearest_known"):
-            raise ValueError(f"data.discount must be 'box' or 'nearest_known', got {discount!r}")
+        if discount not in (None, "box", "nearest_known", "none"):
+            raise ValueError(f"data.discount must be 'box', 'nearest_known' or 'none', got {discount!r}")
         self.discount = discount
         if image_size is not None and (image_size < 8 or image_size % 8):
             raise ValueError(f"data.image_size must be a positive multiple of 8, got {image_size!r}")

@@ -29,12 +29,13 @@ def _color_wheel(device: torch.device) -> torch.Tensor:
     return torch.cat(rows).to(device)
 
 
-def flow_to_image(offsets: torch.Tensor, scale: int = 1) -> torch.Tensor:
+def flow_to_image(offsets: torch.Tensor, scale: int = 1, bilinear: bool = False) -> torch.Tensor:
     """Colour-code attention offsets like the official visualisation.
 
     Args:
         offsets: (N,2,h,w) integer (dy, dx), as returned by :class:`ContextualAttention`.
-        scale: upscale the picture by this factor (align-corners nearest, as the official code).
+        scale: upscale the picture by this factor (align-corners nearest, as the official v1
+            code; ``bilinear=True``: align-corners bilinear, as the official v2 code).
     Returns:
         (N,3,h*scale,w*scale) float32 in [-1,1], RGB. As in the official code, sample i is
         normalised by the largest offset length among samples 0..i.
@@ -67,5 +68,9 @@ def flow_to_image(offsets: torch.Tensor, scale: int = 1) -> torch.Tensor:
     image = torch.floor(255 * col).clamp(0, 255)
     image = (image / 127.5 - 1).to(torch.float32)
     if scale != 1:
-        image = resize_nearest(image, (image.shape[-2] * scale, image.shape[-1] * scale))
+        size = (image.shape[-2] * scale, image.shape[-1] * scale)
+        if bilinear:
+            image = torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=True)
+        else:
+            image = resize_nearest(image, size)
     return image

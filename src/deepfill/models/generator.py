@@ -1,4 +1,5 @@
-"""The DeepFill v1 generator: a coarse network and a refinement network with contextual attention.
+"""The DeepFill generators: a coarse network and a refinement network with contextual attention,
+v1 (Yu et al. 2018: ELU convolutions) and v2 (Yu et al. 2019: gated convolutions, ``gated=True``).
 
 Attribute names are the official layer names (``conv1`` ... ``conv17`` in the coarse stage;
 ``xconv*`` dilated branch, ``pmconv*`` attention branch and ``allconv*`` merge in the refinement
@@ -8,6 +9,7 @@ stage), so the TF variable ``inpaint_net/<layer>/kernel`` maps to ``<stage>.<lay
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -38,7 +40,12 @@ __all__ = [
 
 
 class GenConv(SameConv2d):
-    """Official ``gen_conv``: a 'SAME' convolution followed by ELU (or another activation)."""
+    """Official ``gen_conv``: a 'SAME' convolution followed by ELU (or another activation).
+
+    ``gated=True`` is v2's gated convolution: the convolution makes ``2 * out_channels``
+    channels, and the layer returns ``activation(first half) * sigmoid(second half)``
+    (``out_channels``); the official code names such a layer by its ``2 * out_channels``.
+    A layer without activation is never gated (v2's output convolutions)."""
 
     def __init__(
         self,
@@ -49,17 +56,23 @@ class GenConv(SameConv2d):
         dilation: int = 1,
         activation: str | None = "elu",
         same: PaddingMode = "tf_same",
+        gated: bool = False,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, dilation, same=same)
+        gated = gated and activation is not None
+        channels = 2 * out_channels if gated else out_channels
+        super().__init__(in_channels, channels, kernel_size, stride, dilation, same=same)
         if activation not in ("elu", "relu", None):
             raise ValueError(f"activation must be 'elu', 'relu' or None, got {activation!r}")
         self.activation = activation
+        self.gated = gated
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(super().forward(x))
 
     def activate(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's activation of its convolution's fresh output ``x`` (overwritten)."""
+        if self.gated:
+            return self._gate(x)
         needs_grad = torch.is_grad_enabled() and x.requires_grad
         if self.activation == "elu":
             # The convolution's output is fresh: without autograd it can be activated in place.
@@ -68,16 +81,31 @@ class GenConv(SameConv2d):
             return F.relu(x)
         return x
 
+    def _gate(self, x: torch.Tensor) -> torch.Tensor:
+        features, gate = x.chunk(2, dim=1)
+        if (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_exporting():
+            activated = F.elu(features) if self.activation == "elu" else F.relu(features)
+            return activated * torch.sigmoid(gate)
+        # Inference: both halves are views of the fresh output, activated in place, and one
+        # product is the only new tensor.
+        activated = F.elu_(features) if self.activation == "elu" else F.relu_(features)
+        return activated.mul(gate.sigmoid_())
+
 
 class GenDeconv(nn.Module):
     """Official ``gen_deconv``: x2 nearest upsampling (align-corners) then a 3x3 ``GenConv``."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, same: PaddingMode = "tf_same", align_corners: bool = True
+        self,
+        in_channels: int,
+        out_channels: int,
+        same: PaddingMode = "tf_same",
+        align_corners: bool = True,
+        gated: bool = False,
     ) -> None:
         super().__init__()
         self.align_corners = align_corners
-        self.conv = GenConv(in_channels, out_channels, 3, same=same)
+        self.conv = GenConv(in_channels, out_channels, 3, same=same, gated=gated)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -109,7 +137,9 @@ class CoarseGenerator(nn.Module):
     """Stage 1: encoder, dilated convolutions, decoder.
 
     ``forward(x, mask) -> x_stage1``; ``x: (N,3,H,W)`` in [-1,1] with the hole already blanked,
-    ``mask: (1 or N,1,H,W)``, 1 = hole. Output (N,3,H,W) clipped to [-1,1].
+    ``mask: (1 or N,1,H,W)``, 1 = hole. Output (N,3,H,W) in [-1,1]: clipped (v1) or through
+    ``tanh`` (v2, ``gated=True``). ``cnum``: the width of the layers' outputs (v2 counts the
+    convolutions' channels, twice that).
     """
 
     def __init__(
@@ -118,27 +148,30 @@ class CoarseGenerator(nn.Module):
         dilations: Sequence[int] = (2, 4, 8, 16),
         same: PaddingMode = "tf_same",
         align_corners: bool = True,
+        gated: bool = False,
     ) -> None:
         super().__init__()
         dilations = _check_dilations(dilations)
         c = cnum
-        self.conv1 = GenConv(5, c, 5, same=same)
-        self.conv2_downsample = GenConv(c, 2 * c, 3, 2, same=same)
-        self.conv3 = GenConv(2 * c, 2 * c, 3, same=same)
-        self.conv4_downsample = GenConv(2 * c, 4 * c, 3, 2, same=same)
-        self.conv5 = GenConv(4 * c, 4 * c, 3, same=same)
-        self.conv6 = GenConv(4 * c, 4 * c, 3, same=same)
+        self.gated = gated
+        conv = functools.partial(GenConv, same=same, gated=gated)
+        self.conv1 = conv(5, c, 5)
+        self.conv2_downsample = conv(c, 2 * c, 3, 2)
+        self.conv3 = conv(2 * c, 2 * c, 3)
+        self.conv4_downsample = conv(2 * c, 4 * c, 3, 2)
+        self.conv5 = conv(4 * c, 4 * c, 3)
+        self.conv6 = conv(4 * c, 4 * c, 3)
         # Official names are conv7_atrous .. conv10_atrous for the default four dilations.
         self.atrous_names = [f"conv{7 + i}_atrous" for i in range(len(dilations))]
         for name, d in zip(self.atrous_names, dilations, strict=True):
-            self.add_module(name, GenConv(4 * c, 4 * c, 3, dilation=d, same=same))
-        self.conv11 = GenConv(4 * c, 4 * c, 3, same=same)
-        self.conv12 = GenConv(4 * c, 4 * c, 3, same=same)
-        self.conv13_upsample = GenDeconv(4 * c, 2 * c, same, align_corners)
-        self.conv14 = GenConv(2 * c, 2 * c, 3, same=same)
-        self.conv15_upsample = GenDeconv(2 * c, c, same, align_corners)
-        self.conv16 = GenConv(c, c // 2, 3, same=same)
-        self.conv17 = GenConv(c // 2, 3, 3, activation=None, same=same)
+            self.add_module(name, conv(4 * c, 4 * c, 3, dilation=d))
+        self.conv11 = conv(4 * c, 4 * c, 3)
+        self.conv12 = conv(4 * c, 4 * c, 3)
+        self.conv13_upsample = GenDeconv(4 * c, 2 * c, same, align_corners, gated)
+        self.conv14 = conv(2 * c, 2 * c, 3)
+        self.conv15_upsample = GenDeconv(2 * c, c, same, align_corners, gated)
+        self.conv16 = conv(c, c // 2, 3)
+        self.conv17 = conv(c // 2, 3, 3, activation=None)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.conv1(_with_mask(x, mask))
@@ -148,8 +181,12 @@ class CoarseGenerator(nn.Module):
             x = getattr(self, name)(x)
         for layer in (self.conv11, self.conv12, self.conv13_upsample, self.conv14, self.conv15_upsample):
             x = layer(x)
-        x = self.conv17(self.conv16(x))
-        return x.clamp(-1.0, 1.0)
+        return _output(self.conv17(self.conv16(x)), self.gated)
+
+
+def _output(x: torch.Tensor, gated: bool) -> torch.Tensor:
+    """A stage's image: v2 squashes with tanh, v1 clips."""
+    return torch.tanh(x) if gated else x.clamp(-1.0, 1.0)
 
 
 class RefineGenerator(nn.Module):
@@ -157,6 +194,7 @@ class RefineGenerator(nn.Module):
 
     ``forward(x, mask) -> (x_stage2, offsets)``; ``x: (N,3,H,W)`` in [-1,1] (coarse result pasted
     into the hole), ``mask: (1 or N,1,H,W)``, 1 = hole; ``offsets: (N,2,H/(4*rate),W/(4*rate))``.
+    v1 sees ``[x, ones, mask]``, v2 (``gated=True``) the 3 channels of ``x`` alone.
     """
 
     def __init__(
@@ -167,43 +205,47 @@ class RefineGenerator(nn.Module):
         same: PaddingMode = "tf_same",
         align_corners: bool = True,
         contextual_attention: bool = True,
+        gated: bool = False,
     ) -> None:
         super().__init__()
         dilations = _check_dilations(dilations)
         c = cnum
         self.align_corners = align_corners
         self.contextual_attention = contextual_attention
+        self.gated = gated
+        conv = functools.partial(GenConv, same=same, gated=gated)
+        inputs = 3 if gated else 5
         # Dilated ("hallucination") branch.
-        self.xconv1 = GenConv(5, c, 5, same=same)
-        self.xconv2_downsample = GenConv(c, c, 3, 2, same=same)
-        self.xconv3 = GenConv(c, 2 * c, 3, same=same)
-        self.xconv4_downsample = GenConv(2 * c, 2 * c, 3, 2, same=same)
-        self.xconv5 = GenConv(2 * c, 4 * c, 3, same=same)
-        self.xconv6 = GenConv(4 * c, 4 * c, 3, same=same)
+        self.xconv1 = conv(inputs, c, 5)
+        self.xconv2_downsample = conv(c, c, 3, 2)
+        self.xconv3 = conv(c, 2 * c, 3)
+        self.xconv4_downsample = conv(2 * c, 2 * c, 3, 2)
+        self.xconv5 = conv(2 * c, 4 * c, 3)
+        self.xconv6 = conv(4 * c, 4 * c, 3)
         self.atrous_names = [f"xconv{7 + i}_atrous" for i in range(len(dilations))]
         for name, d in zip(self.atrous_names, dilations, strict=True):
-            self.add_module(name, GenConv(4 * c, 4 * c, 3, dilation=d, same=same))
+            self.add_module(name, conv(4 * c, 4 * c, 3, dilation=d))
         # Attention branch.
-        self.pmconv1 = GenConv(5, c, 5, same=same)
-        self.pmconv2_downsample = GenConv(c, c, 3, 2, same=same)
-        self.pmconv3 = GenConv(c, 2 * c, 3, same=same)
-        self.pmconv4_downsample = GenConv(2 * c, 4 * c, 3, 2, same=same)
-        self.pmconv5 = GenConv(4 * c, 4 * c, 3, same=same)
-        self.pmconv6 = GenConv(4 * c, 4 * c, 3, activation="relu", same=same)
+        self.pmconv1 = conv(inputs, c, 5)
+        self.pmconv2_downsample = conv(c, c, 3, 2)
+        self.pmconv3 = conv(c, 2 * c, 3)
+        self.pmconv4_downsample = conv(2 * c, 4 * c, 3, 2)
+        self.pmconv5 = conv(4 * c, 4 * c, 3)
+        self.pmconv6 = conv(4 * c, 4 * c, 3, activation="relu")
         self.attention = attention if attention is not None else ContextualAttention(rate=2)
-        self.pmconv9 = GenConv(4 * c, 4 * c, 3, same=same)
-        self.pmconv10 = GenConv(4 * c, 4 * c, 3, same=same)
+        self.pmconv9 = conv(4 * c, 4 * c, 3)
+        self.pmconv10 = conv(4 * c, 4 * c, 3)
         # Merge.
-        self.allconv11 = GenConv(8 * c, 4 * c, 3, same=same)
-        self.allconv12 = GenConv(4 * c, 4 * c, 3, same=same)
-        self.allconv13_upsample = GenDeconv(4 * c, 2 * c, same, align_corners)
-        self.allconv14 = GenConv(2 * c, 2 * c, 3, same=same)
-        self.allconv15_upsample = GenDeconv(2 * c, c, same, align_corners)
-        self.allconv16 = GenConv(c, c // 2, 3, same=same)
-        self.allconv17 = GenConv(c // 2, 3, 3, activation=None, same=same)
+        self.allconv11 = conv(8 * c, 4 * c, 3)
+        self.allconv12 = conv(4 * c, 4 * c, 3)
+        self.allconv13_upsample = GenDeconv(4 * c, 2 * c, same, align_corners, gated)
+        self.allconv14 = conv(2 * c, 2 * c, 3)
+        self.allconv15_upsample = GenDeconv(2 * c, c, same, align_corners, gated)
+        self.allconv16 = conv(c, c // 2, 3)
+        self.allconv17 = conv(c // 2, 3, 3, activation=None)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xnow = _with_mask(x, mask)
+        xnow = x if self.gated else _with_mask(x, mask)
         h = self.xconv1(xnow)
         for layer in (self.xconv2_downsample, self.xconv3, self.xconv4_downsample, self.xconv5, self.xconv6):
             h = layer(h)
@@ -237,14 +279,16 @@ class RefineGenerator(nn.Module):
             self.allconv16,
         ):
             x = layer(x)
-        return self.allconv17(x).clamp(-1.0, 1.0), offsets
+        return _output(self.allconv17(x), self.gated), offsets
 
 
 class InpaintGenerator(nn.Module):
-    """DeepFill v1 generator (coarse + refinement), 3,601,542 parameters at ``cnum=32``.
+    """DeepFill generator (coarse + refinement): v1, 3,601,542 parameters at ``cnum=32``, or v2
+    (``gated=True``), 4,052,478 parameters at ``cnum=48``.
 
     Args:
-        cnum: base channel count (32 in the paper).
+        cnum: base channel count (v1: 32; v2: 48, counted as the official code does, before the
+            gates halve it, so a multiple of 4).
         dilations: dilation schedule of both dilated stacks (2, 4, 8, 16 in the paper).
         attention: keyword arguments of :class:`ContextualAttention` (ksize, rate, fuse_k,
             softmax_scale, fuse, chunk_size); the paper uses rate 2.
@@ -256,6 +300,8 @@ class InpaintGenerator(nn.Module):
             claim): the attention branch's features pass on unchanged; same parameters.
         channels_last: keep the weights and activations in NHWC layout (the faster one for
             these convolutions; ``False`` for the plain NCHW layout). Results are the same.
+        gated: DeepFill v2 (Yu et al. 2019): gated convolutions, ``tanh`` outputs, stage 2 on
+            the 3-channel composite alone (:attr:`family` ``"v2"``).
 
     ``forward(image, mask) -> (x_stage1, x_stage2, offsets)``:
         image: (N,3,H,W) in [-1,1], RGB, H and W divisible by :attr:`multiple` (``4 * rate``, 8
@@ -277,8 +323,11 @@ class InpaintGenerator(nn.Module):
         init: InitScheme = "glorot_uniform",
         contextual_attention: bool = True,
         channels_last: bool = True,
+        gated: bool = False,
     ) -> None:
         super().__init__()
+        if gated and (cnum < 4 or cnum % 4):
+            raise ValueError(f"cnum of a gated (v2) generator must be a multiple of 4, got {cnum!r}")
         if cnum < 2 or cnum % 2:
             raise ValueError(f"cnum must be an even integer >= 2, got {cnum!r}")
         attention_kwargs = {"rate": 2, **(attention or {})}
@@ -292,23 +341,33 @@ class InpaintGenerator(nn.Module):
             "init": init,
             "contextual_attention": contextual_attention,
             "channels_last": channels_last,
+            "gated": gated,
         }
         self.channels_last = channels_last
+        self.gated = gated
         self.multiple = 4 * attention_kwargs["rate"]
-        self.coarse = CoarseGenerator(cnum, dilations, padding, align_corners)
+        # A gated layer's output is half its convolution's channels.
+        width = cnum // 2 if gated else cnum
+        self.coarse = CoarseGenerator(width, dilations, padding, align_corners, gated)
         self.refine = RefineGenerator(
-            cnum,
+            width,
             dilations,
             ContextualAttention(**attention_kwargs),
             padding,
             align_corners,
             contextual_attention,
+            gated,
         )
         initialize_(self, init)
         if channels_last:
             # NHWC convolutions: about 1.2x faster inference and training steps on a 2-core
             # CPU, measured side by side (BENCHMARKS.md); results equal NCHW to float rounding.
             self.to(memory_format=torch.channels_last)
+
+    @property
+    def family(self) -> str:
+        """``"v1"`` (contextual attention, Yu et al. 2018) or ``"v2"`` (gated convolution, 2019)."""
+        return "v2" if self.gated else "v1"
 
     def compile_stages(self, **options) -> InpaintGenerator:
         """``torch.compile`` both stages in place (``options``: its arguments, e.g.

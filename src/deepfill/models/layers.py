@@ -226,11 +226,15 @@ class SameConv2d(nn.Conv2d):
         return top, bottom, left, right
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convolve(x, self.weight)
+
+    def convolve(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The layer's convolution of ``x`` with ``weight`` in place of its own (same shape)."""
         top, bottom, left, right = self._padding(x.shape[-2], x.shape[-1])
         if top == bottom and left == right:
-            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation)
+            return F.conv2d(x, weight, self.bias, self.stride, (top, left), self.dilation)
         x = pad_zeros(x, (left, right, top, bottom))
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation)
+        return F.conv2d(x, weight, self.bias, self.stride, 0, self.dilation)
 
 
 def align_corners_index(in_size: int, out_size: int, device: torch.device | None = None) -> torch.Tensor:

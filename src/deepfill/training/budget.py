@@ -172,17 +172,18 @@ def measure_update_seconds(
     untouched), on a box hole of the official size. ``adversarial=False``: a schedule without
     that phase; it is not timed (0 s)."""
     from deepfill.data.masks import centered_rectangle, hole_distance
-    from deepfill.training.losses import critic_loss, generator_loss
+    from deepfill.models import SNPatchGANCritic
+    from deepfill.training.losses import critic_loss, generator_loss, patch_critic_loss
 
     device = module.device
     config = module.loss_config
-    generator, global_critic, local_critic = (
-        copy.deepcopy(m) for m in (module.generator, module.global_critic, module.local_critic)
-    )
-    critic_parameters = list(itertools.chain(global_critic.parameters(), local_critic.parameters()))
+    generator = copy.deepcopy(module.generator)
+    adversary = copy.deepcopy(module.adversary)  # v2's critic, or v1's (global, local) pair
+    critics = (adversary,) if isinstance(adversary, SNPatchGANCritic) else adversary
+    critic_parameters = list(itertools.chain.from_iterable(c.parameters() for c in critics))
     opt_g = module.optimizer_factory(generator.parameters())
     opt_d = module.optimizer_factory(critic_parameters)
-    size = global_critic.input_size
+    size = critics[0].input_size
     draw = torch.Generator().manual_seed(0)
     image = (torch.rand(batch_size, 3, size, size, generator=draw) * 2 - 1).to(device)
     mask = centered_rectangle(size, size)[None].expand(batch_size, -1, -1, -1).contiguous().to(device)
@@ -191,10 +192,11 @@ def measure_update_seconds(
 
     def generator_update(phase: str) -> None:
         outputs = module.phase_outputs(generator, image, mask, phase, distance)
-        critics = (global_critic, local_critic) if phase == "adversarial" else None
         for parameter in critic_parameters:  # frozen, as during the run's generator updates
             parameter.requires_grad_(False)
-        loss = generator_loss(outputs, module.loss_config_for(phase), critics)
+        loss = generator_loss(
+            outputs, module.loss_config_for(phase), adversary if phase == "adversarial" else None
+        )
         opt_g.zero_grad(set_to_none=True)
         loss.total.backward()
         opt_g.step()
@@ -204,8 +206,11 @@ def measure_update_seconds(
     def critic_update() -> None:
         with torch.no_grad():
             outputs = module.phase_outputs(generator, image, mask, "adversarial", distance)
-        alpha = torch.rand(2, batch_size, generator=draw).to(device)
-        loss = critic_loss(global_critic, local_critic, outputs, config, alpha[0], alpha[1])
+        if isinstance(adversary, SNPatchGANCritic):
+            loss = patch_critic_loss(adversary, outputs)
+        else:
+            alpha = torch.rand(2, batch_size, generator=draw).to(device)
+            loss = critic_loss(*adversary, outputs, config, alpha[0], alpha[1])
         opt_d.zero_grad(set_to_none=True)
         loss.total.backward()
         opt_d.step()

@@ -1,4 +1,5 @@
-"""DeepFill v1 losses, as pure functions.
+"""DeepFill losses, as pure functions: v1's (spatially discounted L1, AE, WGAN-GP on a global
+and a local critic) and v2's (plain L1 on both stages, hinge loss on the SN-PatchGAN critic).
 
 Conventions: images (N,3,H,W) in [-1,1]; masks (N,1,H,W) (or (1,1,H,W)), 1 = hole.
 """
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from deepfill.models.critics import Critic
 from deepfill.models.generator import composite
 from deepfill.models.layers import cached_tensor
+from deepfill.models.sn_patchgan import SNPatchGANCritic
 
 __all__ = [
     "GENERATOR_TERMS",
@@ -32,15 +34,18 @@ __all__ = [
     "discounted_l1",
     "generator_loss",
     "gradient_penalty",
+    "hinge_critic_loss",
+    "hinge_generator_loss",
     "hole_boxes",
     "l1_term",
     "local_patches",
     "nearest_known_discount",
+    "patch_critic_loss",
     "wgan_critic_loss",
     "wgan_generator_loss",
 ]
 
-DiscountForm = Literal["box", "nearest_known"]
+DiscountForm = Literal["box", "nearest_known", "none"]
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,17 @@ def wgan_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     return -fake_scores.mean()
 
 
+def hinge_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """SN-PatchGAN's critic loss: ``0.5 * mean(relu(1 - D(real))) + 0.5 * mean(relu(1 + D(fake)))``
+    over every patch score (neuralgym's ``gan_hinge_loss``)."""
+    return 0.5 * F.relu(1.0 - real_scores).mean() + 0.5 * F.relu(1.0 + fake_scores).mean()
+
+
+def hinge_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """SN-PatchGAN's generator loss ``-mean(D(fake))`` over every patch score."""
+    return -fake_scores.mean()
+
+
 def gradient_penalty(
     critic: torch.nn.Module,
     real: torch.Tensor,
@@ -262,8 +278,9 @@ class LossConfig:
     """What the training losses read, checked once: the weights, the spatial discount and the
     local patch side.
 
-    discount: ``"box"`` (official: :func:`box_discount` over the local patch) or
-    ``"nearest_known"`` (the paper's form for holes of any shape, :func:`nearest_known_discount`);
+    discount: ``"box"`` (official v1: :func:`box_discount` over the local patch),
+    ``"nearest_known"`` (the paper's form for holes of any shape, :func:`nearest_known_discount`)
+    or ``"none"`` (official v2: a plain mean over the whole image);
     gamma: its base in (0, 1]; patch_size: the local patch side (the local critic's input).
     """
 
@@ -273,8 +290,10 @@ class LossConfig:
     patch_size: int = 128
 
     def __post_init__(self) -> None:
-        if self.discount not in ("box", "nearest_known"):
-            raise ValueError(f"model.discount must be 'box' or 'nearest_known', got {self.discount!r}")
+        if self.discount not in ("box", "nearest_known", "none"):
+            raise ValueError(
+                f"model.discount must be 'box', 'nearest_known' or 'none', got {self.discount!r}"
+            )
         if not 0 < self.gamma <= 1:
             raise ValueError(f"model.gamma must be in (0, 1], got {self.gamma!r}")
         if self.patch_size < 1:
@@ -346,9 +365,12 @@ def l1_term(step: StepOutputs, config: LossConfig, critics=None) -> torch.Tensor
     ``box`` (official): :func:`box_discount` over the local patch at ``step.origins``, a plain
     mean over patch and channels. ``nearest_known``: :func:`nearest_known_discount` over the whole
     image, averaged over the hole (right for free-form holes, which need not fit any patch).
+    ``none`` (v2): ``mean |image - x|`` over the whole image, hole and known pixels alike.
     """
     outputs = [(config.weights.coarse, step.x1)] + ([(1.0, step.x2)] if step.x2 is not None else [])
     image, size = step.image, config.patch_size
+    if config.discount == "none":
+        return sum(w * (image - x).abs().mean() for w, x in outputs)
     if config.discount == "box":
         crops = crop_patches(step.origins, size, image, *(x for _, x in outputs))
         weights = box_discount(size, size, config.gamma, image.device, image.dtype)
@@ -364,13 +386,18 @@ def ae_term(step: StepOutputs, config: LossConfig, critics=None) -> torch.Tensor
     return ae_loss(step.image, step.x1, step.x2, step.mask, config.weights.coarse)
 
 
-def adversarial_term(
-    step: StepOutputs, config: LossConfig, critics: tuple[torch.nn.Module, torch.nn.Module] | None = None
-) -> torch.Tensor:
-    """``global_wgan * -mean(D_global(completed)) - mean(D_local(completed patch))``; 0 without
-    critics or without ``x2`` (the reconstruction phases)."""
+Critics = tuple[torch.nn.Module, torch.nn.Module] | SNPatchGANCritic
+
+
+def adversarial_term(step: StepOutputs, config: LossConfig, critics: Critics | None = None) -> torch.Tensor:
+    """v1, ``critics = (global, local)``: ``global_wgan * -mean(D_global(completed)) -
+    mean(D_local(completed patch))``; v2, an :class:`SNPatchGANCritic`: the hinge generator loss
+    ``-mean(D(completed, mask))``. 0 without critics or without ``x2`` (the reconstruction
+    phases)."""
     if critics is None or step.completed is None:
         return torch.zeros((), device=step.image.device, dtype=step.x1.dtype)
+    if isinstance(critics, SNPatchGANCritic):
+        return hinge_generator_loss(critics(step.completed, step.mask))
     global_critic, local_critic = critics
     (fake_local,) = crop_patches(step.origins, config.patch_size, step.completed)
     g_global = wgan_generator_loss(global_critic(step.completed))
@@ -395,16 +422,13 @@ GENERATOR_TERMS: dict[str, LossTerm] = {
 }
 
 
-def generator_loss(
-    step: StepOutputs,
-    config: LossConfig,
-    critics: tuple[torch.nn.Module, torch.nn.Module] | None = None,
-) -> Loss:
-    """The official generator loss ``gan * (global_wgan * g_global + g_local) + l1 * L1 + ae * AE``
-    (``g_loss``), the weighted sum of :data:`GENERATOR_TERMS`.
+def generator_loss(step: StepOutputs, config: LossConfig, critics: Critics | None = None) -> Loss:
+    """The official generator loss (``g_loss``), the weighted sum of :data:`GENERATOR_TERMS`:
+    v1 ``gan * (global_wgan * g_global + g_local) + l1 * L1 + ae * AE``; v2 (discount ``none``,
+    ``ae = 0``, an SN-PatchGAN critic) ``gan * g_hinge + l1 * (mean|x - x1| + mean|x - x2|)``.
 
-    ``critics = (global, local)`` adds the adversarial term on ``step.completed``; without them
-    (the reconstruction phases) it is 0.
+    ``critics``: ``(global, local)`` or an :class:`SNPatchGANCritic`, adds the adversarial term
+    on ``step.completed``; without them (the reconstruction phases) it is 0.
     """
     terms = {name: term.function(step, config, critics) for name, term in GENERATOR_TERMS.items()}
     weights = config.weights
@@ -447,3 +471,17 @@ def critic_loss(
         "critic_gap_local": -wgan_local.detach(),
     }
     return Loss("d_loss", wgan_global + wgan_local + gp, terms)
+
+
+def patch_critic_loss(critic: SNPatchGANCritic, step: StepOutputs) -> Loss:
+    """The official v2 critic loss (``d_loss``): the hinge loss of the SN-PatchGAN critic on the
+    real images and the completed ones, each with the mask as a fourth channel, scored in one
+    call as the official graph does (real first). Also ``critic_gap``,
+    ``mean(D(real)) - mean(D(fake))``. The fakes (``step.completed``) need no gradient."""
+    real, fake = step.image, step.completed.detach()
+    mask = step.mask.expand(real.shape[0], *step.mask.shape[1:])
+    scores = critic(torch.cat([real, fake]), torch.cat([mask, mask]))
+    n = real.shape[0]
+    hinge = hinge_critic_loss(scores[:n], scores[n:])
+    gap = (scores[:n].mean() - scores[n:].mean()).detach()
+    return Loss("d_loss", hinge, {"d_hinge": hinge.detach(), "critic_gap": gap})

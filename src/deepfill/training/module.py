@@ -1,10 +1,11 @@
-"""DeepFillModule: the two generator stages and the two WGAN-GP critics, trained as in the paper.
+"""DeepFillModule: the two generator stages and their critics, trained as in the papers: v1's two
+WGAN-GP critics (global and local), or v2's SN-PatchGAN critic with the hinge loss.
 
 Manual optimisation with the official schedule (neuralgym's ``SecondaryTrainer``): each
 generator iteration makes ``n_critic`` critic updates, each on its own batch (fakes detached),
 then one generator update on a fresh batch with the critics frozen. So 12 batches with
-``n_critic=5`` give 10 critic and 2 generator updates. A critic update skipped for a non-finite
-loss does not count towards the ``n_critic``.
+``n_critic=5`` give 10 critic and 2 generator updates (v2's official schedule: ``n_critic=1``).
+A critic update skipped for a non-finite loss does not count towards the ``n_critic``.
 
 Two optional phases come first, each one generator update per batch and no critic cost:
 ``pretrain_coarse_steps`` of the official coarse pre-training (stage 1 alone on the
@@ -29,8 +30,16 @@ from torch.profiler import record_function
 
 from deepfill.evaluation.means import InpaintingMetrics
 from deepfill.evaluation.metrics import METRICS
-from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic
-from deepfill.training.losses import LossConfig, LossWeights, StepOutputs, critic_loss, generator_loss
+from deepfill.models import GlobalCritic, InpaintGenerator, LocalCritic, SNPatchGANCritic
+from deepfill.training.losses import (
+    Loss,
+    LossConfig,
+    LossWeights,
+    StepOutputs,
+    critic_loss,
+    generator_loss,
+    patch_critic_loss,
+)
 from deepfill.training.resume import normalize_loops
 from deepfill.training.visuals import COLUMNS, inpainting_grid, log_grid
 from deepfill.utils.errors import UserError
@@ -79,12 +88,14 @@ def _grad_norm(parameters) -> torch.Tensor:
 
 
 class DeepFillModule(pl.LightningModule):
-    """DeepFill v1 training.
+    """DeepFill training, v1 or v2 (the critics given choose the adversarial loss).
 
     Args:
-        generator: :class:`InpaintGenerator`.
-        global_critic, local_critic: the WGAN critics (their input sizes set the image size and
-            the local crop size).
+        generator: :class:`InpaintGenerator` (v1, or v2 with ``gated=True``).
+        global_critic, local_critic: v1's WGAN-GP critics (their input sizes set the image size
+            and the local crop size); or
+        critic: v2's :class:`SNPatchGANCritic` (hinge loss on ``[image, mask]``; its
+            ``input_size`` is the image size), instead of those two.
         loss: :class:`LossWeights` or a dict of its fields.
         optimizer: makes one optimiser from parameters (``functools.partial`` of a
             ``torch.optim`` class, as Hydra's ``_partial_: true`` gives); one for the generator,
@@ -121,8 +132,8 @@ class DeepFillModule(pl.LightningModule):
     def __init__(
         self,
         generator: InpaintGenerator,
-        global_critic: GlobalCritic,
-        local_critic: LocalCritic,
+        global_critic: GlobalCritic | None = None,
+        local_critic: LocalCritic | None = None,
         loss: LossWeights | dict | None = None,
         optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
         n_critic: int = 5,
@@ -141,11 +152,22 @@ class DeepFillModule(pl.LightningModule):
         seed: int = 0,
         compile: bool = False,
         compile_options: dict | None = None,
+        critic: SNPatchGANCritic | None = None,
     ) -> None:
         super().__init__()
         if n_critic < 1:
             raise ValueError(f"model.n_critic must be >= 1, got {n_critic!r}")
-        size = global_critic.input_size
+        if (critic is None) == (global_critic is None or local_critic is None) or (
+            critic is not None and (global_critic, local_critic) != (None, None)
+        ):
+            raise ValueError(
+                "model: give either model.global_critic and model.local_critic (DeepFill v1) or "
+                "model.critic (DeepFill v2's SN-PatchGAN), not both or neither"
+            )
+        size = critic.input_size if critic is not None else global_critic.input_size
+        # The local patch: the local critic's input; v2 has none, and its losses need none
+        # (a box discount, should a v2 run ask for one, reads the official box, half the side).
+        patch = local_critic.input_size if local_critic is not None else size // 2
         if size % generator.multiple:
             raise ValueError(
                 f"data.image_size must be divisible by 4 * attention rate = {generator.multiple}, got {size}"
@@ -181,19 +203,19 @@ class DeepFillModule(pl.LightningModule):
             # In place: parameter names, and so checkpoints, stay those of the eager modules.
             options = dict(compile_options or {})
             generator.compile_stages(**options)
-            global_critic.compile(**options)
-            local_critic.compile(**options)
+            for network in (global_critic, local_critic, critic):
+                if network is not None:
+                    network.compile(**options)
         self.generator = generator
         self.global_critic = global_critic
         self.local_critic = local_critic
+        self.critic = critic
         weights = loss if isinstance(loss, LossWeights) else LossWeights(**(loss or {}))
         # One loss configuration; the local patch side is the local critic's input size.
-        self.loss_config = LossConfig(weights, discount, gamma, local_critic.input_size)
+        self.loss_config = LossConfig(weights, discount, gamma, patch)
         # The coarse pre-training's local patch shrinks with its images.
         self.coarse_scale = float(coarse_scale)
-        self.coarse_loss_config = LossConfig(
-            weights, discount, gamma, max(1, round(local_critic.input_size * coarse_scale))
-        )
+        self.coarse_loss_config = LossConfig(weights, discount, gamma, max(1, round(patch * coarse_scale)))
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.5, 0.9))
         try:  # its own checks (a negative lr, betas out of range), here rather than at fit time
             self.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
@@ -217,7 +239,9 @@ class DeepFillModule(pl.LightningModule):
         # Every argument, as the config gave it (seed, max_nonfinite, compile, the LPIPS flags,
         # ...); the networks, the loss weights and the optimiser factory as plain values a
         # checkpoint can be read and rebuilt from.
-        self.save_hyperparameters(ignore=["generator", "global_critic", "local_critic", "loss", "optimizer"])
+        self.save_hyperparameters(
+            ignore=["generator", "global_critic", "local_critic", "critic", "loss", "optimizer"]
+        )
         from omegaconf import DictConfig, ListConfig, OmegaConf
 
         # Plain containers: a checkpoint must load with torch.load(weights_only=True), which
@@ -232,8 +256,16 @@ class DeepFillModule(pl.LightningModule):
             {
                 **plain,
                 "generator": generator.config,
-                "global_critic_size": global_critic.input_size,
-                "local_critic_size": local_critic.input_size,
+                # v2's critic as its settings; v1's critics as their sizes.
+                "critic": critic.config if critic is not None else None,
+                **(
+                    {}
+                    if critic is not None
+                    else {
+                        "global_critic_size": global_critic.input_size,
+                        "local_critic_size": local_critic.input_size,
+                    }
+                ),
                 "loss": weights.__dict__,
                 "optimizer": _describe(self.optimizer_factory),
             }
@@ -241,14 +273,39 @@ class DeepFillModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def configure_optimizers(self):
-        critics = list(self.global_critic.parameters()) + list(self.local_critic.parameters())
-        optimizers = [self.optimizer_factory(self.generator.parameters()), self.optimizer_factory(critics)]
+        optimizers = [
+            self.optimizer_factory(self.generator.parameters()),
+            self.optimizer_factory(self.critic_parameters()),
+        ]
         for optimizer in optimizers:
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])  # what the cosine decay scales
         return optimizers
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def adversary(self) -> SNPatchGANCritic | tuple[GlobalCritic, LocalCritic]:
+        """What the adversarial losses take: v2's critic, or v1's (global, local) pair."""
+        return self.critic if self.critic is not None else (self.global_critic, self.local_critic)
+
+    def critic_parameters(self) -> list[torch.nn.Parameter]:
+        """Every critic's parameters (the critics' optimiser updates them together)."""
+        critics = (self.critic,) if self.critic is not None else (self.global_critic, self.local_critic)
+        return [p for critic in critics for p in critic.parameters()]
+
+    def critic_loss(self, step: StepOutputs, critic_steps: int) -> Loss:
+        """The critics' loss on ``step`` (its completed images as the fakes): v2's hinge loss, or
+        v1's WGAN-GP, whose penalty interpolates with factors seeded by ``(seed, critic_steps)``
+        (drawn where they are used, no copy to a GPU), so a resumed run draws what the
+        uninterrupted run would have drawn."""
+        if self.critic is not None:
+            return patch_critic_loss(self.critic, step)
+        image = step.image
+        draw = torch.Generator(device=image.device)
+        draw.manual_seed(self.seed * 1_000_003 + critic_steps)
+        alpha = torch.rand(2, image.shape[0], generator=draw, device=image.device).to(image.dtype)
+        return critic_loss(self.global_critic, self.local_critic, step, self.loss_config, alpha[0], alpha[1])
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Before Lightning restores its loops from it: a checkpoint taken after an epoch ended
         # resumes as the next epoch's start, one taken after a stop part-way through an epoch
@@ -353,19 +410,14 @@ class DeepFillModule(pl.LightningModule):
         # record_function ranges name the parts of a step in profiles (free when not profiling).
         with torch.no_grad(), record_function("deepfill/critic_step/generator_forward"):
             step = self._forward(image, mask)
-        # Drawn where they are used (no copy to a GPU), seeded by the step.
-        draw = torch.Generator(device=image.device)
-        draw.manual_seed(self.seed * 1_000_003 + self._counts["critic_steps"])
-        alpha = torch.rand(2, image.shape[0], generator=draw, device=image.device).to(image.dtype)
         with record_function("deepfill/critic_step/critics"):
-            critics = (self.global_critic, self.local_critic)
-            loss = critic_loss(*critics, step, self.loss_config, alpha[0], alpha[1])
+            loss = self.critic_loss(step, self._counts["critic_steps"])
         opt_d.zero_grad(set_to_none=True)
         with record_function("deepfill/critic_step/backward"):
             self.manual_backward(loss.total)
         if not self._finite_or_skip(loss.total.detach(), "critic loss", opt_d):
             return False
-        grad_norm = _grad_norm(list(self.global_critic.parameters()) + list(self.local_critic.parameters()))
+        grad_norm = _grad_norm(self.critic_parameters())
         opt_d.step()
         self._set_count("critic_steps", self._counts["critic_steps"] + 1)
         self.log_dict({**loss.logged("train/"), "train/grad_norm_d": grad_norm}, on_step=True, prog_bar=False)
@@ -383,7 +435,7 @@ class DeepFillModule(pl.LightningModule):
         try:
             with record_function("deepfill/generator_step/forward"):
                 step = self._forward(image, mask, phase, distance)
-            critics = (self.global_critic, self.local_critic) if phase == "adversarial" else None
+            critics = self.adversary if phase == "adversarial" else None
             loss = generator_loss(step, self.loss_config_for(phase), critics)
             opt_g.zero_grad(set_to_none=True)
             with record_function("deepfill/generator_step/backward"):
