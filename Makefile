@@ -17,7 +17,7 @@ EXPERIMENT ?= quickstart
 
 ARGS ?=
 
-.PHONY: help install train sweep study eval inpaint export demo notebooks test test-all test-browser browser lint format bench gpu-check clean
+.PHONY: help install train sweep study study-v2 eval inpaint export demo notebooks test test-all test-browser browser lint format bench gpu-check clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +39,9 @@ sweep: $(STAMP) ## run a sweep: make sweep SWEEP=attention|dilation|loss_weights
 
 study: $(STAMP) ## the replicated ablation: attention on/off and its patch size, 3 seeds each (about 70 min on 2 CPU cores)
 	$(BIN)/deepfill-train -m experiment=ca_ablation +sweep=ca_study $(ARGS)
+
+study-v2: $(STAMP) ## DeepFill v1 against v2 at the same time budget, 3 seeds each (about 40 min on 2 CPU cores)
+	$(BIN)/deepfill-train -m +sweep=family_study budget=3min $(ARGS)
 
 eval: $(STAMP) ## score a model: make eval ARGS="weights=W.ckpt data=folder data.val.root=photos/"
 	$(BIN)/deepfill-eval $(ARGS)

@@ -25,8 +25,8 @@ import pytest
 from PIL import Image
 
 from helpers.commands import call_cli
-from helpers.paths import GOLDENS, REPO
-from helpers.tiny import TINY
+from helpers.paths import GOLDENS, GOLDENS_V2, REPO
+from helpers.tiny import TINY, TINY_V2
 
 README = REPO / "README.md"
 # Training and conversion first: later pages use the checkpoint, weights and masks they write.
@@ -52,10 +52,13 @@ TINY_TRAIN = [
     "+trainer.limit_train_batches=2",
     "+trainer.limit_val_batches=1",
 ]
+TINY_TRAIN_V2 = [*TINY_V2, *TINY_TRAIN[len(TINY) :]]
 # Sweep presets: pin all but one swept key (command-line values beat the preset's grid).
 TINY_SWEEPS = {
     "ca_study": ["replicates=2", "+arm=attention_k3,no_attention"],
     "quickstart_coarse": ["replicates=1"],
+    # v1 against v2: only the keys both families have (the quickstart trains no critic).
+    "family_study": ["replicates=1"],
     "attention": [
         "model.generator.attention.ksize=3",
         "model.generator.attention.rate=2",
@@ -158,9 +161,13 @@ def workspace(tmp_path_factory) -> dict:
         for split in ("train", "val"):
             (ws / "data" / dataset / f"{split}.flist").write_text("\n".join(lines) + "\n")
     # Laid out like a released checkpoint folder (here with the weights of the official goldens).
-    for name in ("path/to/release_places2_256", "release_places2_256"):
+    for name, goldens in (
+        ("path/to/release_places2_256", GOLDENS),
+        ("release_places2_256", GOLDENS),
+        ("path/to/release_places2_256_deepfill_v2", GOLDENS_V2),
+    ):
         (ws / name).parent.mkdir(parents=True, exist_ok=True)
-        (ws / name).symlink_to(GOLDENS, target_is_directory=True)
+        (ws / name).symlink_to(goldens, target_is_directory=True)
     return {"dir": ws, "ckpt": None}
 
 
@@ -194,7 +201,13 @@ def tiny(tokens: list[str], ws: dict) -> list[str]:
     program = Path(tokens[0]).name
     logs = f"paths.log_dir={ws['dir'] / 'outputs'}"
     if program == "deepfill-train":
-        extra = [*TINY_TRAIN, logs]
+        v2 = any(
+            t in ("model=deepfill_v2", *(f"experiment={e}_v2" for e in ("quickstart", "places2", "celebahq")))
+            for t in tokens
+        )
+        extra = [*(TINY_TRAIN_V2 if v2 else TINY_TRAIN), logs]
+        if "+sweep=family_study" in tokens:  # both families: the keys they share
+            extra = [t for t in extra if "_critic." not in t]
         if any(t.startswith("data=") and t != "data=sample" for t in tokens):
             extra.remove("data.val.length=2")  # a key of the embedded sample data only
         for token in tokens:
