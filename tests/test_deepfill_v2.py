@@ -301,6 +301,13 @@ def test_v2_training_alternates_critic_and_generator_and_resumes_exactly(tmp_pat
     resumed, _ = _fit_v2(tmp_path / "resumed", 7, ckpt_path=tmp_path / "four.ckpt")
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name  # weights, u and counters
+    from deepfill.utils.checkpoints import check_resume_checkpoint
+    from helpers.tiny import make_module
+
+    with pytest.raises(
+        UserError, match=r"holds a DeepFill v2 training checkpoint, and this run trains DeepFill v1"
+    ):
+        check_resume_checkpoint(make_module(size=32, cnum=8), tmp_path / "four.ckpt")
     generator = generator_from_checkpoint(tmp_path / "four.ckpt")
     assert generator.family == "v2" and torch.equal(
         generator.refine.xconv1.weight, first.generator.refine.xconv1.weight

@@ -1,4 +1,5 @@
-"""DeepFill v1: generative image inpainting with contextual attention (Yu et al., CVPR 2018).
+"""DeepFill v1 (generative image inpainting with contextual attention, Yu et al., CVPR 2018) and
+v2 (free-form image inpainting with gated convolution, Yu et al., ICCV 2019).
 
 The public names below are imported on first use (PEP 562), so that ``import deepfill`` (which
 every command's module runs first) costs nothing: a command that only has to say that a file is
@@ -22,8 +23,11 @@ _EXPORTS = {
     "GlobalCritic": "deepfill.models",
     "InpaintGenerator": "deepfill.models",
     "LocalCritic": "deepfill.models",
+    "SNPatchGANCritic": "deepfill.models",
     "flow_to_image": "deepfill.models",
+    "load_official": "deepfill.official.convert",
     "load_official_v1": "deepfill.official.convert",
+    "load_official_v2": "deepfill.official.convert",
 }
 
 __all__ = [
@@ -31,9 +35,12 @@ __all__ = [
     "GlobalCritic",
     "InpaintGenerator",
     "LocalCritic",
+    "SNPatchGANCritic",
     "__version__",
     "flow_to_image",
+    "load_official",
     "load_official_v1",
+    "load_official_v2",
 ]
 
 if TYPE_CHECKING:
@@ -42,9 +49,10 @@ if TYPE_CHECKING:
         GlobalCritic,
         InpaintGenerator,
         LocalCritic,
+        SNPatchGANCritic,
         flow_to_image,
     )
-    from deepfill.official.convert import load_official_v1
+    from deepfill.official.convert import load_official, load_official_v1, load_official_v2
 
 
 def __getattr__(name: str) -> Any:

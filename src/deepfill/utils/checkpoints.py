@@ -115,7 +115,16 @@ def check_resume_checkpoint(model: nn.Module, path: str | os.PathLike, key: str 
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or "hyper_parameters" not in checkpoint:
         raise UserError(f"{key}: {path} is not a training checkpoint (no state_dict/hyper_parameters)")
-    hint = describe_differences(checkpoint["hyper_parameters"], dict(getattr(model, "hparams", {})))
+    saved = checkpoint["hyper_parameters"]
+    # Another family (v1's generator and critics against v2's): say so first, in the model's words.
+    file_family = "v2" if (saved.get("generator") or {}).get("gated") else "v1"
+    own_family = getattr(getattr(model, "generator", None), "family", file_family)
+    if file_family != own_family:
+        raise UserError(
+            f"{key}: {path} holds a DeepFill {file_family} training checkpoint, and this run trains "
+            f"DeepFill {own_family}; continue it with model=deepfill_{file_family} (or its experiment)"
+        )
+    hint = describe_differences(saved, dict(getattr(model, "hparams", {})))
     check_state_dict(model, state, key, path, hint=f"trained with {hint}" if hint else "")
 
 
