@@ -99,20 +99,33 @@ def test_parameter_count_and_official_names(goldens_v2) -> None:
         assert tuple(parameter.shape) == expected, name
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("activation", ["elu", "relu"])
-def test_gated_convolution_is_activation_times_sigmoid_gate(activation) -> None:
+def test_gated_convolution_is_activation_times_sigmoid_gate(activation, layout) -> None:
     torch.manual_seed(0)
-    layer = GenConv(6, 5, 3, activation=activation, gated=True)
+    layer = GenConv(6, 5, 3, activation=activation, gated=True).to(memory_format=layout)
     assert layer.out_channels == 10
-    x = torch.randn(2, 6, 9, 11)
-    raw = F.conv2d(x, layer.weight, layer.bias, padding=1)
+    x = (torch.randn(2, 6, 9, 11) * 3).contiguous(memory_format=layout)
     act = F.elu if activation == "elu" else F.relu
-    expected = act(raw[:, :5]) * torch.sigmoid(raw[:, 5:])
-    trained = layer(x.requires_grad_())
+
+    def plain(inputs):
+        raw = F.conv2d(inputs, layer.weight, layer.bias, padding=1)
+        return act(raw[:, :5]) * torch.sigmoid(raw[:, 5:])
+
+    expected = plain(x.clone().requires_grad_())
+    trained = layer(x.clone().requires_grad_())
     with torch.no_grad():
         inferred = layer(x)  # the in-place path
     torch.testing.assert_close(trained, expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(inferred, expected, atol=1e-6, rtol=1e-5)
+    # Gradients of the weights and the input equal the plain formula's.
+    upstream = torch.randn_like(expected)
+    inputs = x.clone().requires_grad_()
+    ours = torch.autograd.grad((layer(inputs) * upstream).sum(), [inputs, layer.weight, layer.bias])
+    inputs = x.clone().requires_grad_()
+    theirs = torch.autograd.grad((plain(inputs) * upstream).sum(), [inputs, layer.weight, layer.bias])
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert not GenConv(6, 3, 3, activation=None, gated=True).gated  # output layers are plain
 
 

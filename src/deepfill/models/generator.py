@@ -24,6 +24,7 @@ from .layers import (
     SameConv2d,
     elu,
     elu_,
+    gated_activation,
     initialize_,
     resize_is_repeat,
     resize_nearest,
@@ -72,7 +73,7 @@ class GenConv(SameConv2d):
     def activate(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's activation of its convolution's fresh output ``x`` (overwritten)."""
         if self.gated:
-            return self._gate(x)
+            return gated_activation(x, self.activation)
         needs_grad = torch.is_grad_enabled() and x.requires_grad
         if self.activation == "elu":
             # The convolution's output is fresh: without autograd it can be activated in place.
@@ -80,16 +81,6 @@ class GenConv(SameConv2d):
         if self.activation == "relu":
             return F.relu(x)
         return x
-
-    def _gate(self, x: torch.Tensor) -> torch.Tensor:
-        features, gate = x.chunk(2, dim=1)
-        if (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_exporting():
-            activated = F.elu(features) if self.activation == "elu" else F.relu(features)
-            return activated * torch.sigmoid(gate)
-        # Inference: both halves are views of the fresh output, activated in place, and one
-        # product is the only new tensor.
-        activated = F.elu_(features) if self.activation == "elu" else F.relu_(features)
-        return activated.mul(gate.sigmoid_())
 
 
 class GenDeconv(nn.Module):

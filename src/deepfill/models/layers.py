@@ -501,3 +501,61 @@ def elu(x: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu" or _exporting() or _dense_view(x) is None:
         return F.elu(x)
     return _TrainingELU.apply(x)
+
+
+def _activated(features: torch.Tensor, activation: str) -> torch.Tensor:
+    """ELU or ReLU of ``features`` into a new tensor, vectorised: the ELU as
+    ``max(x, exp(min(x, 0)) - 1)`` (see :func:`elu_`), not PyTorch's scalar ``expm1``."""
+    if activation == "relu":
+        return torch.relu(features)
+    negative = torch.clamp(features, max=0).exp_().sub_(1)
+    return torch.maximum(features, negative, out=negative)
+
+
+class _GatedActivation(torch.autograd.Function):
+    """``activation(x[:, :C]) * sigmoid(x[:, C:])`` with its gradient from the two halves'
+    results (each half the size of ``x``): the ELU's slope is ``min(y + 1, 1)`` of its output
+    ``y``, the ReLU's ``y > 0``, the sigmoid's ``s * (1 - s)``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, activation: str) -> torch.Tensor:
+        features, gate = x.chunk(2, dim=1)
+        activated = _activated(features, activation)
+        opened = torch.sigmoid(gate)
+        ctx.activation = activation
+        ctx.save_for_backward(activated, opened)
+        return activated * opened
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        activated, opened = ctx.saved_tensors
+        channels = activated.shape[1]
+        layout = torch.channels_last if _is_channels_last(grad) or _is_channels_last(activated) else None
+        shape = (activated.shape[0], 2 * channels, *activated.shape[2:])
+        out = torch.empty(
+            shape, dtype=grad.dtype, device=grad.device, memory_format=layout or torch.contiguous_format
+        )
+        if ctx.activation == "relu":
+            slope = (activated > 0).to(grad.dtype)
+        else:
+            slope = torch.clamp(activated + 1, max=1)
+        torch.mul(grad * opened, slope, out=out[:, :channels])
+        torch.mul(grad * activated, opened * (1 - opened), out=out[:, channels:])
+        return out, None
+
+
+def gated_activation(x: torch.Tensor, activation: str = "elu") -> torch.Tensor:
+    """DeepFill v2's gate: ``activation(x[:, :C]) * sigmoid(x[:, C:])`` for ``x: (N,2C,H,W)``, a
+    convolution's fresh output (overwritten without autograd); ``activation`` ``"elu"`` or
+    ``"relu"``. Returns (N,C,H,W). Values and gradients equal the plain formula to float
+    rounding; without autograd the halves are activated in place and the product is the one new
+    tensor."""
+    if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+        features, gate = x.chunk(2, dim=1)
+        act = F.elu(features) if activation == "elu" else F.relu(features)
+        return act * torch.sigmoid(gate)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _GatedActivation.apply(x, activation)
+    features, gate = x.chunk(2, dim=1)
+    return _activated(features, activation).mul_(gate.sigmoid_())
