@@ -386,3 +386,12 @@ def test_eval_and_inpaint_commands_take_v2_weights(goldens_v2, tmp_path) -> None
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "deepfill" in result.stdout and "mean_fill" in result.stdout
+    # The demo offers the weights and names the family beside the result.
+    from deepfill.demo import Demo, find_weights
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "v2.npz").symlink_to(weights)
+    assert any(option.path.name == "v2.npz" for option in find_weights([tmp_path / "weights"]))
+    demo = Demo([tmp_path / "weights"], tmp_path / "weights" / "v2.npz", "cpu")
+    filled, _, painted = demo.inpaint({"background": photo, "layers": []}, None, "preset", "box", 0)
+    assert filled.family == "v2" and np.array_equal(filled.completed[~painted], photo[~painted])

@@ -508,6 +508,9 @@ def _activated(features: torch.Tensor, activation: str) -> torch.Tensor:
     ``max(x, exp(min(x, 0)) - 1)`` (see :func:`elu_`), not PyTorch's scalar ``expm1``."""
     if activation == "relu":
         return torch.relu(features)
+    if features.dtype in (torch.bfloat16, torch.float16):
+        # exp(x) - 1 cancels near 0 in 8 or 11 bits of mantissa; ELU's expm1 does not.
+        return F.elu(features)
     negative = torch.clamp(features, max=0).exp_().sub_(1)
     return torch.maximum(features, negative, out=negative)
 
