@@ -141,6 +141,7 @@ CASES = [
     (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "precision=fp8"], "precision: must be one of fp32, fp16, got 'fp8'"),
     (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "check_size=[60,64]"], "check_size: must be multiples of 8, got (60, 64)"),
     (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "check_size=256"], "check_size: expected [height, width], got 256"),
+    (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "attention_block_mb=0"], "attention_block_mb: expected a number of MiB > 0, got 0"),
     ("deepfill-convert", ["{ws}/garbage.pt", "{ws}/out.pt"], "garbage.pt is not a readable PyTorch checkpoint"),
     ("deepfill-convert", ["{ws}/garbage.npz", "{ws}/imgs"], "output: {ws}/imgs is a folder"),
     ("deepfill-make-masks", ["{ws}/masks_new", "--size", "0", "64"], "size must be at least 16x16, got 0x64"),

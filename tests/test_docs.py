@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import onnx_graph
 from helpers.commands import call_cli
 from helpers.paths import GOLDENS, GOLDENS_V2, REPO
 from helpers.tiny import TINY, TINY_V2
@@ -257,9 +258,8 @@ def check_outputs(tokens: list[str], result, ws: dict) -> None:
             import onnx
 
             model = onnx.load(str(ws["dir"] / output))
-            softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
-            value = next(v for v in model.graph.value_info if v.name == softmax.input[0])
-            assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+            graph, softmax = next((g, n) for g, n in onnx_graph.nodes(model.graph) if n.op_type == "Softmax")
+            assert onnx_graph.elem_type(graph, softmax.input[0]) == onnx.TensorProto.FLOAT
             convs = [i for i in model.graph.initializer if len(i.dims) == 4]
             assert convs and all(i.data_type == onnx.TensorProto.FLOAT16 for i in convs)
     elif program == "deepfill-convert":

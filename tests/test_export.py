@@ -18,7 +18,7 @@ from PIL import Image
 from deepfill.deploy import ONNX_FORMAT, OnnxGenerator, export_onnx
 from deepfill.inference import inpaint_array, load_generator
 from deepfill.models import ContextualAttention, InpaintGenerator, inpaint_padded
-from deepfill.models.attention_dense import attend_dense
+from deepfill.models.attention_export import attend_export
 from deepfill.models.layers import (
     _Interleave,
     _interleave,
@@ -28,6 +28,7 @@ from deepfill.models.layers import (
 )
 from deepfill.official.goldens import generator_case
 from deepfill.utils.errors import UserError
+from helpers import onnx_graph
 from helpers.commands import run_cli
 from helpers.paths import REPO
 
@@ -46,13 +47,19 @@ def _batch(n: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor
     return image, mask
 
 
+# A block budget far below one grid row at the sizes tested: the narrow export's attention then
+# works through one foreground row per block (the loop at its longest; the default budget, one
+# block at these sizes, is what the official weights' export below runs).
+SMALL_BLOCKS_MB = 0.01
+
+
 @pytest.fixture(scope="module")
 def narrow(tmp_path_factory) -> tuple[InpaintGenerator, Path]:
-    """A cnum-8 generator and its fp32 export."""
+    """A cnum-8 generator and its fp32 export (attention in blocks of one row)."""
     torch.manual_seed(0)
     generator = InpaintGenerator(cnum=8).eval()
     path = tmp_path_factory.mktemp("onnx") / "narrow.onnx"
-    report = export_onnx(generator, path, check_size=(64, 96))
+    report = export_onnx(generator, path, check_size=(64, 96), attention_block_mb=SMALL_BLOCKS_MB)
     assert report.path == path and path.is_file() and report.max_abs_diff < 1e-4
     return generator, path
 
@@ -62,8 +69,10 @@ def narrow(tmp_path_factory) -> tuple[InpaintGenerator, Path]:
 
 @pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize(("ksize", "rate", "fuse_k"), [(3, 2, 3), (3, 1, 3), (5, 2, 5), (4, 3, 4), (1, 2, 1)])
-@pytest.mark.parametrize("size", [(24, 24), (24, 36), (12, 48)])
+@pytest.mark.parametrize("size", [(24, 24), (24, 36), (12, 48), (6, 6), (2, 12)])
 def test_the_exported_attention_equals_the_chunked_one(fuse, ksize, rate, fuse_k, size) -> None:
+    # Blocks of 1, 2 and 5 grid rows (the last one short), and the whole grid; grids of one and
+    # three rows, where the column-major fuse wraps through several columns.
     height, width = size
     if height % rate or width % rate:
         pytest.skip("size not divisible by the rate")
@@ -74,11 +83,20 @@ def test_the_exported_attention_equals_the_chunked_one(fuse, ksize, rate, fuse_k
     mask[1, :, 8:20, 2:10] = 1
     for m in (mask, None):
         y, offsets = layer._attend(f, f, m)
-        y_dense, offsets_dense = attend_dense(
-            f, f, m, rate=rate, ksize=ksize, fuse_k=fuse_k, softmax_scale=layer.softmax_scale, fuse=fuse
-        )
-        torch.testing.assert_close(y_dense, y, atol=1e-4, rtol=1e-4)
-        assert torch.equal(offsets_dense, offsets)
+        for rows in (1, 2, 5, None):
+            y_export, offsets_export = attend_export(
+                f,
+                f,
+                m,
+                rate=rate,
+                ksize=ksize,
+                fuse_k=fuse_k,
+                softmax_scale=layer.softmax_scale,
+                fuse=fuse,
+                rows=rows,
+            )
+            torch.testing.assert_close(y_export, y, atol=1e-4, rtol=1e-4)
+            assert torch.equal(offsets_export, offsets)
 
 
 def test_the_in_graph_resize_indices_equal_the_official_ones() -> None:
@@ -145,6 +163,9 @@ def test_the_file_says_what_it_is(narrow) -> None:
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["deepfill.format"] == ONNX_FORMAT and meta["deepfill.multiple"] == "8"
     assert meta["deepfill.precision"] == "fp32" and '"cnum": 8' in meta["deepfill.generator"]
+    assert meta["deepfill.attention_block_mb"] == f"{SMALL_BLOCKS_MB:g}"
+    # The attention's blocks are one loop (ONNX Scan) over symbolic sizes, not unrolled.
+    assert [node.op_type for _, node in onnx_graph.nodes(model.graph)].count("Scan") == 1
     dims = {
         v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
         for v in [*model.graph.input, *model.graph.output]
@@ -263,9 +284,8 @@ def test_fp16_export_keeps_attention_in_float32_and_stays_close(tmp_path) -> Non
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"wrote \S+half\.onnx .*fp16.*onnxruntime matches PyTorch at 64x64", result.stdout)
     model = onnx.load(str(tmp_path / "half.onnx"))
-    ops = {node.op_type: node for node in model.graph.node}
-    softmax_input = next(v for v in model.graph.value_info if v.name == ops["Softmax"].input[0])
-    assert softmax_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    graph, softmax = next((g, node) for g, node in onnx_graph.nodes(model.graph) if node.op_type == "Softmax")
+    assert onnx_graph.elem_type(graph, softmax.input[0]) == onnx.TensorProto.FLOAT
     convs = [i for i in model.graph.initializer if i.dims and len(i.dims) == 4]
     assert convs and all(i.data_type == onnx.TensorProto.FLOAT16 for i in convs)
     image, mask = _batch(2, 128, 128)
@@ -275,6 +295,33 @@ def test_fp16_export_keeps_attention_in_float32_and_stays_close(tmp_path) -> Non
     assert got.dtype == torch.float32
     hole = mask.expand_as(got) > 0
     assert 0 < (got - expected)[hole].abs().mean().item() < 0.01
+
+
+_PEAK_CHILD = """
+import resource, sys, torch
+from deepfill.deploy import OnnxGenerator
+generator = OnnxGenerator(sys.argv[1], threads=2)
+generator(torch.zeros(1, 3, 16, 16), torch.zeros(1, 1, 16, 16))  # libraries and session loaded
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+size = int(sys.argv[2])
+mask = torch.zeros(1, 1, size, size)
+mask[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+generator(torch.rand(1, 3, size, size) * 2 - 1, mask)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)  # bytes
+"""
+
+
+def test_the_exported_attention_works_in_bounded_memory(narrow) -> None:
+    # At 512x512 the attention's grid is 64x64: one full score matrix is 4096^2 floats (64 MiB).
+    # The export without blocks held several at once (peak +653 MiB in this test); in blocks of
+    # one row the whole run's peak, convolutions included, grew by 209 MiB (2-core Xeon).
+    _, path = narrow
+    child = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, str(path), "512"], capture_output=True, text=True, timeout=600
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    score_matrix = (512 // 8) ** 4 * 4
+    assert int(child.stdout.strip().splitlines()[-1]) < 5 * score_matrix
 
 
 def test_a_failed_check_writes_nothing(narrow, tmp_path, monkeypatch) -> None:

@@ -18,10 +18,12 @@ at the traced size only; ``torch.export`` keeps them symbolic and checks every s
 against the declared dynamic dimensions. While exporting, the layers take their plain
 formulations (``torch.compiler.is_exporting()``): ELU instead of the in-place CPU one, F.pad
 instead of the write-once pad, the resize indices computed in the graph, and contextual
-attention without chunks (:mod:`deepfill.models.attention_dense`): the official paste is a
-transposed convolution with kernels cut from the input, which no exporter takes, and is a
-matrix product of the attention weights with the background's phases here. Tests check each of
-those forms against the PyTorch path.
+attention as a loop over blocks of foreground rows (:mod:`deepfill.models.attention_export`,
+ONNX ``Scan``; the block height follows from the input size and ``attention_block_mb``, so that
+the attention's memory is bounded at any size): the official paste is a transposed convolution
+with kernels cut from the input, which no exporter takes, and is a matrix product of the
+attention weights with the background's phases here. Tests check each of those forms against
+the PyTorch path.
 
 ``precision="fp16"``: the weights and activations in float16, inputs and outputs still float32;
 contextual attention's scores, softmax and offsets stay float32 (a float16 softmax over
@@ -41,6 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepfill.models import ContextualAttention
+from deepfill.models.attention_export import EXPORT_CHUNK_BYTES
 from deepfill.models.generator import InpaintGenerator, check_generator_inputs
 from deepfill.utils.errors import UserError
 from deepfill.utils.files import atomic_path, writable_file
@@ -131,7 +135,9 @@ def _dynamic_shapes(multiple: int) -> dict:
     return {"image": {0: batch, 2: height, 3: width}, "mask": {0: batch, 2: height, 3: width}}
 
 
-def _write_model(program, path: Path, generator: InpaintGenerator, precision: str) -> None:
+def _write_model(
+    program, path: Path, generator: InpaintGenerator, precision: str, attention_block_mb: float
+) -> None:
     """Save ``program`` to ``path`` as one file with readable axis names and our metadata."""
     import onnx
 
@@ -152,6 +158,7 @@ def _write_model(program, path: Path, generator: InpaintGenerator, precision: st
             "deepfill.multiple": str(generator.multiple),
             "deepfill.family": generator.family,
             "deepfill.precision": precision,
+            "deepfill.attention_block_mb": f"{attention_block_mb:g}",
             "deepfill.generator": json.dumps(generator.config, sort_keys=True),
             "deepfill.inputs": "image (N,3,H,W) float32 RGB in [-1,1]; mask (N,1,H,W) float32, 1 = hole",
         }
@@ -167,11 +174,15 @@ def export_onnx(
     output: str | Path,
     precision: str = "fp32",
     check_size: tuple[int, int] = (256, 256),
+    attention_block_mb: float = EXPORT_CHUNK_BYTES / 2**20,
 ) -> ExportReport:
     """Export ``generator`` to the ONNX file ``output`` and check it with onnxruntime.
 
     precision: ``"fp32"`` or ``"fp16"`` (see the module docstring). check_size: (H, W) of the
-    check run (a batch of two, different masks), multiples of ``generator.multiple``. The file is
+    check run (a batch of two, different masks), multiples of ``generator.multiple``.
+    attention_block_mb: the exported contextual attention's budget per block of foreground rows
+    (MiB of its largest score buffer; about five such buffers are alive at once): it sets the
+    attention's peak memory at any input size (at least one row per block). The file is
     written atomically, and only when onnxruntime's ``x_stage2`` matches the PyTorch generator's
     within :data:`TOLERANCE`; otherwise :class:`RuntimeError` and nothing is written."""
     try:
@@ -188,8 +199,13 @@ def export_onnx(
     multiple = generator.multiple
     if any(side % multiple or side < multiple for side in check_size):
         raise UserError(f"check_size: must be multiples of {multiple}, got {tuple(check_size)}")
+    if not attention_block_mb > 0:
+        raise UserError(f"attention_block_mb: must be > 0, got {attention_block_mb!r}")
     start = time.perf_counter()
     reference = copy.deepcopy(generator).cpu().float().eval()
+    for layer in reference.modules():
+        if isinstance(layer, ContextualAttention):
+            layer.export_chunk_bytes = max(1, int(attention_block_mb * 2**20))
     dtype = torch.float16 if precision == "fp16" else torch.float32
     # Exporting reads the weights without changing them: only fp16 needs a copy of its own.
     form = _ExportForm(
@@ -215,7 +231,7 @@ def export_onnx(
             program.model, input_size_limit=1 << 24, output_size_limit=1 << 24
         )
     with atomic_path(output) as final:
-        _write_model(program, final, reference, precision)
+        _write_model(program, final, reference, precision, attention_block_mb)
         image, mask = _check_inputs(reference, tuple(check_size))
         session = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
         got = session.run(None, {"image": image.numpy(), "mask": mask.numpy()})

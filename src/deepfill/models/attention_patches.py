@@ -3,7 +3,7 @@ extraction, and the preparation of a call (foreground and background on the 1/ra
 background patches' norms and validity, the background phases the paste multiplies).
 
 The chunked form (:class:`~deepfill.models.contextual_attention.ContextualAttention`) and the
-export form (:mod:`deepfill.models.attention_dense`) both start from :func:`prepare`.
+export form (:mod:`deepfill.models.attention_export`) both start from :func:`prepare`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention_dense import attend_dense
+from .attention_export import EXPORT_CHUNK_BYTES, attend_export
 from .attention_patches import NEGLIGIBLE_WEIGHT, Prepared, prepare, validate_attention_inputs
 from .layers import sum_into, tf_same_padding
 
@@ -147,6 +147,8 @@ class ContextualAttention(nn.Module):
         # The CPU budget when chunk_bytes is None; what the process's allocator favours, so set
         # by the program (set_cpu_chunk_bytes), not by the model's configuration.
         self.cpu_chunk_bytes = DEFAULT_CHUNK_BYTES["cpu"]
+        # The block budget of the exported (ONNX) form; set by the exporter.
+        self.export_chunk_bytes = EXPORT_CHUNK_BYTES
 
     def extra_repr(self) -> str:
         return (
@@ -322,13 +324,14 @@ class ContextualAttention(nn.Module):
         with torch.autocast(device_type=device, enabled=False):
             wide = [None if x is None else _at_least_float32(x) for x in (f, b, mask)]
             y, offsets = (
-                attend_dense(
+                attend_export(
                     *wide,
                     rate=self.rate,
                     ksize=self.ksize,
                     fuse_k=self.fuse_k,
                     softmax_scale=self.softmax_scale,
                     fuse=self.fuse,
+                    chunk_bytes=self.export_chunk_bytes,
                 )
                 if torch.compiler.is_exporting()
                 else self._attend(*wide, paste_dtype=paste_dtype)
