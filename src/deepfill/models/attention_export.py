@@ -3,9 +3,9 @@
 bounded by a chunk budget.
 
 The chunked layer's loop runs in Python over sizes known at run time, and the official paste
-convolves with kernels cut from the input; exporters take neither. Here the loop is
-``torch._higher_order_ops.scan`` over blocks of foreground rows, whose number and height are
-expressions of the symbolic input size (ONNX ``Scan``), and every step inside it is a tensor
+convolves with kernels cut from the input; exporters take neither. Here the loop is the scan
+operator (``torch.ops.higher_order.scan``, ONNX ``Scan``) over blocks of foreground rows, whose
+number and height are expressions of the symbolic input size, and every step inside it is a tensor
 operation: patch scores as k*k shifted copies of the pixel Gram matrix, the fuse as sums of
 diagonal shifts (the official identity-kernel convolution) in raster, then in column-major order,
 the paste as the product with the background phases of
@@ -33,8 +33,8 @@ from .layers import tf_same_padding
 __all__ = ["EXPORT_CHUNK_BYTES", "attend_export", "halo_rows"]
 
 # Score-buffer budget of one block of the exported attention (the largest buffer of an
-# iteration; about five of that size are alive at its peak). Measured with onnxruntime's CPU
-# provider: BENCHMARKS.md "ONNX export".
+# iteration; about five of that size are alive at its peak). At 1024² (a 128x128 grid) it makes
+# five blocks of 26 rows; not yet tuned against other values (BENCHMARKS.md "ONNX export").
 EXPORT_CHUNK_BYTES = 256 * 2**20
 
 
