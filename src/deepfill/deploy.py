@@ -199,8 +199,9 @@ def export_onnx(
     multiple = generator.multiple
     if any(side % multiple or side < multiple for side in check_size):
         raise UserError(f"check_size: must be multiples of {multiple}, got {tuple(check_size)}")
-    if not attention_block_mb > 0:
-        raise UserError(f"attention_block_mb: must be > 0, got {attention_block_mb!r}")
+    block = attention_block_mb
+    if isinstance(block, bool) or not isinstance(block, int | float) or not block > 0:
+        raise UserError(f"attention_block_mb: expected a number of MiB > 0, got {block!r}")
     start = time.perf_counter()
     reference = copy.deepcopy(generator).cpu().float().eval()
     for layer in reference.modules():

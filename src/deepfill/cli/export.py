@@ -51,10 +51,7 @@ def run(cfg: DictConfig) -> ExportReport:
 
     generator = load_generator(cfg.weights, "cpu")
     print(f"exporting {cfg.weights} to ONNX (opset {ONNX_OPSET}, {cfg.precision}) ...", flush=True)
-    block = cfg.attention_block_mb
-    if isinstance(block, bool) or not isinstance(block, int | float) or not block > 0:
-        raise UserError(f"attention_block_mb: expected a number of MiB > 0, got {block!r}")
-    report = export_onnx(generator, cfg.output, cfg.precision, check_size, float(block))
+    report = export_onnx(generator, cfg.output, cfg.precision, check_size, cfg.attention_block_mb)
     height, width = report.check_size
     print(
         f"wrote {report.path} ({report.megabytes:.1f} MB, {report.precision}) in {report.seconds:.0f} s; "
