@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from deepfill.deploy import ONNX_FORMAT, OnnxGenerator, export_onnx
+from deepfill.deploy import ONNX_FORMAT, OnnxGenerator, _threshold_translation, export_onnx
 from deepfill.inference import inpaint_array, load_generator
 from deepfill.models import ContextualAttention, InpaintGenerator, inpaint_padded
 from deepfill.models.attention_export import attend_export
@@ -99,6 +100,29 @@ def test_the_exported_attention_equals_the_chunked_one(fuse, ksize, rate, fuse_k
             assert torch.equal(offsets_export, offsets)
 
 
+def test_the_threshold_translation_keeps_what_torch_keeps(tmp_path) -> None:
+    import onnxruntime
+
+    class Thresholds(torch.nn.Module):
+        def forward(self, x):
+            return F.threshold(x, 0.25, 0.0), F.threshold(x, 0.25, -3.0)
+
+    x = torch.tensor([[-1.0, 0.0, 0.25, 0.2500001, 0.5, 2.0**-70]])
+    program = torch.onnx.export(
+        Thresholds().eval(),
+        (x,),
+        dynamo=True,
+        verbose=False,
+        custom_translation_table={torch.ops.aten.threshold.default: _threshold_translation()},
+    )
+    program.save(str(tmp_path / "t.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "t.onnx"), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    for got, expected in zip(outputs, Thresholds()(x), strict=True):
+        assert np.array_equal(got, expected.numpy())
+    assert [node.op_type for node in program.model_proto.graph.node].count("ThresholdedRelu") == 1
+
+
 def test_the_in_graph_resize_indices_equal_the_official_ones() -> None:
     for in_size, out_size in [(64, 32), (63, 17), (256, 64), (8, 1), (5, 5), (31, 62), (1000, 250)]:
         assert torch.equal(
@@ -164,8 +188,10 @@ def test_the_file_says_what_it_is(narrow) -> None:
     assert meta["deepfill.format"] == ONNX_FORMAT and meta["deepfill.multiple"] == "8"
     assert meta["deepfill.precision"] == "fp32" and '"cnum": 8' in meta["deepfill.generator"]
     assert meta["deepfill.attention_block_mb"] == f"{SMALL_BLOCKS_MB:g}"
-    # The attention's blocks are one loop (ONNX Scan) over symbolic sizes, not unrolled.
-    assert [node.op_type for _, node in onnx_graph.nodes(model.graph)].count("Scan") == 1
+    # The attention's blocks are one loop (ONNX Scan) over symbolic sizes, not unrolled; the
+    # weights' threshold inside it one ThresholdedRelu, not a Where over the score matrix.
+    ops = [node.op_type for _, node in onnx_graph.nodes(model.graph)]
+    assert ops.count("Scan") == 1 and ops.count("ThresholdedRelu") == 1
     dims = {
         v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
         for v in [*model.graph.input, *model.graph.output]

