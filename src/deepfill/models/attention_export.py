@@ -24,8 +24,6 @@ chosen from ``chunk_bytes``.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 import torch.nn.functional as F
 
@@ -49,66 +47,46 @@ def _shift_columns(x: torch.Tensor, shift, width) -> torch.Tensor:
     return x.index_select(2, index.clamp(0, width - 1)) * inside
 
 
-def _score_rows(p: Prepared, start, count: int, ksize: int) -> torch.Tensor:
-    """Patch scores of foreground rows ``start + [0, count)`` (a tensor or an int start), zeros
-    for rows outside the image: (N, count, w, Lb), background in raster order."""
-    n, h, w = p.fg.shape[0], p.h, p.w
-    c = p.fg.shape[2]
-    k, before = ksize, (ksize - 1) // 2
-    lb = h * w
-    # Gram rows of the block and its patch halo; rows outside the image are zero, as the
-    # official 'SAME' padding makes them.
-    rows = torch.arange(count + k - 1, device=p.fg.device) + (start - before)
-    inside = ((rows >= 0) & (rows < h)).to(p.fg.dtype)
-    pixels = p.fg.view(n, h, w * c).index_select(1, rows.clamp(0, h - 1)) * inside.view(1, -1, 1)
-    gram = torch.bmm(pixels.view(n, -1, c), p.bg).view(n, count + k - 1, w, h, w)
-    # The k*k shifted sum, separable: foreground and background columns, then rows.
-    grid = F.pad(gram, (before, k - 1 - before, 0, 0, before, k - 1 - before))
-    by_columns = grid[:, :, 0:w, :, 0:w]
-    for u in range(1, k):
-        by_columns = by_columns + grid[:, :, u : u + w, :, u : u + w]
-    grid = F.pad(by_columns, (0, 0, before, k - 1 - before))
-    scores = grid[:, 0:count, :, 0:h]
-    for u in range(1, k):
-        scores = scores + grid[:, u : u + count, :, u : u + h]
-    out_rows = rows[before : before + count]
-    inside = ((out_rows >= 0) & (out_rows < h)).to(p.fg.dtype).view(1, count, 1, 1)
-    # Scores of rows outside the image are zero too (the fuse below reads them as such).
-    return scores.reshape(n, count, w, lb) * p.inv_norm.view(n, 1, 1, lb) * inside
+def _first_pass_row(
+    fg_padded: torch.Tensor, bg_padded: torch.Tensor, inv_norm: torch.Tensor, y: int, ksize: int, fuse_k: int
+) -> torch.Tensor:
+    """The fuse's first pass of foreground row ``y`` alone: (N, 1, w, Lb), background raster.
+    The streamed stages with nothing carried in: the k-1 + fuse_k-1 rows they need before it are
+    computed by this call (and dropped)."""
+    w = fg_padded.shape[2] - ksize + 1
+    rows = ksize + fuse_k - 1
+    carried = []
+    if ksize > 1:
+        h = fg_padded.shape[1]
+        carried.append(fg_padded.new_zeros(fg_padded.shape[0], ksize - 1, w, h + ksize - 1, w))
+    # Start so that the last first-pass row of the block is y (see _stage_sizes).
+    start = y - (ksize - 1) // 2 - (fuse_k - 1) // 2
+    scores = _stream_scores(fg_padded, bg_padded, inv_norm, start, rows, ksize, carried)
+    if fuse_k > 1:
+        carried = [scores.new_zeros(*scores.shape[:1], fuse_k - 1, w, scores.shape[-1] + fuse_k - 1)]
+        scores = _stream_first_pass(scores, w, fuse_k, carried)
+    return scores[:, rows - 1 :]
 
 
-def _first_pass_rows(p: Prepared, start, count: int, ksize: int, fuse_k: int) -> torch.Tensor:
-    """The fuse's first (raster order) pass for foreground rows ``start + [0, count)``, zeros
-    outside the image: (N, count, w, Lb), background in raster order."""
-    n, w = p.fg.shape[0], p.w
-    before, after = (fuse_k - 1) // 2, fuse_k - 1 - (fuse_k - 1) // 2
-    lb = p.h * w
-    # Flat neighbours i + d, |d| < fuse_k, lie at most `before` / `after` rows away.
-    scores = _score_rows(p, start - before, count + before + after, ksize).reshape(n, -1, lb)
-    scores = F.pad(scores, (before, after))
-    # The shifted rows by index, not by slice bounds: an exporter reasons about slice bounds
-    # symbolically, and these (a few rows of a flat axis) are costly to prove in range.
-    pos = torch.arange(count * w, device=scores.device) + before * w - before
-    out = scores.index_select(1, pos)[:, :, 0:lb]
-    for a in range(1, fuse_k):
-        out = out + scores.index_select(1, pos + a)[:, :, a : a + lb]
-    return out.view(n, count, w, lb)
-
-
-def _wrapped_rows(p: Prepared, ksize: int, fuse_k: int) -> torch.Tensor:
+def _wrapped_rows(
+    fg_padded: torch.Tensor, bg_padded: torch.Tensor, inv_norm: torch.Tensor, h: int, ksize: int, fuse_k: int
+) -> torch.Tensor:
     """First-pass rows that the column-major pass reads above the image's first row and below its
     last: virtual row e (e < 0 or e >= h) is row e mod h of column x + floor(e / h). Returns
     (N, before + after + 1, w, Lb): the rows e = -before..-1, then h..h+after-1, then a zero row."""
-    h = p.h
+    w = fg_padded.shape[2] - ksize + 1
     before, after = (fuse_k - 1) // 2, fuse_k - 1 - (fuse_k - 1) // 2
+
+    def row(y: int, shift: int) -> torch.Tensor:
+        return _shift_columns(_first_pass_row(fg_padded, bg_padded, inv_norm, y, ksize, fuse_k), shift, w)
+
     rows = []
     for m in range(before, 0, -1):  # e = -m: floor(e/h) = -ceil(m/h), row e - floor(e/h)*h
         q = (m + h - 1) // h
-        rows.append(_shift_columns(_first_pass_rows(p, q * h - m, 1, ksize, fuse_k), -q, p.w))
+        rows.append(row(q * h - m, -q))
     for t in range(after):  # e = h + t: floor(e/h) = 1 + t // h
-        q = 1 + t // h
-        rows.append(_shift_columns(_first_pass_rows(p, t - (t // h) * h, 1, ksize, fuse_k), q, p.w))
-    rows.append(torch.zeros_like(rows[0]) if rows else p.fg.new_zeros(p.fg.shape[0], 1, p.w, h * p.w))
+        rows.append(row(t - (t // h) * h, 1 + t // h))
+    rows.append(fg_padded.new_zeros(fg_padded.shape[0], 1, w, h * w))
     return torch.cat(rows, dim=1)
 
 
@@ -173,7 +151,7 @@ def _stream_scores(
     n, h, c, w = fg_padded.shape[0], fg_padded.shape[1], fg_padded.shape[3], fg_padded.shape[2] - k + 1
     after = k - 1 - (k - 1) // 2
     index = torch.arange(rows, device=fg_padded.device) + g
-    inside = (index < h).to(fg_padded.dtype)
+    inside = ((index >= 0) & (index < h)).to(fg_padded.dtype)
     pixels = fg_padded.view(n, h, -1).index_select(1, index.clamp(0, h - 1)) * inside.view(1, -1, 1)
     gram = torch.bmm(pixels.view(n, -1, c), bg_padded).view(n, rows, w + k - 1, h + k - 1, w + k - 1)
     # The k*k shifted sum is separable: foreground and background columns here, rows below
@@ -251,9 +229,6 @@ def attend_export(
     n, c, height, width = f.shape
     r = rate
     p = prepare(f, b, mask, rate, ksize, fused=fuse)
-    # Foreground rows are gathered per block: contiguous once (and no view of b's memory, which
-    # the loop operator refuses).
-    p = replace(p, fg=p.fg.contiguous())
     h, w = p.h, p.w
     lb = h * w
     after_k, after_f, delay = _stage_sizes(ksize, fuse_k if fuse else 1)
@@ -280,14 +255,16 @@ def attend_export(
     else:
         most = rows if rows is not None else max(1, chunk_bytes // (n * w * lb * 4) - keep)
         rows, blocks = _block_plan(total, min(most, total))
-    wrapped = _wrapped_rows(p, ksize, fuse_k) if fuse else f.new_empty(0)
 
     # The loop body sees only its arguments (the loop operator's inputs): sizes it uses come from
     # their shapes; empty tensors carry the grid and the block height.
     grid_shape, rows_shape = f.new_empty(h, w, 0), f.new_empty(rows, 0)
     before = (ksize - 1) // 2
-    fg_padded = F.pad(p.fg.view(n, h, w, -1), (0, 0, before, after_k))
+    # Contiguous copies (the loop operator refuses inputs that are views of b's memory; a pad
+    # by zero rows returns its input).
+    fg_padded = F.pad(p.fg.reshape(n, h, w, -1), (0, 0, before, after_k)).contiguous()
     bg_padded = F.pad(p.bg.view(n, -1, h, w), (before, after_k, before, after_k)).flatten(2)
+    wrapped = _wrapped_rows(fg_padded, bg_padded, p.inv_norm, h, ksize, fuse_k) if fuse else f.new_empty(0)
     constants = [fg_padded, bg_padded, p.inv_norm, p.valid, p.paste, wrapped, grid_shape, rows_shape]
     # Carried between blocks: the last column-summed Gram rows (padded on the background rows),
     # the last score rows and column-major first-pass rows (padded on the background axis), and
