@@ -51,21 +51,18 @@ def _first_pass_row(
     fg_padded: torch.Tensor, bg_padded: torch.Tensor, inv_norm: torch.Tensor, y: int, ksize: int, fuse_k: int
 ) -> torch.Tensor:
     """The fuse's first pass of foreground row ``y`` alone: (N, 1, w, Lb), background raster.
-    The streamed stages with nothing carried in: the k-1 + fuse_k-1 rows they need before it are
-    computed by this call (and dropped)."""
-    w = fg_padded.shape[2] - ksize + 1
-    rows = ksize + fuse_k - 1
-    carried = []
-    if ksize > 1:
-        h = fg_padded.shape[1]
-        carried.append(fg_padded.new_zeros(fg_padded.shape[0], ksize - 1, w, h + ksize - 1, w))
-    # Start so that the last first-pass row of the block is y (see _stage_sizes).
+    The streamed stages with nothing carried in, one row at a time (as the loop's one-row blocks):
+    the k-1 + fuse_k-1 rows they need before it are computed and dropped, and no buffer holds
+    more than one row (at 4096² a row of scores is 512 MiB)."""
+    n, h, w = fg_padded.shape[0], fg_padded.shape[1], fg_padded.shape[2] - ksize + 1
+    carried_k = [fg_padded.new_zeros(n, ksize - 1, w, h + ksize - 1, w)] if ksize > 1 else []
+    carried_f = [fg_padded.new_zeros(n, fuse_k - 1, w, h * w + fuse_k - 1)] if fuse_k > 1 else []
+    # Start so that the last first-pass row is y (see _stage_sizes).
     start = y - (ksize - 1) // 2 - (fuse_k - 1) // 2
-    scores = _stream_scores(fg_padded, bg_padded, inv_norm, start, rows, ksize, carried)
-    if fuse_k > 1:
-        carried = [scores.new_zeros(*scores.shape[:1], fuse_k - 1, w, scores.shape[-1] + fuse_k - 1)]
-        scores = _stream_first_pass(scores, w, fuse_k, carried)
-    return scores[:, rows - 1 :]
+    for j in range(ksize + fuse_k - 1):  # (start may be a symbolic size: no range over it)
+        scores = _stream_scores(fg_padded, bg_padded, inv_norm, start + j, 1, ksize, carried_k)
+        first = _stream_first_pass(scores, w, fuse_k, carried_f) if fuse_k > 1 else scores
+    return first
 
 
 def _wrapped_rows(
