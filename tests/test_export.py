@@ -323,31 +323,84 @@ def test_fp16_export_keeps_attention_in_float32_and_stays_close(tmp_path) -> Non
     assert 0 < (got - expected)[hole].abs().mean().item() < 0.01
 
 
-_PEAK_CHILD = """
-import resource, sys, torch
+# The run's own peak: the process's peak RSS is reset to its current RSS just before the run
+# (Linux clear_refs), so that what importing and loading held for a moment does not hide it.
+_PEAK_MEASURE = """
+def _status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+def peak_growth(run):
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status("VmRSS")
+    run()
+    print(_status("VmHWM") - before)  # bytes
+"""
+
+_PEAK_CHILD = (
+    _PEAK_MEASURE
+    + """
+import sys, torch
 from deepfill.deploy import OnnxGenerator
 generator = OnnxGenerator(sys.argv[1], threads=2)
 generator(torch.zeros(1, 3, 16, 16), torch.zeros(1, 1, 16, 16))  # libraries and session loaded
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 size = int(sys.argv[2])
 mask = torch.zeros(1, 1, size, size)
 mask[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
-generator(torch.rand(1, 3, size, size) * 2 - 1, mask)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)  # bytes
+image = torch.rand(1, 3, size, size) * 2 - 1
+peak_growth(lambda: generator(image, mask))
 """
+)
+
+_PEAK_CHILD_PYTORCH = (
+    _PEAK_MEASURE
+    + """
+import sys, torch
+from deepfill.models import InpaintGenerator
+torch.set_num_threads(2)
+generator = InpaintGenerator(cnum=8).eval()
+generator.load_state_dict(torch.load(sys.argv[1]))
+size = int(sys.argv[2])
+mask = torch.zeros(1, 1, size, size)
+mask[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+image = torch.rand(1, 3, size, size) * 2 - 1
+with torch.inference_mode():
+    generator(torch.zeros(1, 3, 16, 16), torch.zeros(1, 1, 16, 16))
+    peak_growth(lambda: generator(image, mask))
+"""
+)
+
+
+def _peak_growth(child: str, path: Path, size: int) -> int:
+    """Bytes the peak resident memory of a fresh process grew by in one run at size x size."""
+    result = subprocess.run(
+        [sys.executable, "-c", child, str(path), str(size)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_exported_model_needs_about_the_memory_of_the_pytorch_path(narrow, tmp_path) -> None:
+    # The issue's target (within 2x the PyTorch path's peak) at a size the suite can afford. With
+    # onnxruntime's buffer reuse the stage-1 decoder's buffers stayed allocated through the
+    # attention loop, waiting for the stage-2 decoder's outputs of the same shapes: at 1024x1024
+    # the run's peak grew by 970 MiB against the PyTorch path's 437-486 MiB (2.0-2.2x); without
+    # the reuse by 745 MiB (1.5-1.7x; 2-core Xeon).
+    generator, path = narrow
+    torch.save(generator.state_dict(), tmp_path / "narrow.pt")
+    pytorch = _peak_growth(_PEAK_CHILD_PYTORCH, tmp_path / "narrow.pt", 1024)
+    exported = _peak_growth(_PEAK_CHILD, path, 1024)
+    assert exported < 1.9 * pytorch, (exported / 2**20, pytorch / 2**20)
 
 
 def test_the_exported_attention_works_in_bounded_memory(narrow) -> None:
     # At 512x512 the attention's grid is 64x64: one full score matrix is 4096^2 floats (64 MiB).
     # The export without blocks held several at once (peak +653 MiB in this test); in blocks of
-    # one row the whole run's peak, convolutions included, grew by 209 MiB (2-core Xeon).
+    # one row the whole run's peak, convolutions included, grew by 209 MiB, and by 109 MiB
+    # without onnxruntime's buffer reuse (2-core Xeon).
     _, path = narrow
-    child = subprocess.run(
-        [sys.executable, "-c", _PEAK_CHILD, str(path), "512"], capture_output=True, text=True, timeout=600
-    )
-    assert child.returncode == 0, child.stderr[-2000:]
     score_matrix = (512 // 8) ** 4 * 4
-    assert int(child.stdout.strip().splitlines()[-1]) < 5 * score_matrix
+    assert _peak_growth(_PEAK_CHILD, path, 512) < 5 * score_matrix
 
 
 def test_a_failed_check_writes_nothing(narrow, tmp_path, monkeypatch) -> None:
