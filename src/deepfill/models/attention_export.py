@@ -47,6 +47,15 @@ def _shift_columns(x: torch.Tensor, shift, width) -> torch.Tensor:
     return x.index_select(2, index.clamp(0, width - 1)) * inside
 
 
+def _empty_carries(x: torch.Tensor, n, h, w, ksize: int, fuse_k: int) -> tuple[list, list]:
+    """What the streamed stages carry before the first row, all zeros: ([the k-1 column-summed
+    Gram rows (N, k-1, w, h+k-1, w)], [the fuse_k-1 score rows (N, fuse_k-1, w, h*w+fuse_k-1)]),
+    each list empty where its stage carries nothing."""
+    gram = [x.new_zeros(n, ksize - 1, w, h + ksize - 1, w)] if ksize > 1 else []
+    scores = [x.new_zeros(n, fuse_k - 1, w, h * w + fuse_k - 1)] if fuse_k > 1 else []
+    return gram, scores
+
+
 def _first_pass_row(
     fg_padded: torch.Tensor, bg_padded: torch.Tensor, inv_norm: torch.Tensor, y: int, ksize: int, fuse_k: int
 ) -> torch.Tensor:
@@ -55,8 +64,7 @@ def _first_pass_row(
     the k-1 + fuse_k-1 rows they need before it are computed and dropped, and no buffer holds
     more than one row (at 4096² a row of scores is 512 MiB)."""
     n, h, w = fg_padded.shape[0], fg_padded.shape[1], fg_padded.shape[2] - ksize + 1
-    carried_k = [fg_padded.new_zeros(n, ksize - 1, w, h + ksize - 1, w)] if ksize > 1 else []
-    carried_f = [fg_padded.new_zeros(n, fuse_k - 1, w, h * w + fuse_k - 1)] if fuse_k > 1 else []
+    carried_k, carried_f = _empty_carries(fg_padded, n, h, w, ksize, fuse_k)
     # Start so that the last first-pass row is y (see _stage_sizes).
     start = y - (ksize - 1) // 2 - (fuse_k - 1) // 2
     for j in range(ksize + fuse_k - 1):  # (start may be a symbolic size: no range over it)
@@ -266,12 +274,8 @@ def attend_export(
     # Carried between blocks: the last column-summed Gram rows (padded on the background rows),
     # the last score rows and column-major first-pass rows (padded on the background axis), and
     # the paste's overlap with the next block.
-    carry = []
-    if ksize > 1:
-        carry.append(f.new_zeros(n, ksize - 1, w, h + ksize - 1, w))
-    if fuse and fuse_k > 1:
-        carry += [f.new_zeros(n, fuse_k - 1, w, lb + fuse_k - 1) for _ in range(2)]
-    carry.append(f.new_zeros(n, c, r, (w + 1) * r))
+    gram_rows, score_rows = _empty_carries(f, n, h, w, ksize, fuse_k if fuse else 1)
+    carry = gram_rows + score_rows + [t.clone() for t in score_rows] + [f.new_zeros(n, c, r, (w + 1) * r)]
     slots = len(carry)
 
     def block(*args):
