@@ -277,14 +277,19 @@ def test_in_a_browser_an_uploaded_photo_with_a_painted_stroke_is_filled(served, 
         browser.get(url)
         wait = WebDriverWait(browser, 60)
         upload = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#editor input[type=file]"))[0]
+        zoom = "#editor .zoom-number"
+        empty_zoom = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, zoom))[0].text
         upload.send_keys(str(tmp_path / "coffee.png"))
+        # The canvas takes the photo's size once the upload is in, and the editor zooms to fit it.
+        # A stroke painted before that lands on the empty 800x800 canvas (a slow machine got an
+        # 800x800 result after a fixed one-second wait).
+        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, zoom).text not in ("", empty_zoom))
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#editor button[aria-label='Brush']"))[
             0
         ].click()
         canvas = wait.until(
             lambda b: [c for c in b.find_elements(By.CSS_SELECTOR, "#editor canvas") if c.is_displayed()]
         )[0]
-        time.sleep(1)  # the uploaded photo is drawn on the canvas
         stroke = ActionChains(browser).move_to_element_with_offset(canvas, -70, -20).click_and_hold()
         for _ in range(14):
             stroke.move_by_offset(10, 3)
