@@ -68,10 +68,12 @@ __all__ = [
 # error of each loss term).
 FLOAT32_GENERATOR_TOLERANCE = 1e-3
 FLOAT32_LOSS_TOLERANCE = 1e-4
-# TF32 and bf16: bf16 autocast on a CPU gave a mean abs error in the hole of 0.0096 and loss
-# terms within 2.1e-3 relative of the official float32 values; allowed: 3x and 5x that. TF32
-# rounds operands to 10 mantissa bits where bf16 keeps 7, so it stays within bf16's tolerance.
-LOW_PRECISION_TOLERANCE = {"hole_mean_abs": 0.03, "loss_relative": 1e-2}
+# TF32 and bf16: bf16 autocast on a CPU gave a mean abs error in the hole of 0.0096 (v1) and
+# 0.030 (v2, with AVX-512 and with AVX2: its gated layers round two bf16 halves and their
+# product; a float32 gate would only bring it to 0.027) and loss terms within 3.6e-3 relative of
+# the official float32 values; allowed: 3x that. TF32 rounds operands to 10 mantissa bits where
+# bf16 keeps 7, so it stays within bf16's tolerance.
+LOW_PRECISION_TOLERANCE = {"hole_mean_abs": {"v1": 0.03, "v2": 0.09}, "loss_relative": 1e-2}
 LOSS_TERMS = ("l1_loss", "ae_loss", "gp_loss", "d_loss", "g_loss")
 # inpaint.yml, the configuration the training-step golden was produced with.
 OFFICIAL_LOSS = LossWeights(coarse=1.2, l1=1.2, ae=1.2, gan=0.001, global_wgan=1.0, gp=10.0)
@@ -194,7 +196,7 @@ def generator_parity(goldens: Path, device: torch.device, precision: str, family
         ok = figures["max_abs"] < FLOAT32_GENERATOR_TOLERANCE
         limit = f"max abs error {figures['max_abs']:.2e} (allowed {FLOAT32_GENERATOR_TOLERANCE:g})"
     else:
-        allowed = LOW_PRECISION_TOLERANCE["hole_mean_abs"]
+        allowed = LOW_PRECISION_TOLERANCE["hole_mean_abs"][family]
         ok = figures["hole_mean_abs"] < allowed
         limit = f"mean abs error in the hole {figures['hole_mean_abs']:.2e} (allowed {allowed:g})"
     return Check(name, "pass" if ok else "fail", f"x_stage2 against the official graph: {limit}", figures)
