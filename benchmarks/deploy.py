@@ -11,11 +11,13 @@ largest working set of the run).
     python benchmarks/deploy.py                                  # 256², 512², 1024²
     python benchmarks/deploy.py --sizes 512 --weights places2_v1.pt --fp16
     python benchmarks/deploy.py --quality --weights last.ckpt --photos held_out/   # fp16 vs fp32
+    python benchmarks/deploy.py --int8 --quality --weights last.ckpt --photos held_out/
 
 ``--quality`` scores the fp32 and fp16 exports and the PyTorch generator on photos it never saw
 (``--photos``: a folder, else scikit-image's held-out coffee and rocket), 256x256 centre crops,
-a box and a free-form hole each: PSNR inside the hole against the photo, and of the fp16
-export against the fp32 one.
+a box and a free-form hole each: PSNR inside the hole against the photo, and of the fp16 and
+int8 exports against the fp32 one (``--int8``: calibrated on the embedded training photos, or
+``--calibration``).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def _quality(generator, exports: dict[str, Path], args: argparse.Namespace) -> d
     ways = {"pytorch": generator, **{f"onnxruntime {p}": OnnxGenerator(path) for p, path in exports.items()}}
     holes = {"box": masks.centered_rectangle, "free-form": masks.medium}
     scores: dict[str, dict[str, list[float]]] = {kind: {name: [] for name in ways} for kind in holes}
-    versus: dict[str, list[float]] = {kind: [] for kind in holes}
+    versus: dict[str, list[float]] = {}
 
     def psnr(a, b) -> float:
         mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
@@ -112,10 +114,11 @@ def _quality(generator, exports: dict[str, Path], args: argparse.Namespace) -> d
             results = {name: inpaint_array(way, photo, hole).completed for name, way in ways.items()}
             for name, completed in results.items():
                 scores[kind][name].append(psnr(completed[hole], photo[hole]))
-            if "onnxruntime fp16" in results:
-                versus[kind].append(
-                    psnr(results["onnxruntime fp16"][hole], results["onnxruntime fp32"][hole])
-                )
+            for precision in ("fp16", "int8"):
+                if f"onnxruntime {precision}" in results:
+                    versus.setdefault(f"{precision} {kind}", []).append(
+                        psnr(results[f"onnxruntime {precision}"][hole], results["onnxruntime fp32"][hole])
+                    )
     torch.set_num_threads(args.threads)
     table = {
         kind: {name: float(np.mean(values)) for name, values in by_way.items()}
@@ -123,13 +126,17 @@ def _quality(generator, exports: dict[str, Path], args: argparse.Namespace) -> d
     }
     for kind in holes:
         line = ", ".join(f"{name} {value:.2f} dB" for name, value in table[kind].items())
-        extra = f"; fp16 against fp32 {np.mean(versus[kind]):.1f} dB" if versus[kind] else ""
+        extra = "".join(
+            f"; {key.split()[0]} against fp32 {np.mean(values):.1f} dB"
+            for key, values in versus.items()
+            if key.endswith(kind)
+        )
         print(f"hole PSNR, {kind}, {len(photos)} photos: {line}{extra}", flush=True)
     return {
         "photos": [name for name, _ in photos],
         "size": args.quality_size,
         "hole_psnr_db": table,
-        "fp16_vs_fp32_psnr_db": {kind: float(np.mean(v)) for kind, v in versus.items() if v},
+        "against_fp32_psnr_db": {key: float(np.mean(v)) for key, v in versus.items()},
     }
 
 
@@ -147,6 +154,8 @@ def main() -> None:
         "--weights", type=Path, default=None, help="weights (default: a Glorot-initialised model)"
     )
     parser.add_argument("--fp16", action="store_true", help="also time the fp16 export")
+    parser.add_argument("--int8", action="store_true", help="also time the int8 export")
+    parser.add_argument("--calibration", type=Path, default=None, help="--int8: photos to calibrate on")
     parser.add_argument("--quality", action="store_true", help="score the exports instead of timing them")
     parser.add_argument("--photos", type=Path, default=None, help="--quality: a folder of held-out photos")
     parser.add_argument("--quality-size", type=int, default=256)
@@ -165,10 +174,13 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="deepfill-onnx-bench-"))
     ways = {"pytorch": folder / "generator.pt"}
     torch.save(generator, ways["pytorch"])
-    precisions = ["fp32", "fp16"] if args.fp16 else ["fp32"]
+    precisions = ["fp32", *(["fp16"] if args.fp16 else []), *(["int8"] if args.int8 else [])]
     exports = {}
     for precision in precisions:
-        report = export_onnx(generator, folder / f"generator_{precision}.onnx", precision)
+        calibration = args.calibration if precision == "int8" else None
+        report = export_onnx(
+            generator, folder / f"generator_{precision}.onnx", precision, calibration=calibration
+        )
         ways[f"onnxruntime {precision}"] = report.path
         exports[precision] = {"seconds": report.seconds, "megabytes": report.megabytes}
         print(f"exported {precision} in {report.seconds:.0f} s ({report.megabytes:.1f} MB)", flush=True)

@@ -138,7 +138,7 @@ CASES = [
     (EXPORT, ["weights={ws}/w.pt", "output={ws}/afile/model.onnx"], "output: {ws}/afile is a file; expected a folder"),
     (EXPORT, ["weights={ws}/garbage.pt", "output={ws}/m.onnx"], "garbage.pt is not a readable PyTorch checkpoint"),
     (EXPORT, ["weights={ws}/fake.onnx", "output={ws}/m.onnx"], "weights: {ws}/fake.onnx is an export already"),
-    (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "precision=fp8"], "precision: must be one of fp32, fp16, got 'fp8'"),
+    (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "precision=fp8"], "precision: must be one of fp32, fp16, int8, got 'fp8'"),
     (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "check_size=[60,64]"], "check_size: must be multiples of 8, got (60, 64)"),
     (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "check_size=256"], "check_size: expected [height, width], got 256"),
     (EXPORT, ["weights={ws}/w.pt", "output={ws}/m.onnx", "attention_block_mb=0"], "attention_block_mb: expected a number of MiB > 0, got 0"),

@@ -442,3 +442,104 @@ def test_bad_files_and_sizes_give_one_clear_line(narrow, tmp_path) -> None:
     image, mask = _batch(2, 64, 64)
     with pytest.raises(ValueError, match=r"mask must be \(1 or N,1,H,W\) with N=2"):
         generator(image, mask[:, :, :, :1].expand(2, 2, 64, 1))
+
+
+# ---------------------------------------------------------------- int8
+
+
+def test_calibration_batches_are_photos_with_zeroed_holes_from_a_folder_or_the_embedded_set(
+    tmp_path,
+) -> None:
+    from deepfill.deploy import calibration_batches
+
+    embedded = calibration_batches(None, (64, 96), count=5)
+    assert len(embedded) == 5
+    for batch in embedded:
+        image, mask = batch["image"], batch["mask"]
+        assert image.shape == (1, 3, 64, 96) and mask.shape == (1, 1, 64, 96)
+        assert image.dtype == mask.dtype == np.float32
+        assert set(np.unique(mask)) == {0.0, 1.0} and image.min() >= -1 and image.max() <= 1
+        assert np.all(image[np.broadcast_to(mask > 0, image.shape)] == 0)  # the hole is zeroed
+    assert not np.array_equal(embedded[0]["mask"], embedded[1]["mask"])  # strokes, then a box
+    folder = tmp_path / "photos" / "nested"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (120, 80, 3), dtype=np.uint8)).save(folder / "a.png")
+    (folder / "notes.txt").write_text("not a photo")
+    mine = calibration_batches(tmp_path / "photos", (64, 64), count=16)
+    assert len(mine) == 3  # three crops of the one photo
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"^calibration: no images in .*empty"):
+        calibration_batches(tmp_path / "empty")
+    (folder / "b.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match=r"^calibration: .*b\.jpg"):
+        calibration_batches(tmp_path / "photos")
+
+
+def test_int8_quantises_the_convolutions_keeps_the_attention_float_and_stays_close(narrow, tmp_path) -> None:
+    """The int8 step on the narrow fp32 export (the full command is the slow test below)."""
+    import onnx
+
+    from deepfill.deploy import INT8_HOLE_TOLERANCE, _hole_difference, _quantize_int8, calibration_batches
+
+    generator, path = narrow
+    batches = calibration_batches(None, (64, 96), count=6)
+    target = tmp_path / "int8.onnx"
+    _quantize_int8(path, target, batches)
+    model = onnx.load(str(target))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["deepfill.precision"] == "int8" and meta["deepfill.format"] == ONNX_FORMAT
+    assert meta["deepfill.family"] == "v1"
+    int8 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    dequantized = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(dequantized.get(c.input[1]) in int8 for c in convs)  # int8 weights
+    assert all(c.input[0] in dequantized for c in convs)  # quantised activations
+    graph, softmax = next((g, n) for g, n in onnx_graph.nodes(model.graph) if n.op_type == "Softmax")
+    assert onnx_graph.elem_type(graph, softmax.input[0]) == onnx.TensorProto.FLOAT
+    loaded = OnnxGenerator(target)
+    assert loaded.precision == "int8"
+    ort = pytest.importorskip("onnxruntime")
+    error = _hole_difference(ort, target, generator, batches[:2])
+    assert 0 < error < INT8_HOLE_TOLERANCE
+    assert _hole_difference(ort, path, generator, batches[:2]) < 1e-5  # the float32 file it came from
+
+
+def test_calibration_belongs_to_int8_exports_and_a_bad_folder_fails_before_the_trace(
+    narrow, tmp_path
+) -> None:
+    generator, _ = narrow
+    with pytest.raises(UserError, match=r"^calibration: only an int8 export is calibrated, not fp32"):
+        export_onnx(generator, tmp_path / "m.onnx", calibration=tmp_path)
+    with pytest.raises(UserError, match=r"^calibration: .*missing is not a folder of photos"):
+        export_onnx(generator, tmp_path / "m.onnx", "int8", calibration=tmp_path / "missing")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_export_command_writes_an_int8_model_that_inpaints(narrow, tmp_path) -> None:
+    generator, _ = narrow
+    weights = tmp_path / "narrow.pt"
+    torch.save({"state_dict": generator.state_dict()}, weights)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from deepfill.data.datasets import _sample_photo
+
+    Image.fromarray(_sample_photo("astronaut")).save(photos / "astronaut.png")
+    result = run_cli(
+        "deepfill-export",
+        f"weights={weights}",
+        f"output={tmp_path / 'int8.onnx'}",
+        "precision=int8",
+        f"calibration={photos}",
+        "check_size=[64,96]",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "int8) in" in result.stdout and "mean abs in the holes of calibration photos" in result.stdout
+    loaded = OnnxGenerator(tmp_path / "int8.onnx")
+    photo = np.ascontiguousarray(_sample_photo("coffee")[:64, :96])
+    hole = np.zeros((64, 96), bool)
+    hole[16:40, 24:72] = True
+    completed = inpaint_array(loaded, photo, hole).completed
+    assert np.array_equal(completed[~hole], photo[~hole]) and not np.array_equal(completed, photo)

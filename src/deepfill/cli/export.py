@@ -2,6 +2,7 @@
 
     deepfill-export weights=places2_v1.pt output=places2_v1.onnx
     deepfill-export weights=outputs/.../checkpoints/best.ckpt output=model_fp16.onnx precision=fp16
+    deepfill-export weights=places2_v1.pt output=model_int8.onnx precision=int8 calibration=photos/
 
 Any weights ``deepfill-inpaint`` reads. The graph takes any batch size and any height and width
 that are multiples of the model's (8 for the paper's model); ``deepfill-inpaint`` and
@@ -51,11 +52,19 @@ def run(cfg: DictConfig) -> ExportReport:
 
     generator = load_generator(cfg.weights, "cpu")
     print(f"exporting {cfg.weights} to ONNX (opset {ONNX_OPSET}, {cfg.precision}) ...", flush=True)
-    report = export_onnx(generator, cfg.output, cfg.precision, check_size, cfg.attention_block_mb)
+    report = export_onnx(
+        generator, cfg.output, cfg.precision, check_size, cfg.attention_block_mb, cfg.calibration
+    )
     height, width = report.check_size
+    int8 = (
+        ""
+        if report.int8_hole_diff is None
+        else f"; int8 within {report.int8_hole_diff:.1e} mean abs in the holes of calibration photos"
+    )
     print(
         f"wrote {report.path} ({report.megabytes:.1f} MB, {report.precision}) in {report.seconds:.0f} s; "
-        f"onnxruntime matches PyTorch at {height}x{width} (max abs difference {report.max_abs_diff:.1e})",
+        f"onnxruntime matches PyTorch at {height}x{width} (max abs difference {report.max_abs_diff:.1e}"
+        f"{' in float32' if int8 else ''}){int8}",
         flush=True,
     )
     return report
