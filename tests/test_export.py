@@ -543,3 +543,17 @@ def test_the_export_command_writes_an_int8_model_that_inpaints(narrow, tmp_path)
     hole[16:40, 24:72] = True
     completed = inpaint_array(loaded, photo, hole).completed
     assert np.array_equal(completed[~hole], photo[~hole]) and not np.array_equal(completed, photo)
+
+
+@pytest.mark.slow
+def test_an_int8_model_that_fails_its_check_writes_nothing(narrow, tmp_path, monkeypatch) -> None:
+    import deepfill.deploy as deploy
+
+    generator, _ = narrow
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"an earlier export")
+    monkeypatch.setattr(deploy, "INT8_HOLE_TOLERANCE", 0.0)
+    with pytest.raises(RuntimeError, match=r"the int8 model's x_stage2 differs .* nothing was written"):
+        export_onnx(generator, target, "int8", check_size=(64, 96))
+    assert target.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

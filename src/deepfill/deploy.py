@@ -436,8 +436,8 @@ def export_onnx(
                 raise RuntimeError(
                     f"export check failed: the int8 model's x_stage2 differs from PyTorch's by "
                     f"{int8_diff:.3g} in the holes of calibration photos (mean abs; tolerance "
-                    f"{INT8_HOLE_TOLERANCE:g}); "
-                    "nothing was written"
+                    f"{INT8_HOLE_TOLERANCE:g}); nothing was written: export fp32 or fp16, or calibrate on "
+                    "photos like those the model fills (calibration=<folder>)"
                 )
     return ExportReport(
         path=output,
