@@ -84,7 +84,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 bench: $(STAMP) ## run the benchmarks (2 CPU threads); writes benchmarks/results/*.json
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/api.py
-	$(BIN)/python benchmarks/deploy.py --fp16
+	$(BIN)/python benchmarks/deploy.py --fp16 --int8
 
 gpu-check: $(STAMP) ## before a long run on a new node: parity, a training iteration per precision, speed, DDP (at most 5 min; ARGS="--goldens DIR")
 	$(BIN)/deepfill-selftest $(ARGS)
