@@ -49,7 +49,7 @@ eval: $(STAMP) ## score a model: make eval ARGS="weights=W.ckpt data=folder data
 inpaint: $(STAMP) ## fill holes: make inpaint ARGS="weights=W.pt input=photo.jpg mask_path=mask.png"
 	$(BIN)/deepfill-inpaint $(ARGS)
 
-export: $(STAMP) ## the generator as one ONNX file: make export ARGS="weights=W.pt output=model.onnx [precision=fp16]"
+export: $(STAMP) ## the generator as one ONNX file: make export ARGS="weights=W.pt output=model.onnx [precision=fp16|int8]"
 	$(BIN)/deepfill-export $(ARGS)
 
 demo: $(STAMP) ## the browser demo on http://127.0.0.1:7860 (ARGS="weights=W.pt port=8000")
