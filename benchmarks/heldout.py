@@ -67,17 +67,13 @@ def photos() -> dict[str, np.ndarray]:
 
 def write_crops(out: Path, size: int = 256) -> int:
     """Three ``size`` crops per photo into ``out``; returns how many."""
+    from deepfill.data.image_files import crops_along_longer_side
+
     out.mkdir(parents=True, exist_ok=True)
     count = 0
     for name, array in photos().items():
-        image = Image.fromarray(array)
-        scale = 2 * size / min(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
-        width, height = image.size
-        for i, t in enumerate((0.0, 0.5, 1.0)):
-            left = round((width - size) * t) if width >= height else (width - size) // 2
-            top = round((height - size) * t) if height > width else (height - size) // 2
-            image.crop((left, top, left + size, top + size)).save(out / f"{name}_{i}.png")
+        for i, crop in enumerate(crops_along_longer_side(array, size, size)):
+            Image.fromarray(crop).save(out / f"{name}_{i}.png")
             count += 1
     return count
 

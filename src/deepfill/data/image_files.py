@@ -14,7 +14,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deepfill.utils.errors import UnreadableImageError, UserError
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image", "pair_images_with_masks"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "crops_along_longer_side",
+    "list_images",
+    "load_image",
+    "pair_images_with_masks",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -45,6 +51,22 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
 def list_images(root: Path) -> list[Path]:
     """Every file under ``root`` (recursive) with an image extension, sorted."""
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def crops_along_longer_side(photo: np.ndarray, height: int, width: int) -> list[np.ndarray]:
+    """Three ``(height, width, 3)`` uint8 crops of ``photo`` ``(H,W,3)`` uint8: its shorter side
+    resized (bicubic) to twice the crop's larger side, then crops at the start, the middle and
+    the end of its longer side, centred across the other."""
+    image = Image.fromarray(photo)
+    scale = 2 * max(height, width) / min(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+    crops = []
+    for t in (0.0, 0.5, 1.0):
+        wide = image.width >= image.height
+        left = round((image.width - width) * t) if wide else (image.width - width) // 2
+        top = round((image.height - height) * t) if not wide else (image.height - height) // 2
+        crops.append(np.asarray(image.crop((left, top, left + width, top + height))))
+    return crops
 
 
 def pair_images_with_masks(input_path: Path, mask_path: Path | None) -> list[tuple[Path, Path | None, Path]]:
