@@ -146,6 +146,8 @@ def test_a_budget_fits_every_phase_of_the_quickstart_into_it(tmp_path, monkeypat
     assert f"`max_steps={batches}` reached" in out  # ended on its schedule ...
     assert "max_time" not in out.split("time budget")[-1]  # ... not on the cap (2x the budget)
     assert elapsed < 2 * budget + 30  # the command's start and close included
+    # The user's log, not a library's notes on another library or its advertising.
+    assert "LeafSpec" not in out and "litlogger" not in out, out[-3000:]
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
     validations = [r for r in rows if r.get("val/psnr")]
     assert len(validations) == 8, "\n".join(line for line in out.splitlines() if "time budget" in line)
