@@ -189,8 +189,10 @@ def test_eval_without_the_inception_weights_says_so_in_one_line_and_scores_the_r
     assert "psnr" in table[0] and "fid" not in table[0]
     required = _eval(photos, tmp_path / "again", f"inception_weights={missing}", "realism_required=true")
     assert required.returncode == 2
-    (line,) = required.stderr.strip().splitlines()
-    assert line.startswith("deepfill-eval: error: FID, KID, P-IDS and U-IDS need the Inception weights at")
+    lines = required.stderr.strip().splitlines()
+    assert len(lines) == 1, required.stderr
+    expected = "deepfill-eval: error: FID, KID, P-IDS and U-IDS need the Inception weights at"
+    assert lines[0].startswith(expected)
 
 
 def test_eval_by_protocol_writes_a_table_per_protocol(photos, random_inception, tmp_path) -> None:
