@@ -13,6 +13,10 @@ largest working set of the run).
     python benchmarks/deploy.py --quality --weights last.ckpt --photos held_out/   # fp16 vs fp32
     python benchmarks/deploy.py --int8 --quality --weights last.ckpt --photos held_out/
 
+``--profile`` adds one profiled call per process and splits its time into convolutions and the
+rest; for onnxruntime also ELU, the layout reorders it puts around its blocked convolutions, and
+the attention's loop (the nodes of the ``Scan`` body). Medians over the rounds.
+
 ``--quality`` scores the fp32 and fp16 exports and the PyTorch generator on photos it never saw
 (``--photos``: a folder, else scikit-image's held-out coffee and rocket), 256x256 centre crops,
 a box and a free-form hole each: PSNR inside the hole against the photo, and of the fp16 and
@@ -55,14 +59,52 @@ else:
     + """# VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child reports at least the peak of the
 # parent it was forked from (this script, after exporting).
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 2**20
-print(json.dumps({{"seconds": statistics.median(times), "peak_rss_gib": peak}}))
+parts = {{}}
+if {profile}:  # one more call, profiled: where its time goes, in seconds of kernel time
+    if way == "pytorch":
+        from torch.profiler import ProfilerActivity, profile
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            generator(image, mask)
+        for event in prof.key_averages():
+            kind = "convolution" if "convolution" in event.key else "other"
+            parts[kind] = parts.get(kind, 0.0) + event.self_cpu_time_total / 1e6
+    else:
+        import onnxruntime as ort
+        options = generator.session.get_session_options()
+        options.enable_profiling = True
+        import os, tempfile
+        options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {{"image": image.numpy(), "mask": mask.numpy()}}
+        session.run(None, feed)
+        session.run(None, feed)
+        trace_file = session.end_profiling()
+        trace = json.load(open(trace_file))
+        os.remove(trace_file)
+        last = [e for e in trace if e.get("name") == "model_run"][-1]
+        kinds = {{"Conv": "convolution", "FusedConv": "convolution", "Elu": "elu",
+                 "ReorderInput": "layout reorders", "ReorderOutput": "layout reorders"}}
+        start, end = last["ts"], last["ts"] + last["dur"]
+        nodes = [e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                 and start <= e["ts"] <= end]
+        # The attention's loop: its body's nodes, counted once (not also as the Scan node).
+        loops = [(e["ts"], e["ts"] + e["dur"]) for e in nodes if e["args"]["op_name"] == "Scan"]
+        for e in nodes:
+            if e["args"]["op_name"] == "Scan":
+                continue
+            in_loop = any(a <= e["ts"] <= b for a, b in loops)
+            kind = "attention loop" if in_loop else kinds.get(e["args"]["op_name"], "other")
+            parts[kind] = parts.get(kind, 0.0) + e["dur"] / 1e6
+print(json.dumps({{"seconds": statistics.median(times), "peak_rss_gib": peak, "profile": parts}}))
 """
 )
 
 
 def _child(way: str, path: Path, size: int, args: argparse.Namespace) -> dict:
     repeats = max(1, args.repeats // 2) if size >= 1024 else args.repeats
-    code = _CHILD.format(threads=args.threads, size=size, way=way, path=str(path), repeats=repeats)
+    code = _CHILD.format(
+        threads=args.threads, size=size, way=way, path=str(path), repeats=repeats, profile=args.profile
+    )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if run.returncode != 0:
@@ -161,6 +203,11 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true", help="score the exports instead of timing them")
     parser.add_argument("--photos", type=Path, default=None, help="--quality: a folder of held-out photos")
     parser.add_argument("--quality-size", type=int, default=256)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one call per process: seconds in convolutions, ELU, layout reorders, the rest",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args()
 
@@ -206,6 +253,16 @@ def main() -> None:
         peaks = {name: max(r["peak_rss_gib"] for r in values) for name, values in runs.items()}
         row = {"size": size, "median_s": medians, "peak_rss_gib": peaks, "runs": runs}
         row["onnxruntime_over_pytorch"] = medians["onnxruntime fp32"] / medians["pytorch"]
+        if args.profile:
+            row["profile_median_s"] = {
+                name: {
+                    kind: statistics.median(r["profile"].get(kind, 0.0) for r in values)
+                    for kind in sorted({k for r in values for k in r["profile"]})
+                }
+                for name, values in runs.items()
+            }
+            for name, kinds in row["profile_median_s"].items():
+                print(f"  {name} {size}², profiled: " + ", ".join(f"{k} {v:.3f} s" for k, v in kinds.items()))
         rows.append(row)
         print(
             f"generator {size}²: "
