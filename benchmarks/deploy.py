@@ -4,7 +4,8 @@ The generator is exported once (``deepfill.deploy.export_onnx``, fp32; ``--fp16`
 half-precision export), then every size is timed in fresh processes, alternating between the
 ways in each round so that all see the same machine state: the PyTorch path as the commands
 run it (``configure_cpu()``, inference mode) and the .onnx file through
-``deepfill.deploy.OnnxGenerator`` (onnxruntime's CPU provider), both with the same thread count.
+``deepfill.deploy.OnnxGenerator`` (onnxruntime's CPU provider) after ``configure_cpu()`` too, as
+``deepfill-inpaint`` runs it; both with the same thread count.
 Each process also reports its peak resident memory (``VmHWM``: model, libraries and the
 largest working set of the run).
 
@@ -51,8 +52,10 @@ if way == "pytorch":
     reused = configure_cpu()
     generator = torch.load(path, weights_only=False).eval()
     set_cpu_chunk_bytes(generator, CPU_CHUNK_BYTES_REUSED if reused else None)
-else:
+else:  # as deepfill-inpaint runs it: the same CPU settings first
     from deepfill.deploy import OnnxGenerator
+    from deepfill.utils.cpu import configure_cpu
+    configure_cpu()
     generator = OnnxGenerator(path, threads={threads})
 """
     + timed_generator_calls("torch.inference_mode()")

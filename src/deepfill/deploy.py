@@ -103,6 +103,26 @@ def import_onnxruntime():
     return onnxruntime
 
 
+_SHARED_ARENA = []  # onnxruntime, once its exact-size CPU arena is registered in this process
+
+
+def _use_exact_size_arena(ort, options) -> None:
+    """Give a session's CPU buffers a memory arena that grows by exactly what is asked.
+
+    The arena keeps freed buffers for later nodes, so the attention loop's many block-sized
+    buffers are not each page-faulted in anew: the paper's model ran 1.3x faster at 512² than
+    without one (2-core Xeon). The CPU provider's own arena grows by powers of two, which held
+    8.99 GiB at 2048² against 5.80 GiB for this one (same speed). onnxruntime sets an arena's
+    growth only for an allocator registered with its environment, once per process and shared
+    by the sessions that ask for it; the arena's memory goes back to the system at exit."""
+    if not _SHARED_ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))  # exact
+        _SHARED_ARENA.append(ort)
+    options.enable_cpu_mem_arena = True
+    options.add_session_config_entry("session.use_env_allocators", "1")
+
+
 @dataclass
 class ExportReport:
     """What :func:`export_onnx` wrote and checked."""
@@ -462,9 +482,10 @@ class OnnxGenerator:
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3  # onnxruntime's warnings are not the user's business
-        # No memory arena: it grows by powers of two and keeps what it took, so that repeated
-        # 1024² runs held 21 GiB with it against about 9 GiB without, at the same speed.
-        options.enable_cpu_mem_arena = False
+        if self.device.type == "cpu":
+            _use_exact_size_arena(ort, options)
+        else:  # the CPU provider only runs what the GPU's lacks: no arena for it
+            options.enable_cpu_mem_arena = False
         # No buffer reuse across nodes: onnxruntime's planner hands a freed buffer to a later
         # output of the same size, which keeps every stage-1 decoder buffer allocated until the
         # stage-2 decoder (same shapes) runs, through the whole attention loop. Without it the
