@@ -403,6 +403,28 @@ def test_the_exported_attention_works_in_bounded_memory(narrow) -> None:
     assert _peak_growth(_PEAK_CHILD, path, 512) < 5 * score_matrix
 
 
+def test_without_the_shared_arena_the_session_still_runs(narrow, monkeypatch) -> None:
+    """Where onnxruntime refuses the exact-size arena (another library registered a CPU
+    allocator first), the session opens with the provider's own arena and gives the same result."""
+    import onnxruntime
+
+    import deepfill.deploy as deploy
+
+    _, path = narrow
+    image, mask = _batch(1, 64, 64)
+    expected = OnnxGenerator(path)(image, mask)[1]
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("an allocator for this device is already registered")
+
+    monkeypatch.setattr(deploy, "_SHARED_ARENA", [])
+    monkeypatch.setattr(onnxruntime, "create_and_register_allocator", refuse)
+    generator = OnnxGenerator(path)
+    assert generator.session.get_session_options().enable_cpu_mem_arena
+    assert deploy._SHARED_ARENA == []  # not registered: the session did not ask for it
+    assert torch.equal(generator(image, mask)[1], expected)
+
+
 def test_a_failed_check_writes_nothing(narrow, tmp_path, monkeypatch) -> None:
     import deepfill.deploy as deploy
 

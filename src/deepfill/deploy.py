@@ -115,11 +115,14 @@ def _use_exact_size_arena(ort, options) -> None:
     8.99 GiB at 2048² against 5.80 GiB for this one (same speed). onnxruntime sets an arena's
     growth only for an allocator registered with its environment, once per process and shared
     by the sessions that ask for it; the arena's memory goes back to the system at exit."""
+    options.enable_cpu_mem_arena = True
     if not _SHARED_ARENA:
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))  # exact
+        try:
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))  # exact
+        except Exception:  # e.g. another library registered one first
+            return  # the provider's own arena: the same speed, more memory at large sizes
         _SHARED_ARENA.append(ort)
-    options.enable_cpu_mem_arena = True
     options.add_session_config_entry("session.use_env_allocators", "1")
 
 
