@@ -269,18 +269,25 @@ def test_each_coarse_arm_of_the_quickstart_study_builds_its_schedule(arm, tmp_pa
     assert module.coarse_scale == arm_cfg.model.coarse_scale
 
 
+@pytest.mark.parametrize("betas", options("quickstart_betas"))
 @pytest.mark.parametrize("arm", options("quickstart_short"))
-def test_each_arm_of_the_short_quickstart_study_takes_the_recipes_time(arm, tmp_path) -> None:
+def test_each_arm_of_the_short_quickstart_study_takes_the_recipes_time(arm, betas, tmp_path) -> None:
     """The arms of +sweep=quickstart_short: fixed schedules (no budget) of the same time as the
     recipe's 0.3x, counting an update of both stages as 2.9 coarse ones, the decay over every
-    update, and a module that builds."""
-    overrides = ["experiment=quickstart", "+sweep=quickstart_short", f"+quickstart_short={arm}"]
+    update, either Adam's betas, and a module that builds."""
+    overrides = [
+        "experiment=quickstart",
+        "+sweep=quickstart_short",
+        f"+quickstart_short={arm}",
+        f"+quickstart_betas={betas}",
+    ]
     cfg = compose_cfg(overrides, tmp_path)
     validate_config(cfg)
     assert cfg.budget is None
     coarse, both = cfg.model.pretrain_coarse_steps, cfg.model.reconstruction_steps
     assert cfg.model.lr_decay_steps == cfg.trainer.max_steps == coarse + both
     assert abs(coarse + 2.9 * both - (152 + 2.9 * 128)) < 5
+    assert list(cfg.model.optimizer.betas) == {"paper": [0.5, 0.9], "usual": [0.9, 0.999]}[betas]
     module = instantiate(cfg.model)
     assert module.pretrain_coarse_steps == coarse
 
