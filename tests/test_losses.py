@@ -25,6 +25,7 @@ from deepfill.training.losses import (
     gradient_penalty,
     hole_boxes,
     l1_term,
+    l2_term,
     local_patches,
     nearest_known_discount,
     wgan_critic_loss,
@@ -342,13 +343,39 @@ def test_a_registered_term_joins_the_total_with_its_weight(monkeypatch) -> None:
     step = StepOutputs.of(image, mask, x1, x2, 8)
     before = generator_loss(step, config)
     extra = losses.LossTerm(lambda s, config, critics: (s.x2 - s.image).square().mean(), "global_wgan")
-    monkeypatch.setitem(losses.GENERATOR_TERMS, "l2", extra)
+    monkeypatch.setitem(losses.GENERATOR_TERMS, "l2_whole", extra)
     after = generator_loss(step, config)
     l2 = (x2 - image).square().mean().item()
-    assert after["l2"].item() == pytest.approx(l2)
+    assert after["l2_whole"].item() == pytest.approx(l2)
     assert after.total.item() == pytest.approx(before.total.item() + 3.0 * l2, rel=1e-6)
-    assert "train/l2" in after.logged("train/")
+    assert "train/l2_whole" in after.logged("train/")
     assert set(GENERATOR_TERMS) >= {"l1", "ae", "g_adv"}
+
+
+def test_l2_is_the_hole_term_with_squared_errors_and_off_by_default() -> None:
+    """With gamma 1 (no discount) the L2 term is the mean squared error over the hole's pixels and
+    channels, coarse-weighted like L1; at weight 0 (both papers) it is neither computed nor logged."""
+    image, mask, x1, x2, _ = _step_inputs()
+    config = LossConfig(LossWeights(coarse=1.5, l2=2.0), "nearest_known", 1.0, patch_size=8)
+    step = StepOutputs.of(image, mask, x1, x2, 8)
+
+    def hole_mse(x: torch.Tensor) -> float:
+        # per sample over its hole (pixels x channels), then over the batch
+        per = [((image[i] - x[i]) ** 2)[:, mask[i, 0] > 0].mean() for i in range(image.shape[0])]
+        return torch.stack(per).mean().item()
+
+    expected = 1.5 * hole_mse(x1) + hole_mse(x2)
+    assert l2_term(step, config).item() == pytest.approx(expected, rel=1e-6)
+    loss = generator_loss(step, config)
+    assert loss["l2"].item() == pytest.approx(expected, rel=1e-6)
+    without = generator_loss(step, LossConfig(LossWeights(coarse=1.5), "nearest_known", 1.0, 8))
+    assert loss.total.item() == pytest.approx(without.total.item() + 2.0 * expected, rel=1e-6)
+    assert "train/l2" in loss.logged() and "train/l2" not in without.logged()
+    # A pixel off by 0.5 costs 0.25 in L2 against 0.5 in L1: the errors are squared, not absolute.
+    flat = StepOutputs.of(image, mask, image + 0.5 * mask, None, 8)
+    unit = LossConfig(LossWeights(coarse=1.0, l2=1.0), "none", 1.0, patch_size=8)
+    assert l2_term(flat, unit).item() == pytest.approx(0.25 * mask.mean().item(), rel=1e-6)
+    assert l1_term(flat, unit).item() == pytest.approx(0.5 * mask.mean().item(), rel=1e-6)
 
 
 def test_reconstruction_l1_weighs_the_coarse_stage() -> None:

@@ -32,12 +32,14 @@ __all__ = [
     "critic_loss",
     "crop_patches",
     "discounted_l1",
+    "discounted_mean",
     "generator_loss",
     "gradient_penalty",
     "hinge_critic_loss",
     "hinge_generator_loss",
     "hole_boxes",
     "l1_term",
+    "l2_term",
     "local_patches",
     "nearest_known_discount",
     "patch_critic_loss",
@@ -55,6 +57,7 @@ class LossWeights:
     coarse: float = 1.2  # COARSE_L1_ALPHA: stage-1 terms of the L1 and AE losses
     l1: float = 1.2  # L1_LOSS_ALPHA
     ae: float = 1.2  # AE_LOSS_ALPHA
+    l2: float = 0.0  # not in the papers: the same hole term with squared errors (see l2_term)
     gan: float = 0.001  # GAN_LOSS_ALPHA
     global_wgan: float = 1.0  # GLOBAL_WGAN_LOSS_ALPHA
     gp: float = 10.0  # WGAN_GP_LAMBDA
@@ -156,13 +159,19 @@ def nearest_known_discount(
     return torch.where(hole > 0, gamma ** (distance - 1).clamp_min(0) * gamma, torch.zeros_like(hole))
 
 
+def discounted_mean(error: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``error * weights`` averaged over each sample's support (the pixels with a non-zero
+    weight, times channels), then over the batch. error: (N,C,H,W) per-pixel errors; weights:
+    (N,1,H,W) >= 0."""
+    support = (weights > 0).to(weights.dtype).sum(dim=(1, 2, 3)).clamp_min(1) * error.shape[1]
+    return ((error * weights).sum(dim=(1, 2, 3)) / support).mean()
+
+
 def discounted_l1(target: torch.Tensor, prediction: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``|target - prediction| * weights`` averaged over each sample's support (the pixels with
     a non-zero weight, times channels), then over the batch: the ``nearest_known`` form, whose
     weights cover the hole only. (The ``box`` form is a plain mean over the local patch.)"""
-    support = (weights > 0).to(weights.dtype).sum(dim=(1, 2, 3)).clamp_min(1) * target.shape[1]
-    per_sample = ((target - prediction).abs() * weights).sum(dim=(1, 2, 3)) / support
-    return per_sample.mean()
+    return discounted_mean((target - prediction).abs(), weights)
 
 
 def ae_loss(
@@ -358,6 +367,25 @@ class Loss:
         return {f"{prefix}{name}": value.detach() for name, value in values.items()}
 
 
+def _hole_term(
+    step: StepOutputs, config: LossConfig, error: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``coarse * E(x1) + E(x2)`` (no ``x2`` term in the coarse pre-training), where ``E`` is
+    the spatially discounted mean of ``error(image - x)`` in the form ``config.discount`` names."""
+    outputs = [(config.weights.coarse, step.x1)] + ([(1.0, step.x2)] if step.x2 is not None else [])
+    image, size = step.image, config.patch_size
+    if config.discount == "none":
+        return sum(w * error(image - x).mean() for w, x in outputs)
+    if config.discount == "box":
+        crops = crop_patches(step.origins, size, image, *(x for _, x in outputs))
+        weights = box_discount(size, size, config.gamma, image.device, image.dtype)
+        pairs = zip(outputs, crops[1:], strict=True)
+        return sum(w * (error(crops[0] - x) * weights).mean() for (w, _), x in pairs)
+    mask = step.mask.expand(image.shape[0], *step.mask.shape[1:])
+    weights = nearest_known_discount(mask, config.gamma, step.distance)
+    return sum(w * discounted_mean(error(image - x), weights) for w, x in outputs)
+
+
 def l1_term(step: StepOutputs, config: LossConfig, critics=None) -> torch.Tensor:
     """The spatially discounted L1 loss ``coarse * L1(x1) + L1(x2)`` (no ``x2`` term in the
     coarse pre-training).
@@ -367,18 +395,15 @@ def l1_term(step: StepOutputs, config: LossConfig, critics=None) -> torch.Tensor
     image, averaged over the hole (right for free-form holes, which need not fit any patch).
     ``none`` (v2): ``mean |image - x|`` over the whole image, hole and known pixels alike.
     """
-    outputs = [(config.weights.coarse, step.x1)] + ([(1.0, step.x2)] if step.x2 is not None else [])
-    image, size = step.image, config.patch_size
-    if config.discount == "none":
-        return sum(w * (image - x).abs().mean() for w, x in outputs)
-    if config.discount == "box":
-        crops = crop_patches(step.origins, size, image, *(x for _, x in outputs))
-        weights = box_discount(size, size, config.gamma, image.device, image.dtype)
-        pairs = zip(outputs, crops[1:], strict=True)
-        return sum(w * ((crops[0] - x).abs() * weights).mean() for (w, _), x in pairs)
-    mask = step.mask.expand(image.shape[0], *step.mask.shape[1:])
-    weights = nearest_known_discount(mask, config.gamma, step.distance)
-    return sum(w * discounted_l1(image, x, weights) for w, x in outputs)
+    return _hole_term(step, config, torch.abs)
+
+
+def l2_term(step: StepOutputs, config: LossConfig, critics=None) -> torch.Tensor:
+    """:func:`l1_term` with squared errors, ``coarse * L2(x1) + L2(x2)``, same discount and
+    support. Not in the papers: L1 pulls an uncertain pixel to the median of what could be there,
+    squared errors to the mean, which is what PSNR rewards; a short run that is still uncertain
+    over much of a hole scores higher on PSNR and SSIM with it (docs/training.md)."""
+    return _hole_term(step, config, torch.square)
 
 
 def ae_term(step: StepOutputs, config: LossConfig, critics=None) -> torch.Tensor:
@@ -411,6 +436,9 @@ class LossTerm:
 
     function: Callable[..., torch.Tensor]  # (step, config, critics) -> 0-dim tensor
     weight: str
+    # Not in the papers: computed and logged only when its weight is not 0, so that the papers'
+    # runs log and compute what the official code does.
+    optional: bool = False
 
 
 # The generator's loss is the weighted sum of these terms, each logged as train/<name>: a new
@@ -418,6 +446,7 @@ class LossTerm:
 GENERATOR_TERMS: dict[str, LossTerm] = {
     "l1": LossTerm(l1_term, "l1"),
     "ae": LossTerm(ae_term, "ae"),
+    "l2": LossTerm(l2_term, "l2", optional=True),
     "g_adv": LossTerm(adversarial_term, "gan"),
 }
 
@@ -425,13 +454,18 @@ GENERATOR_TERMS: dict[str, LossTerm] = {
 def generator_loss(step: StepOutputs, config: LossConfig, critics: Critics | None = None) -> Loss:
     """The official generator loss (``g_loss``), the weighted sum of :data:`GENERATOR_TERMS`:
     v1 ``gan * (global_wgan * g_global + g_local) + l1 * L1 + ae * AE``; v2 (discount ``none``,
-    ``ae = 0``, an SN-PatchGAN critic) ``gan * g_hinge + l1 * (mean|x - x1| + mean|x - x2|)``.
+    ``ae = 0``, an SN-PatchGAN critic) ``gan * g_hinge + l1 * (mean|x - x1| + mean|x - x2|)``;
+    plus ``l2 * L2`` (:func:`l2_term`, weight 0 in both papers).
 
     ``critics``: ``(global, local)`` or an :class:`SNPatchGANCritic`, adds the adversarial term
     on ``step.completed``; without them (the reconstruction phases) it is 0.
     """
-    terms = {name: term.function(step, config, critics) for name, term in GENERATOR_TERMS.items()}
     weights = config.weights
+    terms = {
+        name: term.function(step, config, critics)
+        for name, term in GENERATOR_TERMS.items()
+        if not term.optional or getattr(weights, term.weight) != 0
+    }
     total = sum(getattr(weights, GENERATOR_TERMS[name].weight) * value for name, value in terms.items())
     return Loss("g_loss", total, terms)
 
