@@ -314,6 +314,28 @@ def test_cosine_learning_rate_follows_the_generator_steps(tmp_path) -> None:
     assert make_module().lr_factor(10**6) == 1.0  # lr_decay_steps 0: constant, as the paper
 
 
+def test_lr_restart_gives_stage_two_its_own_cosine(tmp_path) -> None:
+    module = make_module(
+        n_critic=1,
+        optimizer=adam(2e-3),
+        pretrain_coarse_steps=2,
+        reconstruction_steps=4,
+        lr_decay_steps=6,
+        lr_restart=True,
+    )
+    # One cosine over the 2 coarse updates, a second one over the 4 after them, then 0.
+    assert [module.lr_factor(s) for s in (0, 1, 2, 4, 6, 100)] == pytest.approx([1, 0.5, 1, 0.5, 0, 0])
+    make_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0).fit(module, make_data())
+    # The 4th update ran at the rate of 3 steps done: one into the second cosine.
+    for optimizer in module.trainer.optimizers:
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)))
+    # Without a coarse pre-training there is nothing to restart after: one cosine.
+    single = make_module(lr_decay_steps=4, lr_restart=True)
+    assert single.lr_factor(2) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"model\.lr_restart must be true or false, got 'yes'"):
+        make_module(lr_restart="yes")
+
+
 def test_the_optimizer_comes_from_its_config(tmp_path) -> None:
     """``model.optimizer`` is a Hydra partial: any torch.optim class, its own checks at once."""
     from hydra.utils import instantiate

@@ -102,6 +102,10 @@ class DeepFillModule(pl.LightningModule):
             one for both critics. Default: the paper's Adam, lr 1e-4, betas (0.5, 0.9).
         lr_decay_steps: cosine decay of both learning rates from their initial value to 0 over this many
             generator updates (all phases counted); 0 keeps them constant (paper).
+        lr_restart: with a coarse pre-training inside ``lr_decay_steps``, two cosines instead of
+            one: from 1 to 0 over the pre-training, and again from 1 to 0 over the rest, so that
+            stage 2, untrained until the pre-training ends, starts at the full rate (not in the
+            paper; for short runs).
         n_critic: critic updates per generator update (paper: 5).
         pretrain_coarse_steps: the first K generator updates train stage 1 alone with L1 + AE,
             one per batch, no critics (official PRETRAIN_COARSE_NETWORK).
@@ -140,6 +144,7 @@ class DeepFillModule(pl.LightningModule):
         pretrain_coarse_steps: int = 0,
         reconstruction_steps: int = 0,
         lr_decay_steps: int = 0,
+        lr_restart: bool = False,
         coarse_scale: float = 1.0,
         ema_decay: float = 0.0,
         discount: str = "box",
@@ -191,6 +196,8 @@ class DeepFillModule(pl.LightningModule):
             raise ValueError(f"model.ema_decay must be in [0, 1), got {ema_decay!r}")
         if not isinstance(compile, bool):
             raise ValueError(f"model.compile must be true or false, got {compile!r}")
+        if not isinstance(lr_restart, bool):
+            raise ValueError(f"model.lr_restart must be true or false, got {lr_restart!r}")
         if not isinstance(compile_options, Mapping | None):
             raise ValueError(
                 f"model.compile_options must be a mapping of torch.compile arguments, got {compile_options!r}"
@@ -223,6 +230,7 @@ class DeepFillModule(pl.LightningModule):
             raise ValueError(f"model.optimizer: {error}") from None
         self.n_critic, self.pretrain_coarse_steps = n_critic, pretrain_coarse_steps
         self.reconstruction_steps, self.lr_decay_steps = reconstruction_steps, lr_decay_steps
+        self.lr_restart = lr_restart
         self.max_nonfinite = max_nonfinite
         self.seed = seed
         self.log_images_every_n_steps = log_images_every_n_steps
@@ -354,10 +362,15 @@ class DeepFillModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def lr_factor(self, generator_steps: int) -> float:
         """The learning rates after ``generator_steps`` generator updates, as a fraction of their
-        initial values: a cosine from 1 to 0 over ``lr_decay_steps`` (1 when that is 0)."""
+        initial values: a cosine from 1 to 0 over ``lr_decay_steps`` (1 when that is 0); with
+        ``lr_restart``, one over the coarse pre-training and one over the rest."""
         if self.lr_decay_steps <= 0:
             return 1.0
-        progress = min(generator_steps / self.lr_decay_steps, 1.0)
+        start, length = 0, self.lr_decay_steps
+        pretrain = self.pretrain_coarse_steps
+        if self.lr_restart and 0 < pretrain < self.lr_decay_steps:
+            start, length = (0, pretrain) if generator_steps < pretrain else (pretrain, length - pretrain)
+        progress = min((generator_steps - start) / length, 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
