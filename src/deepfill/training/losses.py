@@ -40,10 +40,10 @@ __all__ = [
     "hole_boxes",
     "l1_term",
     "l2_term",
+    "ssim_term",
     "local_patches",
     "nearest_known_discount",
     "patch_critic_loss",
-    "ssim_term",
     "wgan_critic_loss",
     "wgan_generator_loss",
 ]
