@@ -26,7 +26,6 @@ from deepfill.training.losses import (
     hole_boxes,
     l1_term,
     l2_term,
-    ssim_term,
     local_patches,
     nearest_known_discount,
     wgan_critic_loss,
@@ -377,39 +376,6 @@ def test_l2_is_the_hole_term_with_squared_errors_and_off_by_default() -> None:
     unit = LossConfig(LossWeights(coarse=1.0, l2=1.0), "none", 1.0, patch_size=8)
     assert l2_term(flat, unit).item() == pytest.approx(0.25 * mask.mean().item(), rel=1e-6)
     assert l1_term(flat, unit).item() == pytest.approx(0.5 * mask.mean().item(), rel=1e-6)
-
-
-def test_ssim_term_scores_the_completed_images_and_is_off_by_default() -> None:
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
-    image, mask, x1, x2, _ = _step_inputs(size=32)
-    mask = torch.zeros_like(mask)
-    mask[:, :, 8:24, 8:24] = 1
-    config = LossConfig(LossWeights(coarse=1.5, ssim=2.0), "nearest_known", 1.0, patch_size=16)
-    # A perfect fill costs nothing, whatever the outputs hold outside the hole.
-    outside = image + (1 - mask) * 0.7
-    perfect = StepOutputs.of(image, mask, outside, outside, 16)
-    assert ssim_term(perfect, config).item() == pytest.approx(0.0, abs=1e-6)
-    step = StepOutputs.of(image, mask, x1, x2, 16)
-    completed = [x * mask + image * (1 - mask) for x in (x1, x2)]
-    expected = sum(w * (1 - ssim(c, image, data_range=2.0)) for w, c in zip((1.5, 1.0), completed))
-    assert ssim_term(step, config).item() == pytest.approx(expected.item(), rel=1e-5)
-    loss = generator_loss(step, config)
-    without = generator_loss(step, LossConfig(LossWeights(coarse=1.5), "nearest_known", 1.0, 16))
-    assert loss.total.item() == pytest.approx(without.total.item() + 2.0 * expected.item(), rel=1e-5)
-    assert "train/ssim" in loss.logged() and "train/ssim" not in without.logged()
-    # It reaches the outputs' hole pixels, and only them.
-    x = x2.clone().requires_grad_(True)
-    ssim_term(StepOutputs.of(image, mask, x, None, 16), config).backward()
-    assert x.grad[mask.expand_as(x) > 0].abs().sum() > 0
-    assert x.grad[mask.expand_as(x) == 0].abs().sum() == 0
-    # A flat fill of the right colour scores better than noise around it.
-    noisy = image * (1 - mask) + mask * (0.3 + 0.5 * torch.randn_like(image))
-    flat = image * (1 - mask) + mask * 0.3
-    target = image * (1 - mask) + mask * 0.3
-    unit = LossConfig(LossWeights(coarse=1.0, ssim=1.0), "nearest_known", 1.0, 16)
-    score = [ssim_term(StepOutputs.of(target, mask, x, None, 16), unit).item() for x in (flat, noisy)]
-    assert score[0] < 1e-6 < score[1]
 
 
 def test_reconstruction_l1_weighs_the_coarse_stage() -> None:

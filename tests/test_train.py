@@ -196,7 +196,6 @@ def test_experiment_presets_carry_the_paper_settings(experiment, tmp_path) -> No
         "global_wgan": 1.0,
         "gp": 10.0,
         "l2": 0.0,  # not in the paper: off
-        "ssim": 0.0,
     }
     assert cfg.model.discount == "box" and cfg.model.local_critic.input_size == 128
     assert cfg.data.discount == "box"  # no hole distances computed for a loss that never reads them

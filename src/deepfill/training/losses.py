@@ -40,7 +40,6 @@ __all__ = [
     "hole_boxes",
     "l1_term",
     "l2_term",
-    "ssim_term",
     "local_patches",
     "nearest_known_discount",
     "patch_critic_loss",
@@ -59,7 +58,6 @@ class LossWeights:
     l1: float = 1.2  # L1_LOSS_ALPHA
     ae: float = 1.2  # AE_LOSS_ALPHA
     l2: float = 0.0  # not in the papers: the same hole term with squared errors (see l2_term)
-    ssim: float = 0.0  # not in the papers: 1 - SSIM of each stage's completed image (see ssim_term)
     gan: float = 0.001  # GAN_LOSS_ALPHA
     global_wgan: float = 1.0  # GLOBAL_WGAN_LOSS_ALPHA
     gp: float = 10.0  # WGAN_GP_LAMBDA
@@ -408,25 +406,6 @@ def l2_term(step: StepOutputs, config: LossConfig, critics=None) -> torch.Tensor
     return _hole_term(step, config, torch.square)
 
 
-def ssim_term(step: StepOutputs, config: LossConfig, critics=None) -> torch.Tensor:
-    """``coarse * (1 - SSIM(c1, image)) + (1 - SSIM(c2, image))``, ``ci`` stage i's output
-    composited into the known pixels (torchmetrics' SSIM, Gaussian window 11, sigma 1.5, over
-    the whole image: the hole and the windows across its border). Not in the papers: the
-    reconstruction losses are per pixel and leave what SSIM measures, local structure, to the
-    critics; a short run that has no critics yet fills with less spurious structure with it
-    (docs/training.md)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    outputs = [(config.weights.coarse, step.x1)] + ([(1.0, step.x2)] if step.x2 is not None else [])
-    image = step.image.float()
-    total = torch.zeros((), device=image.device)
-    for weight, x in outputs:
-        completed = composite(x.float(), image, step.mask)
-        similarity = structural_similarity_index_measure(completed, image, data_range=2.0)
-        total = total + weight * (1.0 - similarity)
-    return total
-
-
 def ae_term(step: StepOutputs, config: LossConfig, critics=None) -> torch.Tensor:
     """The AE loss on the known pixels (:func:`ae_loss`)."""
     return ae_loss(step.image, step.x1, step.x2, step.mask, config.weights.coarse)
@@ -468,7 +447,6 @@ GENERATOR_TERMS: dict[str, LossTerm] = {
     "l1": LossTerm(l1_term, "l1"),
     "ae": LossTerm(ae_term, "ae"),
     "l2": LossTerm(l2_term, "l2", optional=True),
-    "ssim": LossTerm(ssim_term, "ssim", optional=True),
     "g_adv": LossTerm(adversarial_term, "gan"),
 }
 
@@ -477,8 +455,7 @@ def generator_loss(step: StepOutputs, config: LossConfig, critics: Critics | Non
     """The official generator loss (``g_loss``), the weighted sum of :data:`GENERATOR_TERMS`:
     v1 ``gan * (global_wgan * g_global + g_local) + l1 * L1 + ae * AE``; v2 (discount ``none``,
     ``ae = 0``, an SN-PatchGAN critic) ``gan * g_hinge + l1 * (mean|x - x1| + mean|x - x2|)``;
-    plus ``l2 * L2`` (:func:`l2_term`) and ``ssim * (1 - SSIM)`` (:func:`ssim_term`), weight 0 in
-    both papers.
+    plus ``l2 * L2`` (:func:`l2_term`, weight 0 in both papers).
 
     ``critics``: ``(global, local)`` or an :class:`SNPatchGANCritic`, adds the adversarial term
     on ``step.completed``; without them (the reconstruction phases) it is 0.
