@@ -421,6 +421,25 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path) -> None:
     assert _same(generator_before, _params(module.generator))
 
 
+def test_the_wandb_logger_hands_wandb_no_deprecated_setting(tmp_path, monkeypatch, capfd) -> None:
+    """Lightning's logger always passes ``anonymous=None``, which wandb warns about on every run;
+    the project's passes nothing it was not given."""
+    from deepfill.training.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    logger = WandbLogger(project="deepfill-test", save_dir=str(tmp_path), offline=True)
+    assert "anonymous" not in logger._wandb_init
+    try:
+        assert logger.experiment.id  # wandb.init ran
+    finally:
+        logger.experiment.finish()
+    assert "anonymous" not in capfd.readouterr().err
+    # A caller's own choice is passed on, as Lightning's logger passes it.
+    chosen = WandbLogger(project="deepfill-test", save_dir=str(tmp_path), offline=True, anonymous=True)
+    assert chosen._wandb_init["anonymous"] == "allow"
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_wandb_offline_run_holds_metrics_and_images(tmp_path, monkeypatch) -> None:
     from pytorch_lightning.loggers import WandbLogger

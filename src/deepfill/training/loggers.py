@@ -19,13 +19,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
+from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter as _LightningWriter
 
 from deepfill.evaluation.metrics import METRICS
 from deepfill.utils.errors import no_space_error
 from deepfill.utils.files import atomic_path
 
-__all__ = ["CSVLogger", "ResumableExperimentWriter", "WandbBestSummary"]
+__all__ = ["CSVLogger", "ResumableExperimentWriter", "WandbBestSummary", "WandbLogger"]
 
 
 def _step(row: dict[str, Any]) -> float:
@@ -100,6 +101,18 @@ class CSVLogger(_LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = ResumableExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class WandbLogger(_LightningWandbLogger):
+    """``pytorch_lightning.loggers.WandbLogger``, same arguments, without the ``anonymous=None``
+    it always hands to ``wandb.init``: wandb deprecated that setting and warns about it on every
+    run ("The anonymous setting has no effect..."), a library's internals in the user's log.
+    An ``anonymous`` the caller sets is passed on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
 
 class WandbBestSummary(pl.Callback):
