@@ -371,6 +371,17 @@ def test_l2_is_the_hole_term_with_squared_errors_and_off_by_default() -> None:
     without = generator_loss(step, LossConfig(LossWeights(coarse=1.5), "nearest_known", 1.0, 8))
     assert loss.total.item() == pytest.approx(without.total.item() + 2.0 * expected, rel=1e-6)
     assert "train/l2" in loss.logged() and "train/l2" not in without.logged()
+    # Both hole terms read one set of discount weights per step (no hole distance given: the
+    # erosion that makes them runs once).
+    from deepfill.training import losses
+
+    calls = []
+    original = losses.nearest_known_discount
+    fresh = StepOutputs.of(image, mask, x1, x2, 8)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(losses, "nearest_known_discount", lambda *a: calls.append(1) or original(*a))
+        again = generator_loss(fresh, config)
+    assert len(calls) == 1 and again.total.item() == pytest.approx(loss.total.item(), rel=1e-6)
     # A pixel off by 0.5 costs 0.25 in L2 against 0.5 in L1: the errors are squared, not absolute.
     flat = StepOutputs.of(image, mask, image + 0.5 * mask, None, 8)
     unit = LossConfig(LossWeights(coarse=1.0, l2=1.0), "none", 1.0, patch_size=8)

@@ -7,7 +7,7 @@ Conventions: images (N,3,H,W) in [-1,1]; masks (N,1,H,W) (or (1,1,H,W)), 1 = hol
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -328,6 +328,16 @@ class StepOutputs:
     origins: torch.Tensor
     completed: torch.Tensor | None
     distance: torch.Tensor | None = None
+    # The nearest_known discount weights by gamma, made once per step for every hole term
+    # (without ``distance`` they cost an erosion pass per ring of the hole).
+    _discounts: dict[float, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def discount_weights(self, gamma: float) -> torch.Tensor:
+        """:func:`nearest_known_discount` of this step's holes, (N,1,H,W), computed once."""
+        if gamma not in self._discounts:
+            mask = self.mask.expand(self.image.shape[0], *self.mask.shape[1:])
+            self._discounts[gamma] = nearest_known_discount(mask, gamma, self.distance)
+        return self._discounts[gamma]
 
     @classmethod
     def of(
@@ -381,8 +391,7 @@ def _hole_term(
         weights = box_discount(size, size, config.gamma, image.device, image.dtype)
         pairs = zip(outputs, crops[1:], strict=True)
         return sum(w * (error(crops[0] - x) * weights).mean() for (w, _), x in pairs)
-    mask = step.mask.expand(image.shape[0], *step.mask.shape[1:])
-    weights = nearest_known_discount(mask, config.gamma, step.distance)
+    weights = step.discount_weights(config.gamma)
     return sum(w * discounted_mean(error(image - x), weights) for w, x in outputs)
 
 
