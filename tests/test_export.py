@@ -289,6 +289,27 @@ def test_the_deployment_snippet_inpaints_with_numpy_pillow_and_onnxruntime_only(
 # ---------------------------------------------------------------- half precision, bad input
 
 
+# What onnxruntime's CUDA execution provider has kernels for, at the export's opset (18), for
+# the operators of the fp16 export: the element types of each operator's first input, from
+# onnxruntime's docs/OperatorKernels.md (section CUDAExecutionProvider). An operator or type
+# outside it would run on the CPU provider in a GPU session, with copies to and from the GPU.
+_FLOATS = {"FLOAT", "FLOAT16", "DOUBLE"}
+_INTS = {"INT32", "INT64"}
+CUDA_KERNEL_TYPES = {
+    **{op: _FLOATS | _INTS for op in ("Add", "Sub", "Mul", "Div", "Min", "Mod", "Greater", "Less")},
+    **{op: _FLOATS | _INTS for op in ("GreaterOrEqual", "ReduceMax", "ReduceSum", "Pow")},
+    **{op: _FLOATS for op in ("ArgMax", "Conv", "DepthToSpace", "Elu", "Floor", "MatMul", "Pad")},
+    **{op: _FLOATS for op in ("Reciprocal", "Relu", "Softmax", "Sqrt", "ThresholdedRelu")},
+    **{op: {"BOOL"} for op in ("And", "Where")},
+    **{op: _FLOATS | _INTS | {"BOOL"} for op in ("Cast", "Concat", "Equal", "Expand", "Gather", "Reshape")},
+    **{op: _FLOATS | _INTS | {"BOOL"} for op in ("Scan", "Shape", "Slice", "Squeeze", "Transpose")},
+    "Unsqueeze": _FLOATS | _INTS | {"BOOL"},
+    "Clip": _FLOATS | {"INT64"},
+    "ConstantOfShape": {"INT64"},
+    "Range": _INTS,
+}
+
+
 # Slow (a whole fp16 export): the fast suite exports fp16 through the README's `make export ...
 # precision=fp16` (tests/test_docs.py), whose own check compares it with PyTorch.
 @pytest.mark.slow
@@ -314,6 +335,11 @@ def test_fp16_export_keeps_attention_in_float32_and_stays_close(tmp_path) -> Non
     assert onnx_graph.elem_type(graph, softmax.input[0]) == onnx.TensorProto.FLOAT
     convs = [i for i in model.graph.initializer if i.dims and len(i.dims) == 4]
     assert convs and all(i.data_type == onnx.TensorProto.FLOAT16 for i in convs)
+    # Every operator of the file, at the types it is used with, has a CUDA kernel.
+    used = onnx_graph.first_input_types(model)
+    assert "FLOAT16" in used["Conv"] and "FLOAT" in used["Softmax"]
+    lacking = {op: types - CUDA_KERNEL_TYPES.get(op, set()) for op, types in used.items()}
+    assert not {op: types for op, types in lacking.items() if types or op not in CUDA_KERNEL_TYPES}
     image, mask = _batch(2, 128, 128)
     with torch.no_grad():
         expected = generator(image, mask)[1]

@@ -26,3 +26,31 @@ def elem_type(graph, name: str) -> int:
         if value.name == name:
             return value.type.tensor_type.elem_type
     raise KeyError(f"{name} has no declared type in graph {graph.name!r}")
+
+
+def first_input_types(model) -> dict[str, set[str]]:
+    """For every operator type in ``model`` (subgraphs included): the element types of its nodes'
+    first inputs (``"FLOAT16"``, ``"INT64"``, ...), after onnx's shape inference; values whose type
+    inference cannot tell are left out."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(model)
+    declared: dict[str, str] = {}
+    graphs = [model.graph] + [
+        attribute.g
+        for _, node in nodes(model.graph)
+        for attribute in node.attribute
+        if attribute.type == onnx.AttributeProto.GRAPH
+    ]
+    for graph in graphs:
+        for value in [*graph.value_info, *graph.input, *graph.output]:
+            if value.type.tensor_type.elem_type:
+                declared[value.name] = onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
+        for tensor in graph.initializer:
+            declared[tensor.name] = onnx.TensorProto.DataType.Name(tensor.data_type)
+    types: dict[str, set[str]] = {}
+    for _, node in nodes(model.graph):
+        found = types.setdefault(node.op_type, set())
+        if node.input and node.input[0] in declared:
+            found.add(declared[node.input[0]])
+    return types
