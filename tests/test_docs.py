@@ -58,6 +58,7 @@ TINY_TRAIN_V2 = [*TINY_V2, *TINY_TRAIN[len(TINY) :]]
 TINY_SWEEPS = {
     "ca_study": ["replicates=2", "+arm=attention_k3,no_attention"],
     "quickstart_coarse": ["replicates=1"],
+    "quickstart_width": ["replicates=1", "+quickstart_width=cnum16_30,cnum12_30"],
     # v1 against v2: only the keys both families have (the quickstart trains no critic).
     "family_study": ["replicates=1"],
     "attention": [

@@ -293,6 +293,33 @@ def test_each_arm_of_the_short_quickstart_study_takes_the_recipes_time(arm, beta
     assert module.pretrain_coarse_steps == coarse
 
 
+# Seconds per update (coarse, both stages) of the quickstart generator by cnum, measured side by
+# side on the 2-core Xeon (256², batch 2): what makes the arms of one study take the same time.
+WIDTH_UPDATE_SECONDS = {16: (0.138, 0.395), 12: (0.100, 0.290), 8: (0.062, 0.195)}
+
+
+@pytest.mark.parametrize("arm", options("quickstart_width"))
+def test_each_arm_of_the_width_study_takes_the_time_of_cnum_16(arm, tmp_path) -> None:
+    """The arms of +sweep=quickstart_width: fixed schedules (no budget), the decay over every
+    update, its cnum in the module, and the time of cnum 16 at the same schedule share."""
+    overrides = ["experiment=quickstart", "+sweep=quickstart_width", f"+quickstart_width={arm}"]
+    cfg = compose_cfg(overrides, tmp_path)
+    validate_config(cfg)
+    assert cfg.budget is None
+    coarse, both = cfg.model.pretrain_coarse_steps, cfg.model.reconstruction_steps
+    assert cfg.model.lr_decay_steps == cfg.trainer.max_steps == coarse + both
+    assert cfg.trainer.max_steps % cfg.trainer.val_check_interval == 0
+    cnum, share = (int(part) for part in arm.removeprefix("cnum").split("_"))
+    baseline = OmegaConf.load(CONFIG_DIR / "quickstart_width" / f"cnum16_{share}.yaml").model
+
+    def seconds(width: int, coarse: int, both: int) -> float:
+        return coarse * WIDTH_UPDATE_SECONDS[width][0] + both * WIDTH_UPDATE_SECONDS[width][1]
+
+    expected = seconds(16, baseline.pretrain_coarse_steps, baseline.reconstruction_steps)
+    assert abs(seconds(cnum, coarse, both) / expected - 1) < 0.02
+    assert instantiate(cfg.model).generator.config["cnum"] == cnum
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
