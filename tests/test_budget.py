@@ -16,6 +16,7 @@ from deepfill.training.budget import (
     UpdateSeconds,
     fit_schedule,
     measure_update_seconds,
+    observed_seconds,
     parse_budget,
     scale_grid_floor,
 )
@@ -67,6 +68,32 @@ def test_the_reference_is_scaled_to_fill_the_time_and_no_more() -> None:
     # The same timings (a few percent apart) choose the same schedule.
     choices = {fit_schedule(REFERENCE, seconds, available=400 * f, multiple=8)[0] for f in (1.0, 1.01, 0.995)}
     assert len(choices) == 1
+
+
+def test_time_around_the_updates_is_a_cost_per_batch_and_their_slowdown_a_factor() -> None:
+    """What a run's first stretch shows corrects the timing: its updates' ratio to the timing
+    scales every phase, the time spent around them (data, logging) is added per batch. A
+    quickstart-like reference: cheap coarse updates, then dear updates of both stages."""
+    planned = UpdateSeconds(coarse=0.1, reconstruction=0.3, adversarial=0.9, validation_batch=0.2)
+    reference = Schedule(coarse=500, reconstruction=420, adversarial=0, n_critic=2)
+    # 50 coarse updates as fast as timed, 0.05 s to fetch each batch: 1.5x the timing in all.
+    seen = observed_seconds(planned, expected=5.0, in_updates=5.0, between=49 * 0.05, batches=49, n_critic=2)
+    assert seen.coarse == pytest.approx(0.15) and seen.reconstruction == pytest.approx(0.35)
+    assert seen.adversarial == pytest.approx(0.9 + 3 * 0.05)  # with its two critic batches
+    assert seen.validation_batch == pytest.approx(0.2)
+    # The schedule it fits uses the budget: at these true costs it takes at least 85% of what is
+    # available (the grid's rounding aside), where scaling every phase by the 1.5x of the coarse
+    # stretch would have left a fifth unused.
+    true = UpdateSeconds(coarse=0.15, reconstruction=0.35, adversarial=1.05, validation_batch=0.2)
+    available = 300.0
+    schedule, _ = fit_schedule(reference, seen, available, multiple=8)
+    assert 0.85 * available <= true.of(schedule) <= available
+    scaled = UpdateSeconds(0.15, 0.45, 1.35, 0.3)
+    schedule, _ = fit_schedule(reference, scaled, available, multiple=8)
+    assert true.of(schedule) < 0.85 * available
+    # Updates that ran slower (another process, the CPU's clock): every phase slows alike.
+    seen = observed_seconds(planned, expected=5.0, in_updates=7.5, between=0.0, batches=49, n_critic=2)
+    assert seen.reconstruction == pytest.approx(0.45) and seen.validation_batch == pytest.approx(0.3)
 
 
 def test_the_scale_grid_rounds_down_by_less_than_a_tenth() -> None:
@@ -225,6 +252,9 @@ def test_a_run_slower_than_its_timing_is_fitted_again_and_still_ends_within_its_
     again = re.search(r"took \d+ s, ([\d.]+) x the timing; rescheduled .*?\((\d+) batches\)", lines)
     assert first and again, lines
     assert float(again.group(1)) > 1.1 and int(again.group(2)) < int(first.group(1)), lines
+    # What slowed down were the updates, not the time around them.
+    speed = re.search(r"the updates ran at ([\d.]+) x the timing", lines)
+    assert speed and float(speed.group(1)) > 1.1, lines
     assert f"`max_steps={again.group(2)}` reached" in result.stdout + result.stderr
     assert elapsed < 2 * budget + 30
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))

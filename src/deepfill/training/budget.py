@@ -23,7 +23,7 @@ import itertools
 import math
 import statistics
 import time
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -40,6 +40,7 @@ __all__ = [
     "UpdateSeconds",
     "fit_schedule",
     "measure_update_seconds",
+    "observed_seconds",
     "parse_budget",
     "scale_grid_floor",
     "scale_schedule",
@@ -152,6 +153,26 @@ def scale_schedule(reference: Schedule, scale: float, multiple: int = 1) -> Sche
         longest = max(("coarse", "reconstruction"), key=lambda name: getattr(scaled, name))
         scaled = Schedule(**{**asdict(scaled), longest: getattr(scaled, longest) - extra})
     return scaled
+
+
+def observed_seconds(
+    planned: UpdateSeconds, expected: float, in_updates: float, between: float, batches: int, n_critic: int
+) -> UpdateSeconds:
+    """``planned`` corrected by what a run's first ``batches`` showed: ``in_updates`` seconds in
+    their updates, where the timing expected ``expected``, and ``between`` seconds around them
+    (fetching and preparing batches, logging). The updates' ratio scales every phase's update and
+    the validation (the machine's speed: its steady state, other processes); the time around the
+    updates is a cost per batch, the same for a cheap coarse update as for one of both stages, so
+    it is added per batch (an adversarial generator update comes with ``n_critic`` critic batches)
+    instead of scaling them."""
+    ratio = in_updates / expected if expected > 0 else 1.0
+    per_batch = max(0.0, between) / max(1, batches)
+    return UpdateSeconds(
+        coarse=planned.coarse * ratio + per_batch,
+        reconstruction=planned.reconstruction * ratio + per_batch,
+        adversarial=planned.adversarial * ratio + per_batch * (n_critic + 1),
+        validation_batch=planned.validation_batch * ratio,
+    )
 
 
 def _median_seconds(function, repeats: int) -> float:
@@ -271,6 +292,11 @@ class TimeBudget(pl.Callback):
         # The run's first stretch checks the timing (see on_train_batch_end): at this step, once.
         self._check_step = 0
         self._plan: dict[str, Any] = {}
+        # The first stretch, split: seconds inside the updates, seconds between them.
+        self._in_updates = self._between = 0.0
+        self._timed = 0  # the updates timed so far
+        self._batch_start: float | None = None
+        self._batch_end: float | None = None
 
     def check(self, module) -> None:
         """Refuse, before the run starts, a budget that has nothing to scale in ``module``."""
@@ -303,13 +329,29 @@ class TimeBudget(pl.Callback):
             self._say(f"time budget: continuing the schedule chosen at the start ({self._describe()})")
         self._apply(trainer, pl_module)
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        if not self._check_step:
+            return
+        now = time.monotonic()
+        if self._batch_end is not None:  # from the previous update's end: fetching this batch, logging
+            self._between += now - self._batch_end
+        self._batch_start = now
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
-        """After the first stretch of the run (half way to its first validation), compare the time its
-        updates took with the timing the plan used; when they differ by more than
-        :data:`REPLAN_TOLERANCE`, fit the schedule again with the timing scaled by that ratio. The
-        short timing misses what only a longer stretch shows (the allocator's and the CPU's
-        steady state, other processes): the plan is made to hold, not to be exact."""
-        if not self._check_step or trainer.global_step < self._check_step:
+        """After the first stretch of the run (half way to its first validation), compare what its
+        batches took with the timing the plan used, split into the updates (their ratio to the
+        timing scales every update) and the time around them (fetching batches, logging: a cost
+        per batch, added to every update); when the schedule would then take more than
+        :data:`REPLAN_TOLERANCE` more or less than planned, fit it again (:meth:`_replan`). The
+        short timing misses what only a longer stretch shows (the allocator's and the CPU's steady
+        state, other processes, the data): the plan is made to hold, not to be exact."""
+        if not self._check_step:
+            return
+        if self._batch_start is not None:
+            self._batch_end = time.monotonic()
+            self._in_updates += self._batch_end - self._batch_start
+            self._timed += 1
+        if trainer.global_step < self._check_step:
             return
         self._check_step = 0
         replanned = self._replan(trainer.global_step) if trainer.is_global_zero else None
@@ -392,42 +434,56 @@ class TimeBudget(pl.Callback):
                 f"{needed} of updates; the run will take longer than its budget"
             )
 
+    @staticmethod
+    def _phases_of(batches: int, schedule: Schedule) -> Schedule:
+        """The updates of each phase in the first ``batches`` batches of ``schedule``."""
+        coarse = min(batches, schedule.coarse)
+        reconstruction = min(batches - coarse, schedule.reconstruction)
+        adversarial = (batches - coarse - reconstruction) // (schedule.n_critic + 1)
+        return Schedule(coarse, reconstruction, adversarial, schedule.n_critic)
+
     def _replan(self, done: int) -> Schedule | None:
-        """The schedule fitted again after ``done`` batches, with the timing scaled by what those
-        batches took against what the plan expected (None: within the tolerance)."""
+        """The schedule fitted again after ``done`` batches, with the timing corrected by what those
+        batches took (:func:`observed_seconds`: their updates against the timing, and the time
+        around them per batch), when the current schedule would take more than
+        :data:`REPLAN_TOLERANCE` more or less than planned (None: within it)."""
         plan, current = self._plan, self.schedule
         if not plan or current is None:
             return None
+        planned: UpdateSeconds = plan["seconds"]
         actual = time.monotonic() - plan["end"]
-        coarse = min(done, current.coarse)
-        reconstruction = min(done - coarse, current.reconstruction)
-        adversarial = (done - coarse - reconstruction) // (current.n_critic + 1)
-        expected = plan["seconds"].of(Schedule(coarse, reconstruction, adversarial, current.n_critic))
-        if expected <= 0:
+        expected = planned.of(self._phases_of(done, current))
+        timed = planned.of(self._phases_of(self._timed, current))
+        if expected <= 0 or timed <= 0 or planned.of(current) <= 0:
             return None
         ratio = actual / expected
-        if abs(ratio - 1) <= REPLAN_TOLERANCE:
+        seconds = observed_seconds(
+            planned, timed, self._in_updates, self._between, max(1, self._timed - 1), current.n_critic
+        )
+        if abs(seconds.of(current) / planned.of(current) - 1) <= REPLAN_TOLERANCE:
             return None
-        seconds = plan["seconds"]
-        scaled = UpdateSeconds(*(value * ratio for value in astuple(seconds)))
+        speed = self._in_updates / timed
         # What is left of the budget, plus what the batches done took: the whole run's updates.
         left = self.seconds - (time.monotonic() - self._fit_start)
-        available = left * (1 - self.margin) - plan["validating"] * ratio + actual
+        available = left * (1 - self.margin) - plan["validating"] * speed + actual
         # Validation comes every batches / validations: a schedule shorter than validations x
         # the batches done would skip some of them. (This check comes half way to the first
         # one: the schedule may shrink by half; a machine slower still ends late, and says so.)
         schedule, scale = fit_schedule(
-            plan["reference"], scaled, available, self.validations, min_batches=(done + 1) * self.validations
+            plan["reference"], seconds, available, self.validations, min_batches=(done + 1) * self.validations
         )
-        if schedule.coarse < coarse:  # never fewer coarse updates than ran already
-            schedule = Schedule(coarse, schedule.reconstruction, schedule.adversarial, schedule.n_critic)
+        done_coarse = self._phases_of(done, current).coarse
+        if schedule.coarse < done_coarse:  # never fewer coarse updates than ran already
+            schedule = Schedule(done_coarse, schedule.reconstruction, schedule.adversarial, schedule.n_critic)
         if schedule == current:
             return None
-        self._warn_if_too_slow(schedule, scale, scaled, available)
+        self._warn_if_too_slow(schedule, scale, seconds, available)
+        around = self._between / max(1, self._timed - 1)
         self._say(
             f"time budget: the first {done} batches took {actual:.0f} s, {ratio:.2f} x the timing; "
-            f"rescheduled to {scale:g} x the reference schedule: {self._describe(schedule)}; "
-            f"to repeat exactly: {schedule.overrides()}"
+            f"rescheduled to {scale:g} x the reference schedule: {self._describe(schedule)} "
+            f"(the updates ran at {speed:.2f} x the timing, with {around:.3f} s a batch around them: "
+            f"data, logging); to repeat exactly: {schedule.overrides()}"
         )
         return schedule
 
