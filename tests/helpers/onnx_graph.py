@@ -36,11 +36,12 @@ def first_input_types(model) -> dict[str, set[str]]:
 
     model = onnx.shape_inference.infer_shapes(model)
     declared: dict[str, str] = {}
+    # The graphs nodes() walks: the main one and every subgraph (an If's branches included).
     graphs = [model.graph] + [
-        attribute.g
+        sub
         for _, node in nodes(model.graph)
         for attribute in node.attribute
-        if attribute.type == onnx.AttributeProto.GRAPH
+        for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs)
     ]
     for graph in graphs:
         for value in [*graph.value_info, *graph.input, *graph.output]:
