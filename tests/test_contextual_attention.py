@@ -251,22 +251,57 @@ def test_the_chunk_budget_defaults_by_device() -> None:
     layer = ContextualAttention()
     # 64x64 features, batch 16, float32: one foreground row of scores is 16 MiB.
     args = (16, 64, 64, 4)
-    assert layer._rows_per_chunk(*args, torch.device("cpu")) == 1
-    assert layer._rows_per_chunk(*args, torch.device("cuda")) == 16
+    # (rows per chunk, whether one row is over the budget)
+    assert layer._rows_per_chunk(*args, torch.device("cpu")) == (1, False)
+    assert layer._rows_per_chunk(*args, torch.device("cuda")) == (16, False)
     set_cpu_chunk_bytes(layer, CPU_CHUNK_BYTES_REUSED)
-    assert layer._rows_per_chunk(*args, torch.device("cpu")) == 4
-    assert layer._rows_per_chunk(*args, torch.device("cuda")) == 16
+    assert layer._rows_per_chunk(*args, torch.device("cpu")) == (4, False)
+    assert layer._rows_per_chunk(*args, torch.device("cuda")) == (16, False)
     set_cpu_chunk_bytes(layer, None)
-    assert layer._rows_per_chunk(*args, torch.device("cpu")) == 1
-    assert ContextualAttention(chunk_bytes=2**20)._rows_per_chunk(*args, torch.device("cpu")) == 1
-    assert ContextualAttention(chunk_bytes=64 * 2**20)._rows_per_chunk(*args, torch.device("cuda")) == 4
-    assert ContextualAttention(chunk_size=128)._rows_per_chunk(*args, torch.device("cpu")) == 2
+    assert layer._rows_per_chunk(*args, torch.device("cpu")) == (1, False)
+    assert ContextualAttention(chunk_bytes=2**20)._rows_per_chunk(*args, torch.device("cpu")) == (1, True)
+    assert ContextualAttention(chunk_bytes=64 * 2**20)._rows_per_chunk(*args, torch.device("cuda")) == (
+        4,
+        False,
+    )
+    assert ContextualAttention(chunk_size=128)._rows_per_chunk(*args, torch.device("cpu")) == (2, False)
     with pytest.raises(ValueError, match="chunk_bytes must be >= 1"):
         ContextualAttention(chunk_bytes=0)
     # The generator's layer gets it too, and nothing else of the process decides it.
     generator = set_cpu_chunk_bytes(InpaintGenerator(cnum=8), CPU_CHUNK_BYTES_REUSED)
     assert generator.refine.attention.cpu_chunk_bytes == CPU_CHUNK_BYTES_REUSED
     assert ContextualAttention().cpu_chunk_bytes == 16 * 2**20
+
+
+def test_rows_over_the_budget_run_with_large_blocks_returned(monkeypatch) -> None:
+    """Once one row of scores exceeds the chunk budget, the CPU loop runs inside
+    large_blocks_returned (the kept heap would fragment); within budget it does not. The
+    results are the same either way."""
+    import contextlib
+
+    from deepfill.models import contextual_attention
+
+    entered = []
+
+    @contextlib.contextmanager
+    def recording():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(contextual_attention, "large_blocks_returned", recording)
+    torch.manual_seed(0)
+    f, b = torch.randn(2, 2, 8, 16, 16)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:10, 3:12] = 1
+    # 8x8 grid, batch 2: one row of scores is 2 * 8 * 64 * 4 bytes = 4 KiB.
+    y_within, offsets_within = ContextualAttention(chunk_bytes=4096)(f, b, mask)
+    assert entered == []
+    y_over, offsets_over = ContextualAttention(chunk_bytes=1024)(f, b, mask)
+    assert entered == [True]
+    assert torch.equal(y_over, y_within)
+    assert torch.equal(offsets_over, offsets_within)
+    ContextualAttention(chunk_size=1)(f, b, mask)  # rows asked for explicitly: no budget
+    assert entered == [True]
 
 
 def test_shift_sums_equal_a_zero_filled_sum_of_their_pieces() -> None:

@@ -425,15 +425,19 @@ def test_rows_without_a_metric_keep_numeric_job_order(tmp_path) -> None:
         assert [r["job"] for r in csv.DictReader(f)] == ["9", "10", "20261123-221000_0"]
 
 
-_FAULTS = """
+_FRESH_BUFFER = """
 import resource, statistics, torch
-from deepfill.utils.cpu import reuse_freed_memory
+from deepfill.utils.cpu import large_blocks_returned, reuse_freed_memory
 
 def faults_of_a_fresh_64_mib_buffer():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(16 << 20)  # 64 MiB, written, then freed
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+"""
 
+_FAULTS = (
+    _FRESH_BUFFER
+    + """
 default = statistics.median(faults_of_a_fresh_64_mib_buffer() for _ in range(3))
 took = reuse_freed_memory()
 # The first reallocations grow the heap: while small long-lived objects are still being created
@@ -445,6 +449,25 @@ for _ in range(16):
 reused = statistics.median(faults_of_a_fresh_64_mib_buffer() for _ in range(7))
 print(default, took, reused)
 """
+)
+
+_RETURNED = (
+    _FRESH_BUFFER
+    + """
+with large_blocks_returned():  # before the setting: nothing to undo, blocks are mapped anyway
+    plain = statistics.median(faults_of_a_fresh_64_mib_buffer() for _ in range(3))
+reuse_freed_memory()
+for _ in range(16):  # (the first reallocations grow the heap, see above)
+    faults_of_a_fresh_64_mib_buffer()
+kept = statistics.median(faults_of_a_fresh_64_mib_buffer() for _ in range(7))
+with large_blocks_returned():
+    inside = statistics.median(faults_of_a_fresh_64_mib_buffer() for _ in range(3))
+for _ in range(4):  # the heap's free pages were released on entry: faulted in once more
+    faults_of_a_fresh_64_mib_buffer()
+after = statistics.median(faults_of_a_fresh_64_mib_buffer() for _ in range(7))
+print(plain, kept, inside, after)
+"""
+)
 
 
 @RunIf(linux=True)  # glibc's malloc
@@ -456,3 +479,15 @@ def test_reuse_freed_memory_stops_large_buffers_page_faulting_on_every_allocatio
     assert took == "True"
     assert float(default) > 10_000
     assert float(reused) < 1_000
+
+
+@RunIf(linux=True)  # glibc's malloc
+def test_large_blocks_returned_maps_large_blocks_again_only_inside() -> None:
+    """Inside the context a large block gets its own mapping and goes back to the system when
+    freed (every allocation page-faults anew); outside, freed memory is reused as before."""
+    out = subprocess.run([sys.executable, "-c", _RETURNED], capture_output=True, text=True, check=True)
+    plain, kept, inside, after = map(float, out.stdout.split())
+    assert plain > 10_000
+    assert kept < 1_000
+    assert inside > 10_000
+    assert after < 1_000

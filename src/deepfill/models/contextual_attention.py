@@ -20,11 +20,13 @@ like the official flattened convolution does.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.cpu import large_blocks_returned
 from .attention_export import EXPORT_CHUNK_BYTES, attend_export
 from .attention_patches import NEGLIGIBLE_WEIGHT, Prepared, prepare, validate_attention_inputs
 from .layers import sum_into, tf_same_padding
@@ -182,14 +184,17 @@ class ContextualAttention(nn.Module):
         out = out.view(n, rows + 1, w + 1, c, r, r).permute(0, 3, 1, 4, 2, 5)
         return out.reshape(n, c, (rows + 1) * r, (w + 1) * r)
 
-    def _rows_per_chunk(self, n: int, h: int, w: int, itemsize: int, device: torch.device) -> int:
+    def _rows_per_chunk(
+        self, n: int, h: int, w: int, itemsize: int, device: torch.device
+    ) -> tuple[int, bool]:
+        """(foreground rows per chunk, whether one row's scores exceed the byte budget)."""
         if self.chunk_size is not None:
-            return max(1, min(h, math.ceil(self.chunk_size / w)))
+            return max(1, min(h, math.ceil(self.chunk_size / w))), False
         budget = self.chunk_bytes
         if budget is None:
             budget = self.cpu_chunk_bytes if device.type == "cpu" else DEFAULT_CHUNK_BYTES["cuda"]
         row_bytes = n * w * (h * w) * itemsize
-        return max(1, min(h, budget // max(row_bytes, 1)))
+        return max(1, min(h, budget // max(row_bytes, 1))), row_bytes > budget
 
     # ------------------------------------------------------------------ scores
     def _scores(self, p: Prepared, start: int, stop: int) -> torch.Tensor:
@@ -350,54 +355,74 @@ class ContextualAttention(nn.Module):
         r = self.rate
         p = prepare(f, b, mask, self.rate, self.ksize, self.fuse, paste_dtype)
         h, w = p.h, p.w
-        rows_per_chunk = self._rows_per_chunk(n, h, w, f.element_size(), f.device)
+        rows_per_chunk, oversized = self._rows_per_chunk(n, h, w, f.element_size(), f.device)
+        # A chunk is at least one row, whose scores grow with the cube of the side (64 MiB at
+        # 256x256 here, 512 MiB at 512x512). Blocks that large fragment the heap that the commands
+        # keep for reuse, and a long loop of them grows it without end: on a CPU they are given
+        # their own mappings while the loop runs.
+        returned = large_blocks_returned() if oversized and f.device.type == "cpu" else nullcontext()
         # Pasted patches are summed on a padded canvas, then cropped like TF's 'SAME' transpose.
         canvas = f.new_zeros(n, c, (h - 1) * r + 2 * r, (w - 1) * r + 2 * r)
         offsets = torch.empty(n, 2, h * w, dtype=torch.long, device=f.device)
         cache: list = []
         grad = torch.is_grad_enabled() and (f.requires_grad or b.requires_grad)
-        for r0 in range(0, h, rows_per_chunk):
-            r1 = min(h, r0 + rows_per_chunk)
-            if self.fuse:
-                scores = self._fused_chunk(p, r0, r1, cache)
-                # Rows below r0 (minus the fuse halo) are never needed again.
-                keep_from = r1 - (self.fuse_k - 1) // 2
-                cache[:] = [item for item in cache if item[1] > keep_from]
-            else:
-                scores = self._scores(p, r0 * w, r1 * w)
-            # Official masked softmax: invalid scores are zeroed (they stay in the denominator),
-            # then the attention of invalid patches is zeroed again.
-            if grad:
-                attn = torch.softmax(scores * (p.valid * self.softmax_scale), dim=-1) * p.valid
-            else:  # the chunk's buffers are ours: work in place
-                attn = torch.softmax(scores.mul_(p.valid * self.softmax_scale), dim=-1).mul_(p.valid)
-            # (N, rows*w), background index in `order`. max() gives the same first index of
-            # the largest value as argmax() and on CPUs is about 4x faster (vectorised).
-            index = attn.max(dim=-1).indices
-            if p.order == "column":
-                src_row, src_col = index % h, index // h
-            else:
-                src_row, src_col = index // w, index % w
-            pos = torch.arange(r0 * w, r1 * w, device=f.device)
-            offsets[:, 0, r0 * w : r1 * w] = src_row - pos // w
-            offsets[:, 1, r0 * w : r1 * w] = src_col - pos % w
-            # Weights below 2^-64 are zeroed before the paste. Where every known patch scores
-            # far below the (zeroed) hole scores, the softmax leaves the known patches weights
-            # in or near float32's subnormal range, and their paste too; subnormal operands make
-            # x86 CPUs several times slower unless the process flushes them, as the commands do
-            # and a user's script does not (generator at 256^2: 1.4x). A weight above 2^-64
-            # times a feature above 2^-62 stays normal, and the zeroed weights of a row sum to
-            # at most (h*w) * 2^-64 (2^-48 at 1024^2), below float32 rounding of any row with a
-            # weight above 2^-24. The offsets above still come from the unchanged weights. In
-            # place also with autograd (attn is a fresh product): no second score-sized tensor
-            # kept for the backward.
-            F.threshold_(attn, NEGLIGIBLE_WEIGHT, 0.0)
-            strip = self._paste(p, attn, r1 - r0)
-            canvas[:, :, r0 * r : r0 * r + strip.shape[-2]] += strip
+        with returned:
+            for r0 in range(0, h, rows_per_chunk):
+                self._attend_chunk(p, r0, min(h, r0 + rows_per_chunk), cache, grad, canvas, offsets)
         top, _ = tf_same_padding(height, 2 * r, r)
         left, _ = tf_same_padding(width, 2 * r, r)
         y = canvas[:, :, top : top + height, left : left + width] / 4.0
         return y, offsets.view(n, 2, h, w)
+
+    def _attend_chunk(
+        self,
+        p: Prepared,
+        r0: int,
+        r1: int,
+        cache: list,
+        grad: bool,
+        canvas: torch.Tensor,
+        offsets: torch.Tensor,
+    ) -> None:
+        """Foreground rows [r0, r1): their offsets into ``offsets`` (N, 2, h*w) and their pasted
+        patches added onto ``canvas`` (N, C, (h+1)*rate, (w+1)*rate)."""
+        h, w, r = p.h, p.w, self.rate
+        if self.fuse:
+            scores = self._fused_chunk(p, r0, r1, cache)
+            # Rows below r0 (minus the fuse halo) are never needed again.
+            keep_from = r1 - (self.fuse_k - 1) // 2
+            cache[:] = [item for item in cache if item[1] > keep_from]
+        else:
+            scores = self._scores(p, r0 * w, r1 * w)
+        # Official masked softmax: invalid scores are zeroed (they stay in the denominator),
+        # then the attention of invalid patches is zeroed again.
+        if grad:
+            attn = torch.softmax(scores * (p.valid * self.softmax_scale), dim=-1) * p.valid
+        else:  # the chunk's buffers are ours: work in place
+            attn = torch.softmax(scores.mul_(p.valid * self.softmax_scale), dim=-1).mul_(p.valid)
+        # (N, rows*w), background index in `order`. max() gives the same first index of
+        # the largest value as argmax() and on CPUs is about 4x faster (vectorised).
+        index = attn.max(dim=-1).indices
+        if p.order == "column":
+            src_row, src_col = index % h, index // h
+        else:
+            src_row, src_col = index // w, index % w
+        pos = torch.arange(r0 * w, r1 * w, device=offsets.device)
+        offsets[:, 0, r0 * w : r1 * w] = src_row - pos // w
+        offsets[:, 1, r0 * w : r1 * w] = src_col - pos % w
+        # Weights below 2^-64 are zeroed before the paste. Where every known patch scores
+        # far below the (zeroed) hole scores, the softmax leaves the known patches weights
+        # in or near float32's subnormal range, and their paste too; subnormal operands make
+        # x86 CPUs several times slower unless the process flushes them, as the commands do
+        # and a user's script does not (generator at 256^2: 1.4x). A weight above 2^-64
+        # times a feature above 2^-62 stays normal, and the zeroed weights of a row sum to
+        # at most (h*w) * 2^-64 (2^-48 at 1024^2), below float32 rounding of any row with a
+        # weight above 2^-24. The offsets above still come from the unchanged weights. In
+        # place also with autograd (attn is a fresh product): no second score-sized tensor
+        # kept for the backward.
+        F.threshold_(attn, NEGLIGIBLE_WEIGHT, 0.0)
+        strip = self._paste(p, attn, r1 - r0)
+        canvas[:, :, r0 * r : r0 * r + strip.shape[-2]] += strip
 
 
 def set_cpu_chunk_bytes(module: nn.Module, chunk_bytes: int | None) -> nn.Module:

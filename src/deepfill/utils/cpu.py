@@ -5,9 +5,17 @@ freed memory reused) and what this CPU computes natively (:func:`cpu_native_bf16
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["configure_cpu", "cpu_native_bf16", "flush_denormals", "reuse_freed_memory"]
+__all__ = [
+    "configure_cpu",
+    "cpu_native_bf16",
+    "flush_denormals",
+    "large_blocks_returned",
+    "reuse_freed_memory",
+]
 
 
 def flush_denormals() -> None:
@@ -23,7 +31,28 @@ def flush_denormals() -> None:
 
 
 # glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+# The largest threshold glibc accepts for a block's own mapping on 64-bit systems, and its
+# default limit on how many blocks get one.
+_LARGEST_MMAP_THRESHOLD, _DEFAULT_MMAP_MAX = 32 * 2**20, 65536
+_REUSING: list = []  # glibc's libc, once reuse_freed_memory has taken effect in this process
+
+
+def _libc():
+    """glibc's C library through ctypes, or None (not Linux, or no malloc settings)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def reuse_freed_memory() -> bool:
@@ -39,19 +68,39 @@ def reuse_freed_memory() -> bool:
     peak can be higher: while small long-lived objects are still being created, a freed large
     block that one of them follows cannot merge with the free top, and the next large block
     grows the heap (2048² inference: 4.75 GB, BENCHMARKS.md). Not glibc (macOS, musl): nothing
-    happens."""
-    import ctypes
-    import ctypes.util
+    happens. :func:`large_blocks_returned` undoes it for work whose blocks are too large to
+    recycle."""
+    libc = _libc()
+    if libc is None:
+        return False
+    took = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    if took and not _REUSING:
+        _REUSING.append(libc)
+    return took
 
-    name = ctypes.util.find_library("c")
-    if not name or sys.platform != "linux":
-        return False
+
+@contextmanager
+def large_blocks_returned() -> Iterator[None]:
+    """Inside: blocks of 32 MiB and more get their own mapping again and go back to the system
+    when freed, and the heap's free pages are released on entry. Outside, as before.
+
+    For work that allocates blocks larger than the heap can recycle: each block freed inside the
+    kept heap is split by the smaller objects allocated after it, so the next, slightly larger
+    one grows the heap. Contextual attention once a single row of scores exceeds its chunk
+    budget (above 2048² with the paper's model) grew a 4096² inference past 24 GB that way;
+    each fresh block page-faults its way in (inside, the attention is about 1.5x slower).
+    Nothing happens unless :func:`reuse_freed_memory` took effect."""
+    if not _REUSING:
+        yield
+        return
+    libc = _REUSING[0]
+    libc.mallopt(_M_MMAP_THRESHOLD, _LARGEST_MMAP_THRESHOLD)
+    libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    libc.malloc_trim(0)  # the free pages the earlier layers left in the heap
     try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_MAX, 0)
 
 
 def configure_cpu() -> bool:
