@@ -5,6 +5,8 @@ Usage (``make bench`` runs the default set):
     python benchmarks/run.py                       # everything below, results in benchmarks/results/
     python benchmarks/run.py generator --sizes 256 512 --repeats 5
     python benchmarks/run.py attention --repeats 5
+    python benchmarks/run.py large-rows --size 512 --chunk-mb 16
+                                                   # attention rows over the chunk budget: memory
     python benchmarks/run.py flops
     python benchmarks/run.py profile --size 512
     python benchmarks/run.py masks                 # masks/s per preset and hole-ratio histograms
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from attention import attention
+from attention import attention, large_rows, large_rows_one
 from common import RESULTS, machine, write_results
 from data_loading import loader, masks
 from deepfill.utils.cpu import configure_cpu
@@ -51,6 +53,8 @@ def main() -> None:
             "generator",
             "generator-one",
             "attention",
+            "large-rows",
+            "large-rows-one",
             "flops",
             "profile",
             "masks",
@@ -93,6 +97,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (versus)")
     parser.add_argument("--weights", type=Path, default=None, help="trained weights (precision)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    parser.add_argument("--chunk-mb", type=int, default=16, help="attention chunk budget, large-rows")
+    parser.add_argument(
+        "--mode", default="kept", choices=("kept", "returned", "default"), help="large-rows-one"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -101,6 +109,9 @@ def main() -> None:
         if args.port_runtime == "ours":
             configure_cpu()
         print(json.dumps(port_training(args)))
+        return
+    if args.what == "large-rows-one":  # sets the process up itself
+        print(json.dumps(large_rows_one(args)))
         return
     # As every command of the project does: no subnormal floats, freed memory reused, and then
     # the attention's larger CPU chunks.
@@ -129,6 +140,8 @@ def main() -> None:
         results["precision"] = precision(args)
     if args.what == "versus":
         results["versus"] = versus(args)
+    if args.what == "large-rows":
+        results["large_rows"] = large_rows(args)
     write_results(
         results, args.out or RESULTS / f"{args.what}-{results['machine']['device'].replace(' ', '_')}.json"
     )
