@@ -358,8 +358,8 @@ class ContextualAttention(nn.Module):
         rows_per_chunk, oversized = self._rows_per_chunk(n, h, w, f.element_size(), f.device)
         # A chunk is at least one row, whose scores grow with the cube of the side (64 MiB at
         # 256x256 here, 512 MiB at 512x512). Blocks that large fragment the heap that the commands
-        # keep for reuse, and a long loop of them grows it without end: on a CPU they are given
-        # their own mappings while the loop runs.
+        # keep for reuse (a 4096² image grew it past 24 GB): on a CPU they get their own mappings
+        # while the loop runs (10.8 GiB; 1.8x slower there, BENCHMARKS.md).
         returned = large_blocks_returned() if oversized and f.device.type == "cpu" else nullcontext()
         # Pasted patches are summed on a padded canvas, then cropped like TF's 'SAME' transpose.
         canvas = f.new_zeros(n, c, (h - 1) * r + 2 * r, (w - 1) * r + 2 * r)

@@ -85,11 +85,12 @@ def large_blocks_returned() -> Iterator[None]:
     when freed, and the heap's free pages are released on entry. Outside, as before.
 
     For work that allocates blocks larger than the heap can recycle: each block freed inside the
-    kept heap is split by the smaller objects allocated after it, so the next, slightly larger
-    one grows the heap. Contextual attention once a single row of scores exceeds its chunk
-    budget (above 2048² with the paper's model) grew a 4096² inference past 24 GB that way;
-    each fresh block page-faults its way in (inside, the attention is about 1.5x slower).
-    Nothing happens unless :func:`reuse_freed_memory` took effect."""
+    kept heap is split by the smaller objects allocated after it, so the next one grows the heap.
+    Contextual attention once a single row of scores exceeds its chunk budget (above 2048² in
+    the commands) grew a 4096² inference past 24 GB that way; with its blocks returned it peaks
+    at 10.8 GiB. Each fresh block page-faults its way in: inside, the attention was 1.8x slower
+    and took a third less memory (BENCHMARKS.md). Nothing happens unless
+    :func:`reuse_freed_memory` took effect."""
     if not _REUSING:
         yield
         return
