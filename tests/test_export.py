@@ -84,7 +84,9 @@ def test_the_exported_attention_equals_the_chunked_one(fuse, ksize, rate, fuse_k
     mask[1, :, 8:20, 2:10] = 1
     for m in (mask, None):
         y, offsets = layer._attend(f, f, m)
-        for rows in (1, 5, None):
+        # Whole rows; strips of one, two and five columns (the last strip overlapping the one
+        # before where five does not divide the width).
+        for rows, columns in [(1, None), (5, None), (None, None), (2, 1), (None, 2), (3, 5)]:
             y_export, offsets_export = attend_export(
                 f,
                 f,
@@ -95,9 +97,54 @@ def test_the_exported_attention_equals_the_chunked_one(fuse, ksize, rate, fuse_k
                 softmax_scale=layer.softmax_scale,
                 fuse=fuse,
                 rows=rows,
+                columns=columns,
             )
             torch.testing.assert_close(y_export, y, atol=1e-4, rtol=1e-4)
             assert torch.equal(offsets_export, offsets)
+
+
+def test_blocks_under_a_row_of_scores_hold_no_row_in_the_loop(monkeypatch) -> None:
+    # Above some size one grid row of scores outgrows any budget (512 MiB at 4096²): the loop's
+    # blocks are then strips narrower than the grid, and nothing the loop body makes holds a
+    # whole row, however small the budget.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from deepfill.models import attention_export
+
+    largest = [0]
+
+    class Sizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (list, tuple)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    largest[0] = max(largest[0], t.numel() * t.element_size())
+            return out
+
+    run_loop = attention_export._run_loop
+
+    def watched_loop(body, carry, xs, constants):
+        def watched(*args):
+            with Sizes():
+                return body(*args)
+
+        return run_loop(watched, carry, xs, constants)
+
+    monkeypatch.setattr(attention_export, "_run_loop", watched_loop)
+    layer = ContextualAttention(ksize=3, rate=1, fuse_k=3, chunk_size=7)
+    f = torch.randn(1, 8, 40, 48)
+    mask = torch.zeros(1, 1, 40, 48)
+    mask[..., 10:30, 12:30] = 1
+    row = 48 * 40 * 48 * 4  # one grid row of scores, in bytes
+    y, offsets = layer._attend(f, f, mask)
+    for chunk in (row // 16, row // 4):
+        largest[0] = 0
+        y_export, offsets_export = attend_export(
+            f, f, mask, rate=1, ksize=3, fuse_k=3, softmax_scale=10.0, fuse=True, chunk_bytes=chunk
+        )
+        assert 0 < largest[0] < row / 2
+        torch.testing.assert_close(y_export, y, atol=1e-4, rtol=1e-4)
+        assert torch.equal(offsets_export, offsets)
 
 
 def test_the_threshold_translation_keeps_what_torch_keeps(tmp_path) -> None:
@@ -191,7 +238,7 @@ def test_the_file_says_what_it_is(narrow) -> None:
     # The attention's blocks are one loop (ONNX Scan) over symbolic sizes, not unrolled; the
     # weights' threshold inside it one ThresholdedRelu, not a Where over the score matrix.
     ops = [node.op_type for _, node in onnx_graph.nodes(model.graph)]
-    assert ops.count("Scan") == 1 and ops.count("ThresholdedRelu") == 1
+    assert ops.count("Scan") == 2 and ops.count("ThresholdedRelu") == 1
     dims = {
         v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
         for v in [*model.graph.input, *model.graph.output]

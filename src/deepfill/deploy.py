@@ -18,10 +18,11 @@ at the traced size only; ``torch.export`` keeps them symbolic and checks every s
 against the declared dynamic dimensions. While exporting, the layers take their plain
 formulations (``torch.compiler.is_exporting()``): ELU instead of the in-place CPU one, F.pad
 instead of the write-once pad, the resize indices computed in the graph, and contextual
-attention as a loop over blocks of foreground rows (:mod:`deepfill.models.attention_export`,
-ONNX ``Scan``; the block height follows from the input size and ``attention_block_mb``, so that
-the attention's memory is bounded at any size): the official paste is a transposed convolution
-with kernels cut from the input, which no exporter takes, and is a matrix product of the
+attention as a loop over blocks of foreground positions
+(:mod:`deepfill.models.attention_export`, ONNX ``Scan``; the blocks' rows and the strips' width
+follow from the input size and ``attention_block_mb``, so that the attention's memory is
+bounded at any size): the official paste is a transposed convolution with kernels cut from the
+input, which no exporter takes, and is a matrix product of the
 attention weights with the background's phases here. Tests check each of those forms against
 the PyTorch path.
 
@@ -52,7 +53,6 @@ import torch
 from torch import nn
 
 from deepfill.models import ContextualAttention
-from deepfill.models.attention_export import EXPORT_CHUNK_BYTES
 from deepfill.models.generator import InpaintGenerator, check_generator_inputs
 from deepfill.utils.errors import UserError
 from deepfill.utils.files import atomic_path, writable_file
@@ -192,7 +192,7 @@ def _dynamic_shapes(multiple: int) -> dict:
 
 
 def _write_model(
-    program, path: Path, generator: InpaintGenerator, precision: str, attention_block_mb: float
+    program, path: Path, generator: InpaintGenerator, precision: str, attention_block_mb: float | None
 ) -> None:
     """Save ``program`` to ``path`` as one file with readable axis names and our metadata."""
     import onnx
@@ -214,7 +214,9 @@ def _write_model(
             "deepfill.multiple": str(generator.multiple),
             "deepfill.family": generator.family,
             "deepfill.precision": precision,
-            "deepfill.attention_block_mb": f"{attention_block_mb:g}",
+            "deepfill.attention_block_mb": "default"
+            if attention_block_mb is None
+            else f"{attention_block_mb:g}",
             "deepfill.generator": json.dumps(generator.config, sort_keys=True),
             "deepfill.inputs": "image (N,3,H,W) float32 RGB in [-1,1]; mask (N,1,H,W) float32, 1 = hole",
         }
@@ -337,7 +339,7 @@ def export_onnx(
     output: str | Path,
     precision: str = "fp32",
     check_size: tuple[int, int] = (256, 256),
-    attention_block_mb: float = EXPORT_CHUNK_BYTES / 2**20,
+    attention_block_mb: float | None = None,
     calibration: str | Path | None = None,
 ) -> ExportReport:
     """Export ``generator`` to the ONNX file ``output`` and check it with onnxruntime.
@@ -347,9 +349,11 @@ def export_onnx(
     ``generator.multiple``; int8 calibrates at that size too. calibration: int8 only, a folder
     of photos for :func:`calibration_batches` (None: the embedded training photos); an int8
     export must also stay within :data:`INT8_HOLE_TOLERANCE` of PyTorch on two of them.
-    attention_block_mb: the exported contextual attention's budget per block of foreground rows
-    (MiB of its largest score buffer; several such buffers are alive at once): it sets the
-    attention's peak memory at any input size (at least one row per block). The file is
+    attention_block_mb: the exported contextual attention's budget per block of foreground
+    positions (MiB of its largest score buffer; several such buffers are alive at once): it sets
+    the attention's peak memory at any input size. None: 32 MiB, or 512 positions per block
+    where that is more (``deepfill.models.attention_export``'s defaults: at large sizes smaller
+    blocks are slow). The file is
     written atomically, and only when onnxruntime's ``x_stage2`` matches the PyTorch generator's
     within :data:`TOLERANCE`; otherwise :class:`RuntimeError` and nothing is written."""
     try:
@@ -367,7 +371,7 @@ def export_onnx(
     if any(side % multiple or side < multiple for side in check_size):
         raise UserError(f"check_size: must be multiples of {multiple}, got {tuple(check_size)}")
     block = attention_block_mb
-    if isinstance(block, bool) or not isinstance(block, int | float) or not block > 0:
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int | float) or not block > 0):
         raise UserError(f"attention_block_mb: expected a number of MiB > 0, got {block!r}")
     if calibration is not None and precision != "int8":
         raise UserError(f"calibration: only an int8 export is calibrated, not {precision}")
@@ -377,7 +381,7 @@ def export_onnx(
     reference = copy.deepcopy(generator).cpu().float().eval()
     for layer in reference.modules():
         if isinstance(layer, ContextualAttention):
-            layer.export_chunk_bytes = max(1, int(attention_block_mb * 2**20))
+            layer.export_chunk_bytes = None if block is None else max(1, int(block * 2**20))
     dtype = torch.float16 if precision == "fp16" else torch.float32
     # Exporting reads the weights without changing them: only fp16 needs a copy of its own.
     form = _ExportForm(

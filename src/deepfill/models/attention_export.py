@@ -4,25 +4,32 @@ bounded by a chunk budget.
 
 The chunked layer's loop runs in Python over sizes known at run time, and the official paste
 convolves with kernels cut from the input; exporters take neither. Here the loop is the scan
-operator (``torch.ops.higher_order.scan``, ONNX ``Scan``) over blocks of foreground rows, whose
-number and height are expressions of the symbolic input size, and every step inside it is a tensor
-operation: patch scores as k*k shifted copies of the pixel Gram matrix, the fuse as sums of
-diagonal shifts (the official identity-kernel convolution) in raster, then in column-major order,
-the paste as the product with the background phases of
+operator (``torch.ops.higher_order.scan``, ONNX ``Scan``) over blocks of foreground positions,
+whose number and shape are expressions of the symbolic input size, and every step inside it is a
+tensor operation: patch scores as k*k shifted copies of the pixel Gram matrix, the fuse as sums
+of diagonal shifts (the official identity-kernel convolution) in raster, then in column-major
+order, the paste as the product with the background phases of
 :func:`~deepfill.models.attention_patches.prepare`, its four shifts taken on the output grid.
 
-The loop streams: a block computes the Gram matrix of R new foreground rows only; the rows the
-patch sum, the fuse's raster pass and its column-major pass need from earlier blocks (k-1 and
-fuse_k-1 of each) are the loop's carried state, so no row is computed twice and the first
-blocks fill the pipeline (rows before the image, dropped). The column-major pass reads, at the
-top and bottom of the image, neighbours in the previous and next column (the official flattened
-convolution does): those few rows of the first pass are computed once before the loop. The
-paste of a block overlaps the next block's first ``rate`` canvas rows; the overlap is carried
-too. Peak memory: a few score buffers of (R + fuse_k - 1) * W/rate * (H*W/rate^2) floats, R
-chosen from ``chunk_bytes``.
+A block is R foreground rows of a vertical strip of the grid, tx columns wide (the whole width
+while :data:`WHOLE_ROWS` rows fit the budget; narrower strips above, so that no buffer holds a
+whole row of scores: at 4096² one row is 512 MiB). The loop walks down each strip in turn and streams: a
+block computes the Gram matrix of R new pixel rows only, and carries the ``k - 1`` column-summed
+Gram rows and the ``fuse_k - 1`` first-pass rows that the next block's patch sum and column-major
+pass need (a few strip rows, not image rows). What the official flattened convolutions read
+beyond the strip is computed once before the loop, in a loop over strips of its own: the raster
+pass's neighbours past a row's ends (the previous row's last positions, the next row's first),
+and the column-major pass's neighbours above the first and below the last row (first-pass rows
+of the neighbouring column). The paste of a block overlaps the next block's first ``rate``
+canvas rows (carried) and the next strip's first ``rate`` canvas columns (added after the loop).
+Peak memory: a few score buffers of (R + fuse_k - 1) * (tx + fuse_k + k - 2) * (H*W/rate^2)
+floats, R and tx chosen from ``chunk_bytes``, and the 2 * (fuse_k - 1) rows of scores computed
+before the loop.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -30,95 +37,53 @@ import torch.nn.functional as F
 from .attention_patches import NEGLIGIBLE_WEIGHT, Prepared, prepare
 from .layers import tf_same_padding
 
-__all__ = ["EXPORT_CHUNK_BYTES", "attend_export"]
+__all__ = ["EXPORT_CHUNK_BYTES", "EXPORT_MIN_POSITIONS", "WHOLE_ROWS", "attend_export"]
 
-# Score-buffer budget of one block of the exported attention (a block's rows, with the rows
-# carried, times one score row; several buffers of that size are alive at its peak). Measured
-# with the paper's model in onnxruntime, 2 threads: 16 MiB against 256 MiB, 1024² peak RSS
-# 2.2 against 4.7 GiB at the same speed; 512² 1.3 against 2.1 GiB, 7% slower. 32 MiB makes
-# 256² one block, 512² three, 1024² 66 blocks of two rows (BENCHMARKS.md "ONNX export").
+# Score-buffer budget of one block of the exported attention (a block's positions, with the
+# rows carried, times one score row; several buffers of that size are alive at its peak).
+# Measured with the paper's model in onnxruntime, 2 threads: 16 MiB against 256 MiB, 1024² peak
+# RSS 2.2 against 4.7 GiB at the same speed; 512² 1.3 against 2.1 GiB, 7% slower. The default
+# budget is this or EXPORT_MIN_POSITIONS score rows, whichever is larger: 256² one block, 512²
+# three blocks of whole rows, 1024² 49 blocks of 19 rows by 19 columns, 2048² 182 blocks of 20
+# by 19 (128 MiB there; with 32 MiB, blocks of 9 by 7 made 2048² 1.24x slower: BENCHMARKS.md
+# "ONNX export").
 EXPORT_CHUNK_BYTES = 32 * 2**20
+EXPORT_MIN_POSITIONS = 512
+
+# Blocks span whole grid rows while at least this many rows fit the budget; below, strips
+# narrower than the grid: the rows a block carries, and its paste's overlap with the next block,
+# weigh less in near-square blocks than in blocks of a few long rows (at 1024², blocks of 19 by 19
+# ran as fast as blocks of two whole rows, with 6% less peak memory).
+WHOLE_ROWS = 8
 
 
-def _shift_columns(x: torch.Tensor, shift, width) -> torch.Tensor:
-    """``out[..., x, :] = x[..., x + shift, :]`` on dim 2 (foreground columns), zeros outside."""
-    index = torch.arange(width, device=x.device) + shift
-    inside = ((index >= 0) & (index < width)).to(x.dtype).view(1, 1, -1, 1)
-    return x.index_select(2, index.clamp(0, width - 1)) * inside
+def _halves(size: int) -> tuple[int, int]:
+    """(before, after): the 'SAME' split of a window of ``size`` around its centre."""
+    return (size - 1) // 2, size - 1 - (size - 1) // 2
 
 
-def _empty_carries(x: torch.Tensor, n, h, w, ksize: int, fuse_k: int) -> tuple[list, list]:
-    """What the streamed stages carry before the first row, all zeros: ([the k-1 column-summed
-    Gram rows (N, k-1, w, h+k-1, w)], [the fuse_k-1 score rows (N, fuse_k-1, w, h*w+fuse_k-1)]),
-    each list empty where its stage carries nothing."""
-    gram = [x.new_zeros(n, ksize - 1, w, h + ksize - 1, w)] if ksize > 1 else []
-    scores = [x.new_zeros(n, fuse_k - 1, w, h * w + fuse_k - 1)] if fuse_k > 1 else []
-    return gram, scores
-
-
-def _first_pass_row(
-    fg_padded: torch.Tensor, bg_padded: torch.Tensor, inv_norm: torch.Tensor, y: int, ksize: int, fuse_k: int
+def _column_sums(
+    fg: torch.Tensor, bg_padded: torch.Tensor, pixel_rows: torch.Tensor, col0, width, ksize: int
 ) -> torch.Tensor:
-    """The fuse's first pass of foreground row ``y`` alone: (N, 1, w, Lb), background raster.
-    The streamed stages with nothing carried in, one row at a time (as the loop's one-row blocks):
-    the k-1 + fuse_k-1 rows they need before it are computed and dropped, and no buffer holds
-    more than one row (at 4096² a row of scores is 512 MiB)."""
-    n, h, w = fg_padded.shape[0], fg_padded.shape[1], fg_padded.shape[2] - ksize + 1
-    carried_k, carried_f = _empty_carries(fg_padded, n, h, w, ksize, fuse_k)
-    # Start so that the last first-pass row is y (see _stage_sizes).
-    start = y - (ksize - 1) // 2 - (fuse_k - 1) // 2
-    for j in range(ksize + fuse_k - 1):  # (start may be a symbolic size: no range over it)
-        scores = _stream_scores(fg_padded, bg_padded, inv_norm, start + j, 1, ksize, carried_k)
-        first = _stream_first_pass(scores, w, fuse_k, carried_f) if fuse_k > 1 else scores
-    return first
-
-
-def _wrapped_rows(
-    fg_padded: torch.Tensor, bg_padded: torch.Tensor, inv_norm: torch.Tensor, h: int, ksize: int, fuse_k: int
-) -> torch.Tensor:
-    """First-pass rows that the column-major pass reads above the image's first row and below its
-    last: virtual row e (e < 0 or e >= h) is row e mod h of column x + floor(e / h). Returns
-    (N, before + after + 1, w, Lb): the rows e = -before..-1, then h..h+after-1, then a zero row."""
-    w = fg_padded.shape[2] - ksize + 1
-    before, after = (fuse_k - 1) // 2, fuse_k - 1 - (fuse_k - 1) // 2
-
-    def row(y: int, shift: int) -> torch.Tensor:
-        return _shift_columns(_first_pass_row(fg_padded, bg_padded, inv_norm, y, ksize, fuse_k), shift, w)
-
-    rows = []
-    for m in range(before, 0, -1):  # e = -m: floor(e/h) = -ceil(m/h), row e - floor(e/h)*h
-        q = (m + h - 1) // h
-        rows.append(row(q * h - m, -q))
-    for t in range(after):  # e = h + t: floor(e/h) = 1 + t // h
-        rows.append(row(t - (t // h) * h, 1 + t // h))
-    rows.append(fg_padded.new_zeros(fg_padded.shape[0], 1, w, h * w))
-    return torch.cat(rows, dim=1)
-
-
-def _paste(p: Prepared, attn: torch.Tensor, count: int, rate: int) -> torch.Tensor:
-    """Canvas strip of ``count`` foreground rows: (N, C, (count+1)*rate, (w+1)*rate)."""
-    n, h, w = attn.shape[0], p.h, p.w
-    # A'[o, q'] = sum over s in {0,1}^2 of attn[o - s, q' - s] on the (rows+1, w+1) foreground
-    # and (h+1, w+1) background grids, one axis pair at a time.
-    if p.order == "column":
-        grid = attn.view(n, count, w, w, h)  # background (column, row)
-        rows = F.pad(grid, (0, 1, 0, 0, 0, 0, 0, 1)) + F.pad(grid, (1, 0, 0, 0, 0, 0, 1, 0))
-        both = F.pad(rows, (0, 0, 0, 1, 0, 1)) + F.pad(rows, (0, 0, 1, 0, 1, 0))
-    else:
-        grid = attn.view(n, count, w, h, w)
-        rows = F.pad(grid, (0, 0, 0, 1, 0, 0, 0, 1)) + F.pad(grid, (0, 0, 1, 0, 0, 0, 1, 0))
-        both = F.pad(rows, (0, 1, 0, 0, 0, 1)) + F.pad(rows, (1, 0, 0, 0, 1, 0))
-    shifted = both.reshape(n, (count + 1) * (w + 1), (h + 1) * (w + 1))
-    canvas = torch.bmm(shifted, p.paste).transpose(1, 2).unflatten(2, (count + 1, w + 1))
-    return F.pixel_shuffle(canvas, rate)
-
-
-def _stage_sizes(ksize: int, fuse_k: int) -> tuple[int, int, int]:
-    """(rows after a position in the patch, rows after it in the fuse, delay): a block whose new
-    Gram rows start at g completes the fused rows that start at g - delay."""
-    after_k = ksize - 1 - (ksize - 1) // 2
-    after_f = fuse_k - 1 - (fuse_k - 1) // 2
-    return after_k, after_f, after_k + 2 * after_f
+    """Column-summed Gram rows: (N, R, width, h+k-1, w) for the pixel rows ``pixel_rows`` (R,)
+    and the patches whose left pixel column is ``col0 + [0, width)`` (pixels outside the grid
+    are the zero 'SAME' padding). fg: (N, h, w, C) foreground pixels; bg_padded: (N, C,
+    (h+k-1)*(w+k-1)) the background pixels with that padding."""
+    n, h, w, c = fg.shape
+    k = ksize
+    cols = torch.arange(width + k - 1, device=fg.device) + col0
+    inside = ((pixel_rows >= 0) & (pixel_rows < h)).view(-1, 1) & ((cols >= 0) & (cols < w)).view(1, -1)
+    pixels = fg.index_select(1, pixel_rows.clamp(0, h - 1)).index_select(2, cols.clamp(0, w - 1))
+    pixels = pixels * inside.to(fg.dtype).unsqueeze(-1)
+    rows = pixel_rows.shape[0]
+    gram = torch.bmm(pixels.view(n, -1, c), bg_padded).view(n, rows, width + k - 1, h + k - 1, w + k - 1)
+    # The k*k shifted sum is separable: foreground and background columns here, rows in
+    # _strip_scores (each Gram row's column sum is computed once and carried to the next k-1
+    # blocks).
+    out = gram[:, :, 0:width, :, 0:w]
+    for v in range(1, k):
+        out = out + gram[:, :, v : v + width, :, v : v + w]
+    return out
 
 
 def _slide(new: torch.Tensor, keep: int, carried: list) -> torch.Tensor:
@@ -131,6 +96,120 @@ def _slide(new: torch.Tensor, keep: int, carried: list) -> torch.Tensor:
     return window
 
 
+def _strip_scores(
+    fg: torch.Tensor,
+    bg_padded: torch.Tensor,
+    inv_norm: torch.Tensor,
+    pixel_rows: torch.Tensor,
+    c0,
+    width,
+    ksize: int,
+    carried: list | None,
+) -> torch.Tensor:
+    """Patch scores (N, R, width, Lb) of foreground columns ``c0 + [0, width)`` (positions
+    outside the grid score as patches of the padding) from the Gram rows of ``pixel_rows``:
+    streamed (``carried``: the k-1 column-summed rows before them, popped, their successors
+    appended), the score rows ``pixel_rows - after_k``; or alone (``carried`` None), the rows
+    whose whole patch lies in ``pixel_rows``."""
+    n, h, w, _ = fg.shape
+    k = ksize
+    before, _ = _halves(k)
+    by_columns = _column_sums(fg, bg_padded, pixel_rows, c0 - before, width, k)
+    window = by_columns if carried is None else _slide(by_columns, k - 1, carried)
+    rows = window.shape[1] - (k - 1)
+    scores = window[:, 0:rows, :, 0:h]
+    for u in range(1, k):
+        scores = scores + window[:, u : u + rows, :, u : u + h]
+    return scores.reshape(n, rows, width, h * w) * inv_norm.view(n, 1, 1, h * w)
+
+
+def _edge_scores(
+    fg_full: torch.Tensor,
+    bg_padded: torch.Tensor,
+    inv_norm: torch.Tensor,
+    rows: torch.Tensor,
+    ksize,
+    fuse_k,
+    h,
+    w,
+) -> torch.Tensor:
+    """The raster pass's reads past the ends of foreground rows ``rows`` (R,): (N, R, fuse_k-1,
+    Lb), slot s < before the flat position ``y*w - before + s`` (the previous row's last), slot
+    s >= before the flat position ``y*w + w + s - before`` (the next row's first); zero outside
+    the grid (the official flattened convolution's padding). fg_full: (N, (h+k-1)*(w+k-1), C),
+    the foreground pixels with the 'SAME' padding on both axes."""
+    n = fg_full.shape[0]
+    k = ksize
+    before, _ = _halves(fuse_k)
+    slot = torch.arange(fuse_k - 1, device=fg_full.device)
+    column = torch.where(slot < before, slot - before, w + slot - before)
+    flat = rows.view(-1, 1) * w + column.view(1, -1)
+    inside = ((flat >= 0) & (flat < h * w)).to(fg_full.dtype)
+    flat = flat.clamp(0, h * w - 1)
+    y = torch.div(flat, w, rounding_mode="floor")
+    x = flat - y * w
+    # One product per patch pixel (u, v): at most the scores' size alive, not k*k times it.
+    scores = None
+    for u in range(k):
+        for v in range(k):
+            index = ((y + u) * (w + k - 1) + x + v).flatten()
+            term = torch.bmm(fg_full.index_select(1, index), bg_padded).view(n, -1, h + k - 1, w + k - 1)
+            term = term[:, :, u : u + h, v : v + w]
+            scores = term if scores is None else scores + term
+    scores = scores.reshape(n, -1, h * w) * (inv_norm.view(n, 1, h * w) * inside.view(1, -1, 1))
+    return scores.view(n, -1, fuse_k - 1, h * w)
+
+
+def _with_edges(
+    scores: torch.Tensor, edges: torch.Tensor, c0, index: torch.Tensor, fuse_k: int, w
+) -> torch.Tensor:
+    """Columns ``index`` of ``scores`` (N, R, width, Lb), whose foreground columns are ``c0 +
+    index``, with the positions past the row's ends taken from ``edges`` (N, R, fuse_k-1, Lb)."""
+    before, _ = _halves(fuse_k)
+    c = index + c0
+    beyond = (c < 0) | (c >= w)
+    slot = torch.where(c < 0, c + before, c - w + before).clamp(0, fuse_k - 2)
+    return torch.where(beyond.view(1, 1, -1, 1), edges.index_select(2, slot), scores.index_select(2, index))
+
+
+def _first_pass(ext: torch.Tensor, width, fuse_k: int) -> torch.Tensor:
+    """The fuse's raster-order pass: (N, R, width, Lb) from the scores ``ext`` (N, R,
+    width+fuse_k-1, Lb) of the columns from ``before`` left of the first to ``after`` right of
+    the last, past the row's ends already the neighbouring rows' (background raster)."""
+    lb = ext.shape[3]
+    before, after = _halves(fuse_k)
+    padded = F.pad(ext, (before, after))
+    out = padded[:, :, 0:width, 0:lb]
+    for a in range(1, fuse_k):
+        out = out + padded[:, :, a : a + width, a : a + lb]
+    return out
+
+
+def _column_major(x: torch.Tensor, h, w) -> torch.Tensor:
+    """(N, R, width, h*w) with the background axis from raster to column-major order."""
+    n, rows, width, _ = x.shape
+    return x.view(n, rows, width, h, w).transpose(3, 4).reshape(n, rows, width, h * w)
+
+
+def _paste(p: Prepared, attn: torch.Tensor, rows, width, rate: int) -> torch.Tensor:
+    """Canvas piece of a block of ``rows`` x ``width`` foreground positions: (N, C, (rows+1)*rate,
+    (width+1)*rate)."""
+    n, h, w = attn.shape[0], p.h, p.w
+    # A'[o, q'] = sum over s in {0,1}^2 of attn[o - s, q' - s] on the (rows+1, width+1)
+    # foreground and (h+1, w+1) background grids, one axis pair at a time.
+    if p.order == "column":
+        grid = attn.view(n, rows, width, w, h)  # background (column, row)
+        shifted = F.pad(grid, (0, 1, 0, 0, 0, 0, 0, 1)) + F.pad(grid, (1, 0, 0, 0, 0, 0, 1, 0))
+        both = F.pad(shifted, (0, 0, 0, 1, 0, 1)) + F.pad(shifted, (0, 0, 1, 0, 1, 0))
+    else:
+        grid = attn.view(n, rows, width, h, w)
+        shifted = F.pad(grid, (0, 0, 0, 1, 0, 0, 0, 1)) + F.pad(grid, (0, 0, 1, 0, 0, 0, 1, 0))
+        both = F.pad(shifted, (0, 1, 0, 0, 0, 1)) + F.pad(shifted, (1, 0, 0, 0, 1, 0))
+    both = both.reshape(n, (rows + 1) * (width + 1), (h + 1) * (w + 1))
+    canvas = torch.bmm(both, p.paste).transpose(1, 2).unflatten(2, (rows + 1, width + 1))
+    return F.pixel_shuffle(canvas, rate)
+
+
 def _block_plan(total, most):
     """(rows, blocks): the fewest blocks of at most ``most`` rows covering ``total`` rows, their
     rows balanced (ints, or int64 tensors in an exported graph)."""
@@ -138,80 +217,89 @@ def _block_plan(total, most):
     return (total + blocks - 1) // blocks, blocks
 
 
-def _stream_scores(
-    fg_padded: torch.Tensor,
-    bg_padded: torch.Tensor,
-    inv_norm: torch.Tensor,
-    g,
-    rows: int,
-    ksize: int,
-    carried: list,
-) -> torch.Tensor:
-    """Scores of foreground rows ``g - after_k + [0, rows)`` from the new Gram rows
-    ``g + [0, rows)`` and the ``ksize - 1`` column-summed Gram rows before them (popped from
-    ``carried``, their successors appended): (N, rows, w, Lb), zero outside the image.
-    fg_padded: (N, h, w+k-1, C), bg_padded: (N, C, (h+k-1)*(w+k-1)): the pixels with the zero
-    'SAME' padding of the patches, so that the Gram rows come out padded (no copy to pad them)."""
+def _strip_plan(positions, w, keep: int, extra: int, rows, columns):
+    """(most rows per block, strip width, strips) for blocks of at most ``positions`` score rows
+    with the rows carried: whole rows while ``WHOLE_ROWS`` of them fit, else near-square blocks of
+    R rows by tx columns, (R + keep) * (tx + extra) <= positions (the paste's overlap with the
+    next row and column, (R+1)(tx+1)/(R*tx), is then small). ``rows``/``columns``: set by the
+    caller. Ints, or int64 tensors in an exported graph."""
+    tensors = isinstance(positions, torch.Tensor)
+
+    def pick(condition, a, b):
+        return torch.where(condition, a, b) if tensors else (a if condition else b)
+
+    def at_least(a, b):
+        return a.clamp(min=b) if tensors else max(a, b)
+
+    side = positions.double().sqrt().floor().long() if tensors else math.isqrt(positions)
+    square_rows = at_least(side - keep, 1)
+    if columns is None:
+        full = positions >= (WHOLE_ROWS + keep) * w
+        columns = pick(full, w, at_least(positions // (square_rows + keep) - extra, 1))
+        if rows is None:
+            rows = pick(full, positions // w - keep, square_rows)
+    columns = pick(columns < w, columns, w)
+    strips = (w + columns - 1) // columns
+    width = (w + strips - 1) // strips
+    if rows is None:
+        rows = at_least(positions // (width + extra) - keep, 1)
+    return rows, width, strips
+
+
+def _outside_rows(fg, fg_full, bg_padded, inv_norm, s, x0, share: int, tx, ksize: int, fuse_k: int):
+    """What the loop over blocks reads beyond its strips, for strip ``s`` starting at column
+    ``x0``: ([the raster pass's reads past the row ends of rows s*share + [0, share), (N, share,
+    fuse_k-1, Lb)], [the column-major pass's first-pass rows above the first and below the last
+    row in the strip's columns, (N, fuse_k-1, tx, Lb), background column-major])."""
+    h, w = fg.shape[1:3]
     k = ksize
-    n, h, c, w = fg_padded.shape[0], fg_padded.shape[1], fg_padded.shape[3], fg_padded.shape[2] - k + 1
-    after = k - 1 - (k - 1) // 2
-    index = torch.arange(rows, device=fg_padded.device) + g
-    inside = ((index >= 0) & (index < h)).to(fg_padded.dtype)
-    pixels = fg_padded.view(n, h, -1).index_select(1, index.clamp(0, h - 1)) * inside.view(1, -1, 1)
-    gram = torch.bmm(pixels.view(n, -1, c), bg_padded).view(n, rows, w + k - 1, h + k - 1, w + k - 1)
-    # The k*k shifted sum is separable: foreground and background columns here, rows below
-    # (each Gram row's column sum is computed once and carried to the next k-1 blocks).
-    by_columns = gram[:, :, 0:w, :, 0:w]
-    for u in range(1, k):
-        by_columns = by_columns + gram[:, :, u : u + w, :, u : u + w]
-    window = _slide(by_columns, k - 1, carried)
-    scores = window[:, 0:rows, :, 0:h]
-    for u in range(1, k):
-        scores = scores + window[:, u : u + rows, :, u : u + h]
-    out = index - after
-    inside = ((out >= 0) & (out < h)).to(fg_padded.dtype).view(1, rows, 1, 1)
-    # Rows outside the image score zero (the fuse reads them as such), as 'SAME' padding makes.
-    return scores.reshape(n, rows, w, h * w) * (inv_norm.view(n, 1, 1, h * w) * inside)
+    before_k, _ = _halves(k)
+    before_f, _ = _halves(fuse_k)
+    dev = fg.device
+    edges = _edge_scores(
+        fg_full, bg_padded, inv_norm, torch.arange(share, device=dev) + s * share, k, fuse_k, h, w
+    )
+    wrapped = []
+    for slot in range(fuse_k - 1):
+        # Virtual row e of the column-major order (e = -before..-1, then h..h+after-1) is row
+        # e mod h of column x + floor(e / h).
+        if slot < before_f:
+            m = before_f - slot
+            q = (m + h - 1) // h
+            y, shift = q * h - m, -q
+        else:
+            t = slot - before_f
+            y, shift = t - (t // h) * h, 1 + t // h
+        row = torch.arange(1, device=dev) + y
+        c0 = x0 + shift - before_f
+        pixel_rows = torch.arange(k, device=dev) + (y - before_k)
+        scores = _strip_scores(fg, bg_padded, inv_norm, pixel_rows, c0, tx + fuse_k - 1, k, None)
+        ext = _with_edges(
+            scores,
+            _edge_scores(fg_full, bg_padded, inv_norm, row, k, fuse_k, h, w),
+            c0,
+            torch.arange(tx + fuse_k - 1, device=dev),
+            fuse_k,
+            w,
+        )
+        first = _column_major(_first_pass(ext, tx, fuse_k), h, w)
+        x = torch.arange(tx, device=dev) + (x0 + shift)
+        wrapped.append(first * ((x >= 0) & (x < w)).to(first.dtype).view(1, 1, -1, 1))
+    return edges, torch.cat(wrapped, dim=1)
 
 
-def _stream_first_pass(scores: torch.Tensor, w: int, fuse_k: int, carried: list) -> torch.Tensor:
-    """The fuse's raster-order pass over the new score rows and the ``fuse_k - 1`` rows before
-    them (carried): (N, rows, w, Lb), the rows ``after_f`` rows before the new score rows."""
-    n, rows, _, lb = scores.shape
-    before, after = (fuse_k - 1) // 2, fuse_k - 1 - (fuse_k - 1) // 2
-    window = _slide(F.pad(scores, (before, after)), fuse_k - 1, carried)
-    flat = window.view(n, -1, lb + fuse_k - 1)
-    # Flat neighbours i + d of the window's middle rows (both axes shifted by d).
-    first = before * w - before
-    out = flat[:, first : first + rows * w, 0:lb]
-    for a in range(1, fuse_k):
-        out = out + flat[:, first + a : first + a + rows * w, a : a + lb]
-    return out.view(n, rows, w, lb)
-
-
-def _stream_column_pass(
-    q: Prepared, first: torch.Tensor, e0, fuse_k: int, wrapped: torch.Tensor, carried: list
-) -> torch.Tensor:
-    """The column-major pass over first-pass rows ``e0 + [0, rows)`` and the ``fuse_k - 1`` before
-    them (carried, already in column-major order): (N, rows, w, Lb), background column-major,
-    the fused rows ``after_f`` rows before ``e0``."""
-    n, rows, w, lb = first.shape
-    h = q.h
-    before, after = (fuse_k - 1) // 2, fuse_k - 1 - (fuse_k - 1) // 2
-    # Rows outside the image are the wrapped rows of the column-major order (zero beyond them).
-    e = torch.arange(rows, device=first.device) + e0
-    slot = torch.where((e >= -before) & (e < 0), e + before, before + after)
-    slot = torch.where((e >= h) & (e < h + after), e - h + before, slot)
-    inside = ((e >= 0) & (e < h)).to(first.dtype).view(1, -1, 1, 1)
-    first = first * inside + wrapped.index_select(1, slot)
-    # Column-major order of the background axis; a column-major neighbour along the foreground
-    # axis is the next row of the same column.
-    columns = first.view(n, rows, w, h, w).transpose(3, 4).reshape(n, rows, w, lb)
-    window = _slide(F.pad(columns, (before, after)), fuse_k - 1, carried)
-    out = window[:, 0:rows, :, 0:lb]
-    for a in range(1, fuse_k):
-        out = out + window[:, a : a + rows, :, a : a + lb]
-    return out
+def _run_loop(body, carry: list, xs: list, constants: list) -> tuple[list, list]:
+    """(final carry, stacked outputs) of ``body(*carry, *x, *constants) -> [*carry, *outputs]``
+    over the rows of ``xs``: the scan operator when exporting, else the same loop in Python."""
+    if torch.compiler.is_exporting():
+        out = torch.ops.higher_order.scan(body, carry, xs, constants)
+        return list(out[: len(carry)]), list(out[len(carry) :])
+    outputs = []
+    for x in zip(*xs, strict=True):
+        out = body(*carry, *x, *constants)
+        carry, y = list(out[: len(carry)]), out[len(carry) :]
+        outputs.append(y)
+    return carry, [torch.stack(parts) for parts in zip(*outputs, strict=True)]
 
 
 def attend_export(
@@ -224,81 +312,163 @@ def attend_export(
     fuse_k: int,
     softmax_scale: float,
     fuse: bool,
-    chunk_bytes: int = EXPORT_CHUNK_BYTES,
+    chunk_bytes: int | None = None,
     rows: int | None = None,
+    columns: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, offsets)`` as the chunked layer returns them. f, b: (N,C,H,W) float32, H and W
     multiples of ``rate``; mask: (1 or N,1,H,W), 1 = hole, or None. y: (N,C,H,W); offsets:
-    (N,2,H/rate,W/rate) int64. ``rows``: foreground rows per block (default: as many as fit
-    ``chunk_bytes`` with the rows carried, at least one)."""
+    (N,2,H/rate,W/rate) int64. ``chunk_bytes``: the budget of a block's score buffer, with the
+    rows it carries (None: :data:`EXPORT_CHUNK_BYTES`, or :data:`EXPORT_MIN_POSITIONS` score rows
+    if more). ``rows``, ``columns``: the blocks' foreground rows and the strips' width (default:
+    blocks as large as fit the budget)."""
     n, c, height, width = f.shape
-    r = rate
+    r, k = rate, ksize
+    fk = fuse_k if fuse else 1
     p = prepare(f, b, mask, rate, ksize, fused=fuse)
     h, w = p.h, p.w
     lb = h * w
-    after_k, after_f, delay = _stage_sizes(ksize, fuse_k if fuse else 1)
-    keep = max(ksize, fuse_k if fuse else 1) - 1
-    # Block i takes Gram rows i*rows + [0, rows) and completes foreground rows from i*rows - delay:
-    # the first blocks fill the pipeline (their rows before the image are computed and dropped).
-    total = h + delay
+    before_k, after_k = _halves(k)
+    before_f, after_f = _halves(fk)
+    # A block with new Gram rows g + [0, R) scores rows g - after_k + [0, R) and completes the
+    # fused rows from g - delay. Each strip starts `lead` rows above the image, so that what the
+    # previous strip left in the carried rows reaches only rows above it (dropped), and ends a
+    # row below the last fused row, so that its last overlap with the next block pastes nothing.
+    delay = after_k + after_f
+    lead = max(before_k, before_f - after_k)
+    total = h + lead + delay + 1
+    keep, extra = max(k, fk) - 1, fk - 1 + k - 1
     if torch.compiler.is_exporting():
-        # Computed as values in the graph: the exporter then reasons about two plain sizes (at
-        # least 1, covering the grid) instead of min/max/floor expressions of the input size in
-        # every shape of the loop, which made the export about 1.4x slower.
+        # Computed as values in the graph: the exporter then reasons about a few plain sizes
+        # (at least 1, covering the grid) instead of min/max/floor expressions of the input
+        # size in every shape of the loop, which made the export about 1.4x slower.
         def value(x):
-            return torch.scalar_tensor(x, dtype=torch.int64)
+            return None if x is None else torch.scalar_tensor(x, dtype=torch.int64)
 
-        if rows is None:
-            most = (value(chunk_bytes) // value(n * w * lb * 4) - keep).clamp(min=1)
-        else:
-            most = value(rows)
-        sizes = torch.stack(_block_plan(value(total), torch.minimum(most, value(total))))
-        rows, blocks = sizes[0].item(), sizes[1].item()
-        torch._check(rows >= 1)
-        torch._check(blocks >= 1)
+        budget = EXPORT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+        positions = (value(budget) // value(n * lb * 4)).clamp(min=1 if chunk_bytes else EXPORT_MIN_POSITIONS)
+        most, tx, strips = _strip_plan(positions, value(w), keep, extra, value(rows), value(columns))
+        sizes = torch.stack([*_block_plan(value(total), torch.minimum(most, value(total))), tx, strips])
+        rows, blocks, tx, strips = (size.item() for size in sizes)
+        for size in (rows, blocks, tx, strips):
+            torch._check(size >= 1)
         torch._check(rows * blocks >= total)
+        torch._check(tx <= w)
+        torch._check(tx * strips >= w)
     else:
-        most = rows if rows is not None else max(1, chunk_bytes // (n * w * lb * 4) - keep)
+        budget = EXPORT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+        positions = max(1 if chunk_bytes else EXPORT_MIN_POSITIONS, budget // (n * lb * 4))
+        most, tx, strips = _strip_plan(positions, w, keep, extra, rows, columns)
         rows, blocks = _block_plan(total, min(most, total))
 
-    # The loop body sees only its arguments (the loop operator's inputs): sizes it uses come from
-    # their shapes; empty tensors carry the grid and the block height.
-    grid_shape, rows_shape = f.new_empty(h, w, 0), f.new_empty(rows, 0)
-    before = (ksize - 1) // 2
-    # Contiguous copies (the loop operator refuses inputs that are views of b's memory; a pad
-    # by zero rows returns its input).
-    fg_padded = F.pad(p.fg.reshape(n, h, w, -1), (0, 0, before, after_k)).contiguous()
-    bg_padded = F.pad(p.bg.view(n, -1, h, w), (before, after_k, before, after_k)).flatten(2)
-    wrapped = _wrapped_rows(fg_padded, bg_padded, p.inv_norm, h, ksize, fuse_k) if fuse else f.new_empty(0)
-    constants = [fg_padded, bg_padded, p.inv_norm, p.valid, p.paste, wrapped, grid_shape, rows_shape]
-    # Carried between blocks: the last column-summed Gram rows (padded on the background rows),
-    # the last score rows and column-major first-pass rows (padded on the background axis), and
-    # the paste's overlap with the next block.
-    gram_rows, score_rows = _empty_carries(f, n, h, w, ksize, fuse_k if fuse else 1)
-    carry = gram_rows + score_rows + [t.clone() for t in score_rows] + [f.new_zeros(n, c, r, (w + 1) * r)]
+    dev = f.device
+    fg = p.fg.reshape(n, h, w, -1).contiguous()
+    bg_padded = F.pad(p.bg.view(n, -1, h, w), (before_k, after_k, before_k, after_k)).flatten(2)
+    # The loop bodies see only their arguments (the loop operator's inputs): sizes they use come
+    # from their shapes; empty tensors carry the grid, the block's shape and the edge rows' share.
+    grid_shape, block_shape = f.new_empty(h, w, 0), f.new_empty(rows, tx, 0)
+    strip = torch.arange(strips, device=dev)
+    # A strip's first column; the last strip ends at the grid's edge, overlapping the one before
+    # where the columns do not divide evenly (the columns it shares are that one's).
+    strip_x0 = torch.minimum(strip * tx, torch.full_like(strip, w - tx))
+
+    if fuse and fk > 1:
+        fg_full = F.pad(fg, (0, 0, before_k, after_k, before_k, after_k)).flatten(1, 2)
+        share_shape = f.new_empty((h + strips - 1) // strips, 0)
+
+        def outside(dummy, s, x0, fg, fg_full, bg_padded, inv_norm, share_shape, block_shape):
+            edges, wrapped = _outside_rows(
+                fg, fg_full, bg_padded, inv_norm, s, x0, share_shape.shape[0], block_shape.shape[1], k, fk
+            )
+            return [dummy.clone(), edges, wrapped]
+
+        _, (edges, wrapped) = _run_loop(
+            outside,
+            [f.new_zeros(1)],
+            [strip, strip_x0],
+            [fg, fg_full, bg_padded, p.inv_norm, share_shape, block_shape],
+        )
+        # edges: (strips, N, share, fk-1, Lb) -> rows (strip, image, row in the share), read by
+        # index in the loop (a reshape without a copy).
+        edges = edges.flatten(0, 2)
+    else:
+        edges = wrapped = f.new_empty(0)
+        share_shape = f.new_empty(1, 0)
+
+    # Carried between blocks: the last column-summed Gram rows, the last first-pass rows
+    # (column-major, padded on the background axis), and the paste's overlap with the next block.
+    carry = []
+    if k > 1:
+        carry.append(f.new_zeros(n, k - 1, tx + fk - 1, h + k - 1, w))
+    if fuse and fk > 1:
+        carry.append(f.new_zeros(n, fk - 1, tx, lb + fk - 1))
+    carry.append(f.new_zeros(n, c, r, (tx + 1) * r))
     slots = len(carry)
 
     def block(*args):
-        carried, (g, fg_padded, bg_padded, inv_norm, valid, paste, wrapped, grid_shape, rows_shape) = (
-            list(args[: slots - 1]),
-            args[slots:],
-        )
-        tail = args[slots - 1]
+        carried, tail = list(args[: slots - 1]), args[slots - 1]
+        (
+            s,
+            x0,
+            g,
+            fg,
+            bg_padded,
+            inv_norm,
+            valid,
+            paste,
+            edges,
+            wrapped,
+            grid_shape,
+            block_shape,
+            share_shape,
+        ) = args[slots:]
         h, w = grid_shape.shape[:2]
-        rows, n, lb = rows_shape.shape[0], fg_padded.shape[0], h * w
-        # (The column pass and the paste read the grid, the order, the phases and validity.)
-        q = Prepared(fg_padded, bg_padded, inv_norm, paste, valid, h, w, p.order)
-        scores = _stream_scores(fg_padded, bg_padded, inv_norm, g, rows, ksize, carried)
+        rows, tx = block_shape.shape[:2]
+        n, lb = fg.shape[0], h * w
+        dev = fg.device
+        # (The paste reads the grid, the order and the phases.)
+        q = Prepared(fg, bg_padded, inv_norm, paste, valid, h, w, p.order)
+        c0 = x0 - before_f
+        new = torch.arange(rows, device=dev) + g
+        scores = _strip_scores(fg, bg_padded, inv_norm, new, c0, tx + fk - 1, k, carried)
+        e = new - after_k  # the score rows
         if fuse:
-            first = _stream_first_pass(scores, w, fuse_k, carried) if fuse_k > 1 else scores
-            scores = _stream_column_pass(q, first, g - after_k - after_f, fuse_k, wrapped, carried)
-        scores = scores.reshape(n, rows * w, lb)
-        pos = torch.arange(rows * w, device=g.device) + (g - delay) * w
-        real = ((pos >= 0) & (pos < lb)).to(scores.dtype).view(1, -1, 1)  # pipeline rows: no paste
+            if fk > 1:
+                # Past the row's ends (at the grid's edges only) the raster pass reads the
+                # neighbouring rows' positions.
+                share = share_shape.shape[0]
+                y = e.clamp(0, h - 1)
+                at = (y // share) * (n * share) + y - (y // share) * share
+                at = (at.view(1, -1) + torch.arange(n, device=dev).view(-1, 1) * share).flatten()
+                row_edges = edges.index_select(0, at).view(n, rows, fk - 1, lb)
+                ends = [
+                    _with_edges(scores, row_edges, c0, torch.arange(before_f, device=dev), fk, w),
+                    scores[:, :, before_f : before_f + tx],
+                    _with_edges(
+                        scores, row_edges, c0, torch.arange(after_f, device=dev) + before_f + tx, fk, w
+                    ),
+                ]
+                scores = _first_pass(torch.cat(ends, dim=2), tx, fk)
+            scores = _column_major(scores, h, w)
+            if fk > 1:
+                # Rows outside the image are the wrapped rows of the column-major order (rows
+                # further out reach only fused rows outside the image).
+                slot = torch.where(e < 0, e + before_f, e - h + before_f).clamp(0, fk - 2)
+                around = wrapped.index_select(0, s).view(n, fk - 1, tx, lb).index_select(1, slot)
+                scores = torch.where(((e >= 0) & (e < h)).view(1, -1, 1, 1), scores, around)
+            window = _slide(F.pad(scores, (before_f, after_f)), fk - 1, carried)
+            scores = window[:, 0:rows, :, 0:lb]
+            for a in range(1, fk):
+                scores = scores + window[:, a : a + rows, :, a : a + lb]
+        scores = scores.reshape(n, rows * tx, lb)
+        o = torch.arange(rows, device=dev) + (g - delay)  # the fused rows
+        x = torch.arange(tx, device=dev) + x0
+        # Pipeline rows and the columns the strip before owns paste nothing.
+        real = ((o >= 0) & (o < h)).view(-1, 1) & (x >= s * tx).view(1, -1)
         # Official masked softmax: invalid scores zeroed (still in the denominator), then the
         # attention of invalid patches zeroed again.
         attn = torch.softmax(scores * (valid * softmax_scale), dim=-1) * valid
-        index = torch.argmax(attn, dim=-1)  # first index of the largest weight, as max()
+        index = torch.argmax(attn, dim=-1).view(n, rows, tx)  # first index of the largest, as max()
         # (x // m, x - (x // m) * m): the exporter has no remainder by a symbolic size.
         if q.order == "column":
             src_col = index // h
@@ -306,37 +476,47 @@ def attend_export(
         else:
             src_row = index // w
             src_col = index - src_row * w
-        row = torch.div(pos, w, rounding_mode="floor")
-        offsets = torch.stack([src_row - row, src_col - (pos - row * w)], dim=1)
+        offsets = torch.stack([src_row - o.view(-1, 1), src_col - x.view(1, -1)], dim=1)
         # Weights below 2^-64 zeroed before the paste (see ContextualAttention._attend): as a
         # threshold, which the exporter writes as one ThresholdedRelu (7x faster in onnxruntime
-        # than a Where). Rows outside the image paste nothing.
-        attn = F.threshold(attn, NEGLIGIBLE_WEIGHT, 0.0) * real
-        strip = _paste(q, attn, rows, r)
-        # The strip's last `rate` canvas rows overlap the next block's first ones.
-        head = strip[:, :, 0:r] + tail
-        body = torch.cat([head, strip[:, :, r : rows * r]], dim=2)
-        tail = strip[:, :, rows * r : (rows + 1) * r].clone(memory_format=torch.contiguous_format)
+        # than a Where).
+        attn = F.threshold(attn, NEGLIGIBLE_WEIGHT, 0.0) * real.to(attn.dtype).view(1, -1, 1)
+        piece = _paste(q, attn, rows, tx, r)
+        # Placed where the strip would start were the columns even (the last strip's own
+        # columns come first): pieces then sit tx columns apart.
+        d = s * tx - x0
+        cols = torch.arange((tx + 1) * r, device=dev) + d * r
+        piece = piece.index_select(3, cols.clamp(max=(tx + 1) * r - 1)) * (cols < (tx + 1) * r).to(
+            piece.dtype
+        )
+        offsets = offsets.index_select(3, (torch.arange(tx, device=dev) + d).clamp(max=tx - 1))
+        # The piece's last `rate` canvas rows overlap the next block's first ones.
+        head = piece[:, :, 0:r] + tail
+        body = torch.cat([head, piece[:, :, r : rows * r]], dim=2)
+        tail = piece[:, :, rows * r : (rows + 1) * r].clone(memory_format=torch.contiguous_format)
         return [*carried, tail, body, offsets]
 
-    starts = torch.arange(blocks, device=f.device) * rows
-    if torch.compiler.is_exporting():
-        # The loop operator itself (ONNX Scan), traced once on the symbolic shapes.
-        *carry, bodies, offsets = torch.ops.higher_order.scan(block, carry, [starts], constants)
-    else:  # the same loop, run by Python (what scan means)
-        outputs = []
-        for g in starts:
-            *carry, body, offset = block(*carry, g, *constants)
-            outputs.append((body, offset))
-        bodies, offsets = (torch.stack(parts) for parts in zip(*outputs, strict=True))
-    # (blocks, N, C, rows*r, (w+1)*r) -> (N, C, blocks*rows*r, (w+1)*r), then the last overlap;
-    # the canvas starts `delay` foreground rows before the image.
-    canvas = bodies.permute(1, 2, 0, 3, 4).reshape(n, c, blocks * rows * r, (w + 1) * r)
-    canvas = torch.cat([canvas, carry[-1]], dim=2)
+    step = torch.arange(strips * blocks, device=dev)
+    s = torch.div(step, blocks, rounding_mode="floor")
+    g = (step - s * blocks) * rows - lead
+    _, (bodies, offsets) = _run_loop(
+        block,
+        carry,
+        [s, strip_x0.index_select(0, s), g],
+        [fg, bg_padded, p.inv_norm, p.valid, p.paste, edges, wrapped, grid_shape, block_shape, share_shape],
+    )
+    # (strips*blocks, N, C, rows*r, (tx+1)*r) -> (N, C, blocks*rows*r, strips, (tx+1)*r); a
+    # piece's last `rate` columns go to the next strip's first ones.
+    pieces = bodies.view(strips, blocks, n, c, rows * r, (tx + 1) * r).permute(2, 3, 1, 4, 0, 5)
+    pieces = pieces.reshape(n, c, blocks * rows * r, strips, (tx + 1) * r)
+    main = pieces[..., 0 : tx * r].reshape(n, c, blocks * rows * r, strips * tx * r)
+    right = F.pad(pieces[..., tx * r :], (0, tx * r - r)).reshape(n, c, blocks * rows * r, strips * tx * r)
+    canvas = F.pad(main, (0, tx * r)) + F.pad(right, (tx * r, 0))
+    # The canvas starts `lead + delay` foreground rows above the image.
     top, _ = tf_same_padding(height, 2 * r, r)
     left, _ = tf_same_padding(width, 2 * r, r)
-    top += delay * r
+    top += (lead + delay) * r
     y = canvas[:, :, top : top + height, left : left + width] / 4.0
-    offsets = offsets.permute(1, 2, 0, 3).reshape(n, 2, blocks * rows * w)
-    offsets = offsets[:, :, delay * w : delay * w + lb]
-    return y, offsets.reshape(n, 2, h, w)
+    offsets = offsets.view(strips, blocks, n, 2, rows, tx).permute(2, 3, 1, 4, 0, 5)
+    offsets = offsets.reshape(n, 2, blocks * rows, strips * tx)
+    return y, offsets[:, :, lead + delay : lead + delay + h, 0:w].contiguous()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils.cpu import large_blocks_returned
-from .attention_export import EXPORT_CHUNK_BYTES, attend_export
+from .attention_export import attend_export
 from .attention_patches import NEGLIGIBLE_WEIGHT, Prepared, prepare, validate_attention_inputs
 from .layers import sum_into, tf_same_padding
 
@@ -149,8 +149,8 @@ class ContextualAttention(nn.Module):
         # The CPU budget when chunk_bytes is None; what the process's allocator favours, so set
         # by the program (set_cpu_chunk_bytes), not by the model's configuration.
         self.cpu_chunk_bytes = DEFAULT_CHUNK_BYTES["cpu"]
-        # The block budget of the exported (ONNX) form; set by the exporter.
-        self.export_chunk_bytes = EXPORT_CHUNK_BYTES
+        # The block budget of the exported (ONNX) form, set by the exporter (None: its default).
+        self.export_chunk_bytes: int | None = None
 
     def extra_repr(self) -> str:
         return (
