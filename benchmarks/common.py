@@ -80,6 +80,8 @@ with {context}:
 """
 
 
-def timed_generator_calls(context: str) -> str:
-    """The shared timing block of the child programs, its calls made inside ``context``."""
-    return _TIMED_GENERATOR_CALLS.replace("{context}", context)
+def timed_generator_calls(context: str, warm_up: bool = True) -> str:
+    """The shared timing block of the child programs, its calls made inside ``context``;
+    ``warm_up=False``: no warm-up call, the first call timed (what a command does with one photo)."""
+    block = _TIMED_GENERATOR_CALLS.replace("{context}", context)
+    return block if warm_up else block.replace("    generator(image, mask)\n    for", "    for", 1)

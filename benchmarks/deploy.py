@@ -14,6 +14,14 @@ largest working set of the run).
     python benchmarks/deploy.py --quality --weights last.ckpt --photos held_out/   # fp16 vs fp32
     python benchmarks/deploy.py --int8 --quality --weights last.ckpt --photos held_out/
 
+``--single`` times one call per process, the first (no warm-up): what ``deepfill-inpaint`` does
+with one photo, for sizes too slow to repeat (``--sizes 4096 --single --rounds 1``).
+
+``--baseline-src <older checkout>/src`` also exports the same generator with that version's
+code (in a process of its own) and times its .onnx file beside the others:
+
+    python benchmarks/deploy.py --sizes 1024 2048 --baseline-src /tmp/before/src
+
 ``--profile`` adds one profiled call per process and splits its time into convolutions and the
 rest; for onnxruntime also ELU, the layout reorders it puts around its blocked convolutions, and
 the attention's loop (the nodes of the ``Scan`` body). Medians over the rounds.
@@ -41,8 +49,7 @@ from common import timed_generator_calls
 RESULTS = Path(__file__).resolve().parent / "results"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-_CHILD = (
-    """
+_CHILD_SETUP = """
 import json, statistics, time, torch
 torch.set_num_threads({threads})
 size, way, path = {size}, {way!r}, {path!r}
@@ -58,8 +65,8 @@ else:  # as deepfill-inpaint runs it: the same CPU settings first
     configure_cpu()
     generator = OnnxGenerator(path, threads={threads})
 """
-    + timed_generator_calls("torch.inference_mode()")
-    + """# VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child reports at least the peak of the
+_CHILD_REPORT = """
+# VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child reports at least the peak of the
 # parent it was forked from (this script, after exporting).
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 2**20
 parts = {{}}
@@ -100,12 +107,15 @@ if {profile}:  # one more call, profiled: where its time goes, in seconds of ker
             parts[kind] = parts.get(kind, 0.0) + e["dur"] / 1e6
 print(json.dumps({{"seconds": statistics.median(times), "peak_rss_gib": peak, "profile": parts}}))
 """
-)
+_CHILD = _CHILD_SETUP + timed_generator_calls("torch.inference_mode()") + _CHILD_REPORT
+# One call per process, timed from the first: what `deepfill-inpaint` does with one photo, for
+# sizes too slow to repeat (4096²: over half an hour a call on 2 cores).
+_CHILD_SINGLE = _CHILD_SETUP + timed_generator_calls("torch.inference_mode()", warm_up=False) + _CHILD_REPORT
 
 
 def _child(way: str, path: Path, size: int, args: argparse.Namespace) -> dict:
-    repeats = max(1, args.repeats // 2) if size >= 1024 else args.repeats
-    code = _CHILD.format(
+    repeats = 1 if args.single else max(1, args.repeats // 2) if size >= 1024 else args.repeats
+    code = (_CHILD_SINGLE if args.single else _CHILD).format(
         threads=args.threads, size=size, way=way, path=str(path), repeats=repeats, profile=args.profile
     )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -113,6 +123,27 @@ def _child(way: str, path: Path, size: int, args: argparse.Namespace) -> dict:
     if run.returncode != 0:
         raise SystemExit(f"benchmark child ({way} {size}²) failed:\n{run.stderr[-2000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+_BASELINE_EXPORT = """
+import sys, torch
+sys.path.insert(0, {src!r})
+from deepfill.deploy import export_onnx
+generator = torch.load({generator!r}, weights_only=False).eval()
+report = export_onnx(generator, {path!r})
+print(report.seconds, report.megabytes)
+"""
+
+
+def _export_baseline(src: Path, generator: Path, path: Path) -> dict:
+    """Export the saved generator with the code under ``src`` (another version of deepfill)."""
+    code = _BASELINE_EXPORT.format(src=str(src), generator=str(generator), path=str(path))
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise SystemExit(f"baseline export ({src}) failed:\n{run.stderr[-2000:]}")
+    seconds, megabytes = (float(v) for v in run.stdout.strip().splitlines()[-1].split())
+    return {"seconds": seconds, "megabytes": megabytes}
 
 
 def _photos(folder: Path | None, size: int) -> list:
@@ -196,6 +227,9 @@ def main() -> None:
         "--repeats", type=int, default=4, help="timed runs per process (half at 1024² and up)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of fresh processes")
+    parser.add_argument(
+        "--single", action="store_true", help="one call per process, timed from the first (no warm-up)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--weights", type=Path, default=None, help="weights (default: a Glorot-initialised model)"
@@ -211,8 +245,16 @@ def main() -> None:
         action="store_true",
         help="also profile one call per process: seconds in convolutions, ELU, layout reorders, the rest",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="the src/ of another version: its fp32 export timed beside this one's",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args()
+    if args.baseline_src is not None and not (args.baseline_src / "deepfill").is_dir():
+        parser.error(f"--baseline-src {args.baseline_src}: expected a src/ folder holding deepfill/")
 
     sys.path.insert(0, str(SRC))
     import torch
@@ -245,6 +287,12 @@ def main() -> None:
         result["quality"] = _quality(generator, exported, args)
         write_results(result, args.out or RESULTS / "onnx-quality-cpu.json")
         return
+    if args.baseline_src is not None:
+        ways["onnxruntime fp32 baseline"] = folder / "generator_fp32_baseline.onnx"
+        exports["fp32 baseline"] = _export_baseline(
+            args.baseline_src.resolve(), ways["pytorch"], ways["onnxruntime fp32 baseline"]
+        )
+        print(f"exported the baseline's fp32 in {exports['fp32 baseline']['seconds']:.0f} s", flush=True)
     rows = []
     for size in args.sizes:
         runs: dict[str, list[dict]] = {name: [] for name in ways}
