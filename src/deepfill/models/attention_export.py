@@ -338,6 +338,8 @@ def attend_export(
     lead = max(before_k, before_f - after_k)
     total = h + lead + delay + 1
     keep, extra = max(k, fk) - 1, fk - 1 + k - 1
+    budget = EXPORT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    fewest = EXPORT_MIN_POSITIONS if chunk_bytes is None else 1  # score rows per block
     if torch.compiler.is_exporting():
         # Computed as values in the graph: the exporter then reasons about a few plain sizes
         # (at least 1, covering the grid) instead of min/max/floor expressions of the input
@@ -345,8 +347,7 @@ def attend_export(
         def value(x):
             return None if x is None else torch.scalar_tensor(x, dtype=torch.int64)
 
-        budget = EXPORT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-        positions = (value(budget) // value(n * lb * 4)).clamp(min=1 if chunk_bytes else EXPORT_MIN_POSITIONS)
+        positions = (value(budget) // value(n * lb * 4)).clamp(min=fewest)
         most, tx, strips = _strip_plan(positions, value(w), keep, extra, value(rows), value(columns))
         sizes = torch.stack([*_block_plan(value(total), torch.minimum(most, value(total))), tx, strips])
         rows, blocks, tx, strips = (size.item() for size in sizes)
@@ -356,8 +357,7 @@ def attend_export(
         torch._check(tx <= w)
         torch._check(tx * strips >= w)
     else:
-        budget = EXPORT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-        positions = max(1 if chunk_bytes else EXPORT_MIN_POSITIONS, budget // (n * lb * 4))
+        positions = max(fewest, budget // (n * lb * 4))
         most, tx, strips = _strip_plan(positions, w, keep, extra, rows, columns)
         rows, blocks = _block_plan(total, min(most, total))
 
