@@ -486,9 +486,8 @@ def attend_export(
         # columns come first): pieces then sit tx columns apart.
         d = s * tx - x0
         cols = torch.arange((tx + 1) * r, device=dev) + d * r
-        piece = piece.index_select(3, cols.clamp(max=(tx + 1) * r - 1)) * (cols < (tx + 1) * r).to(
-            piece.dtype
-        )
+        within = (cols < (tx + 1) * r).to(piece.dtype)  # zero where shifted in from past the end
+        piece = piece.index_select(3, cols.clamp(max=(tx + 1) * r - 1)) * within
         offsets = offsets.index_select(3, (torch.arange(tx, device=dev) + d).clamp(max=tx - 1))
         # The piece's last `rate` canvas rows overlap the next block's first ones.
         head = piece[:, :, 0:r] + tail
