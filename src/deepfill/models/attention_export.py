@@ -167,9 +167,9 @@ def _with_edges(
     index``, with the positions past the row's ends taken from ``edges`` (N, R, fuse_k-1, Lb)."""
     before, _ = _halves(fuse_k)
     c = index + c0
-    beyond = (c < 0) | (c >= w)
+    inside = (c >= 0) & (c < w)
     slot = torch.where(c < 0, c + before, c - w + before).clamp(0, fuse_k - 2)
-    return torch.where(beyond.view(1, 1, -1, 1), edges.index_select(2, slot), scores.index_select(2, index))
+    return torch.where(inside.view(1, 1, -1, 1), scores.index_select(2, index), edges.index_select(2, slot))
 
 
 def _first_pass(ext: torch.Tensor, width, fuse_k: int) -> torch.Tensor:
@@ -380,7 +380,10 @@ def attend_export(
             edges, wrapped = _outside_rows(
                 fg, fg_full, bg_padded, inv_norm, s, x0, share_shape.shape[0], block_shape.shape[1], k, fk
             )
-            return [dummy.clone(), edges, wrapped]
+            # (The loop needs a carried value. One computed from the step, not a copy, which
+            # would be an Identity node, keeps the graph to the operators whose CUDA kernels the
+            # fp16 export is checked against.)
+            return [dummy + x0.to(dummy.dtype), edges, wrapped]
 
         _, (edges, wrapped) = _run_loop(
             outside,
