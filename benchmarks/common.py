@@ -4,6 +4,7 @@ results file."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -27,6 +28,13 @@ def machine() -> dict:
     except OSError:
         pass
     info["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    # The vector instructions PyTorch's own kernels use, and the variables that narrow them (the
+    # AVX2 emulation: ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2).
+    info["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    names = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+    limits = {name: os.environ[name] for name in names if name in os.environ}
+    if limits:
+        info["isa_limits"] = limits
     return info
 
 

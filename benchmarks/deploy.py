@@ -23,8 +23,10 @@ code (in a process of its own) and times its .onnx file beside the others:
     python benchmarks/deploy.py --sizes 1024 2048 --baseline-src /tmp/before/src
 
 ``--profile`` adds one profiled call per process and splits its time into convolutions and the
-rest; for onnxruntime also ELU, the layout reorders it puts around its blocked convolutions, and
-the attention's loop (the nodes of the ``Scan`` body). Medians over the rounds.
+rest; for the PyTorch path also the contextual attention layer (every operator of its forward,
+its preparation included); for onnxruntime also ELU, the layout reorders it puts around its
+blocked convolutions, and the attention's loops (the nodes of the ``Scan`` bodies; the
+preparation before them counts as the rest). Medians over the rounds.
 
 ``--quality`` scores the fp32 and fp16 exports and the PyTorch generator on photos it never saw
 (``--photos``: a folder, else scikit-image's held-out coffee and rocket), 256x256 centre crops,
@@ -72,11 +74,33 @@ peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith
 parts = {{}}
 if {profile}:  # one more call, profiled: where its time goes, in seconds of kernel time
     if way == "pytorch":
-        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler import ProfilerActivity, profile, record_function
+        from deepfill.models import ContextualAttention
+        # The attention's operators, whatever they are, counted apart: a named range around
+        # the layer's forward.
+        scope = record_function("contextual attention")
+
+        def enter(*_):
+            scope.__enter__()
+
+        def leave(*_):
+            scope.__exit__(None, None, None)
+
+        for layer in generator.modules():
+            if isinstance(layer, ContextualAttention):
+                layer.register_forward_pre_hook(enter)
+                layer.register_forward_hook(leave)
         with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
             generator(image, mask)
-        for event in prof.key_averages():
-            kind = "convolution" if "convolution" in event.key else "other"
+        events = prof.events()
+        spans = [(e.time_range.start, e.time_range.end) for e in events if e.name == "contextual attention"]
+        for event in events:
+            if event.name == "contextual attention":
+                continue
+            if any(a <= event.time_range.start <= b for a, b in spans):
+                kind = "attention"
+            else:
+                kind = "convolution" if "convolution" in event.name else "other"
             parts[kind] = parts.get(kind, 0.0) + event.self_cpu_time_total / 1e6
     else:
         import onnxruntime as ort
@@ -243,7 +267,8 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="also profile one call per process: seconds in convolutions, ELU, layout reorders, the rest",
+        help="also profile one call per process: seconds in convolutions, the attention, ELU, "
+        "layout reorders, the rest",
     )
     parser.add_argument(
         "--baseline-src",
