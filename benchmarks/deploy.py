@@ -137,37 +137,36 @@ _CHILD = _CHILD_SETUP + timed_generator_calls("torch.inference_mode()") + _CHILD
 _CHILD_SINGLE = _CHILD_SETUP + timed_generator_calls("torch.inference_mode()", warm_up=False) + _CHILD_REPORT
 
 
+def _last_line(code: str, src: Path, what: str) -> str:
+    """Run ``code`` in a fresh Python with ``src`` on its path; its last line of output."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{run.stderr[-2000:]}")
+    return run.stdout.strip().splitlines()[-1]
+
+
 def _child(way: str, path: Path, size: int, args: argparse.Namespace) -> dict:
     repeats = 1 if args.single else max(1, args.repeats // 2) if size >= 1024 else args.repeats
     code = (_CHILD_SINGLE if args.single else _CHILD).format(
         threads=args.threads, size=size, way=way, path=str(path), repeats=repeats, profile=args.profile
     )
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if run.returncode != 0:
-        raise SystemExit(f"benchmark child ({way} {size}²) failed:\n{run.stderr[-2000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(_last_line(code, SRC, f"benchmark child ({way} {size}²)"))
 
 
 _BASELINE_EXPORT = """
-import sys, torch
-sys.path.insert(0, {src!r})
+import json, torch
 from deepfill.deploy import export_onnx
 generator = torch.load({generator!r}, weights_only=False).eval()
 report = export_onnx(generator, {path!r})
-print(report.seconds, report.megabytes)
+print(json.dumps({{"seconds": report.seconds, "megabytes": report.megabytes}}))
 """
 
 
 def _export_baseline(src: Path, generator: Path, path: Path) -> dict:
     """Export the saved generator with the code under ``src`` (another version of deepfill)."""
-    code = _BASELINE_EXPORT.format(src=str(src), generator=str(generator), path=str(path))
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if run.returncode != 0:
-        raise SystemExit(f"baseline export ({src}) failed:\n{run.stderr[-2000:]}")
-    seconds, megabytes = (float(v) for v in run.stdout.strip().splitlines()[-1].split())
-    return {"seconds": seconds, "megabytes": megabytes}
+    code = _BASELINE_EXPORT.format(generator=str(generator), path=str(path))
+    return json.loads(_last_line(code, src, f"baseline export ({src})"))
 
 
 def _photos(folder: Path | None, size: int) -> list:
