@@ -235,8 +235,9 @@ def test_the_file_says_what_it_is(narrow) -> None:
     assert meta["deepfill.format"] == ONNX_FORMAT and meta["deepfill.multiple"] == "8"
     assert meta["deepfill.precision"] == "fp32" and '"cnum": 8' in meta["deepfill.generator"]
     assert meta["deepfill.attention_block_mb"] == f"{SMALL_BLOCKS_MB:g}"
-    # The attention's blocks are one loop (ONNX Scan) over symbolic sizes, not unrolled; the
-    # weights' threshold inside it one ThresholdedRelu, not a Where over the score matrix.
+    # The attention's blocks are one loop (ONNX Scan) over symbolic sizes, not unrolled, and
+    # what they read beyond their strips is computed by one more loop before it; the
+    # weights' threshold in the blocks' loop is one ThresholdedRelu, not a Where over the scores.
     ops = [node.op_type for _, node in onnx_graph.nodes(model.graph)]
     assert ops.count("Scan") == 2 and ops.count("ThresholdedRelu") == 1
     dims = {
